@@ -26,7 +26,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -185,12 +185,17 @@ def _broadcaster(
         groups = _group_count(g, shape)
         expected = tuple(shape[:-1]) + (groups,)
         if tuple(param.shape) != expected:
-            raise ValueError(f"per-group {name} must have shape {expected} for a {tuple(shape)} tensor, got {tuple(param.shape)}")
+            raise ValueError(
+                f"per-group {name} must have shape {expected} for a {tuple(shape)} tensor, got {tuple(param.shape)}"
+            )
         grouped = tuple(shape[:-1]) + (groups, g.size)
         return (lambda t: t.reshape(grouped)), (lambda t: t.reshape(shape)), param.unsqueeze(-1)
     assert isinstance(g, PerToken)
     if ndim == 0 or tuple(param.shape) != tuple(shape[:-1]):
-        raise ValueError(f"per-token {name} must have shape {tuple(shape[:-1])} for a {tuple(shape)} tensor, got {tuple(param.shape)}")
+        raise ValueError(
+            f"per-token {name} must have shape {tuple(shape[:-1])} for a {tuple(shape)} tensor, "
+            f"got {tuple(param.shape)}"
+        )
     return identity, identity, param.unsqueeze(-1)
 
 
@@ -252,7 +257,8 @@ def dequantize(
     Example:
         >>> import torch
         >>> from quantpilot import QuantSpec
-        >>> dequantize(torch.tensor([1, 127], dtype=torch.int8), torch.tensor(0.5), torch.tensor(0), QuantSpec()).tolist()
+        >>> q = torch.tensor([1, 127], dtype=torch.int8)
+        >>> dequantize(q, torch.tensor(0.5), torch.tensor(0), QuantSpec()).tolist()
         [0.5, 63.5]
     """
     _check_spec(spec)
@@ -313,8 +319,7 @@ class _FakeQuantize(torch.autograd.Function):
 
 def _sum_to(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """Sum a broadcast result back down to the parameter's broadcast shape."""
-    dims = [i for i, (a, b) in enumerate(zip(t.shape, shape)) if b == 1 and a != 1]
-    return t.sum(dim=dims, keepdim=True) if dims else t
+    return t.sum_to_size(shape) if len(shape) else t.sum()
 
 
 def fake_quantize(

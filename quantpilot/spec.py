@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Union
+from typing import Any
 
 import torch
 
@@ -129,7 +129,7 @@ class PerToken:
     """
 
 
-Granularity = Union[PerTensor, PerChannel, PerGroup, PerToken]
+Granularity = PerTensor | PerChannel | PerGroup | PerToken
 _GRANULARITIES = (PerTensor, PerChannel, PerGroup, PerToken)
 
 # Largest finite value of each fp8 format: the value the scale maps max|x| to.
@@ -228,10 +228,15 @@ class QuantSpec:
             gran["axis"] = g.axis
         elif isinstance(g, PerGroup):
             gran["size"] = g.size
-        return {"dtype": self.dtype.value, "symmetric": self.symmetric, "narrow_range": self.narrow_range, "granularity": gran}
+        return {
+            "dtype": self.dtype.value,
+            "symmetric": self.symmetric,
+            "narrow_range": self.narrow_range,
+            "granularity": gran,
+        }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "QuantSpec":
+    def from_dict(cls, data: dict[str, Any]) -> QuantSpec:
         """Inverse of `to_dict`; unknown keys raise `ValueError`.
 
         Example:
