@@ -6,8 +6,29 @@ Example:
     127
 """
 
-from .spec import PerChannel, PerGroup, PerTensor, PerToken, QuantDtype, QuantSpec
-
 __version__ = "0.1.0"
 
-__all__ = ["QuantSpec", "QuantDtype", "PerTensor", "PerChannel", "PerGroup", "PerToken", "__version__"]
+from . import evaluate  # noqa: E402
+from .api import calibrate, freeze, load, quantize, quantized_layers, save  # noqa: E402
+from .recipe import Recipe  # noqa: E402
+from .spec import PerChannel, PerGroup, PerTensor, PerToken, QuantDtype, QuantSpec  # noqa: E402
+from .summary import summary  # noqa: E402
+
+__all__ = [
+    "QuantSpec",
+    "QuantDtype",
+    "PerTensor",
+    "PerChannel",
+    "PerGroup",
+    "PerToken",
+    "Recipe",
+    "quantize",
+    "calibrate",
+    "freeze",
+    "save",
+    "load",
+    "quantized_layers",
+    "summary",
+    "evaluate",
+    "__version__",
+]

@@ -32,7 +32,15 @@ import torch
 
 from .spec import PerChannel, PerGroup, PerTensor, PerToken, QuantSpec
 
-__all__ = ["min_max", "choose_qparams", "quantize", "dequantize", "fake_quantize", "SCALE_EPS"]
+__all__ = [
+    "min_max",
+    "choose_qparams",
+    "quantize",
+    "dequantize",
+    "fake_quantize",
+    "representable_range",
+    "SCALE_EPS",
+]
 
 # PyTorch's observers clamp scales to float32 eps; using the same floor keeps our qparams
 # bit-identical to theirs and turns an all-zero range into a valid (tiny) scale.
@@ -360,3 +368,30 @@ def fake_quantize(
     scale_t = scale if isinstance(scale, torch.Tensor) else torch.tensor(scale, dtype=torch.float32)
     zp_t = zero_point if isinstance(zero_point, torch.Tensor) else torch.tensor(zero_point, dtype=torch.int32)
     return _FakeQuantize.apply(x, scale_t, zp_t, spec, float(grad_factor))
+
+
+def representable_range(
+    scale: torch.Tensor, zero_point: torch.Tensor, spec: QuantSpec
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The float interval the codes can express: `[(qmin - zp) * scale, (qmax - zp) * scale]`.
+
+    Args:
+        scale, zero_point: qparams of any granularity.
+        spec: the scheme.
+
+    Returns:
+        `(low, high)` tensors shaped like `scale`.
+
+    Example:
+        >>> import torch
+        >>> from quantpilot import QuantSpec
+        >>> lo, hi = representable_range(torch.tensor(0.5), torch.tensor(0), QuantSpec(narrow_range=True))
+        >>> lo.item(), hi.item()
+        (-63.5, 63.5)
+    """
+    _check_spec(spec)
+    scale = torch.as_tensor(scale, dtype=torch.float32)
+    if spec.dtype.is_float:
+        return -spec.fp_max * scale, spec.fp_max * scale
+    zp = torch.as_tensor(zero_point).to(torch.float32)
+    return (spec.qmin - zp) * scale, (spec.qmax - zp) * scale

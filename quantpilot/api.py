@@ -1,0 +1,353 @@
+"""The model-level path: `quantize` -> `calibrate` -> `freeze` -> `save` / `load`, and `summary`.
+
+Example:
+    >>> import torch, quantpilot as qp
+    >>> model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> qmodel = qp.quantize(model, "int8-static")
+    >>> with qp.calibrate(qmodel):
+    ...     for _ in range(4):
+    ...         _ = qmodel(torch.randn(16, 8))
+    >>> qp.freeze(qmodel).get_submodule("0").is_frozen
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import __version__
+from .nn import QuantModule, TensorQuantizer, lookup
+from .recipe import FORMAT_VERSION, Recipe
+
+__all__ = ["quantize", "calibrate", "freeze", "save", "load", "quantized_layers", "RECIPE_ATTR"]
+
+RECIPE_ATTR = "quantpilot_recipe"
+WEIGHTS_FILE = "model.safetensors"
+MAP_FILE = "quantpilot.json"
+
+
+def _as_recipe(recipe: Recipe | str | None) -> Recipe:
+    if recipe is None:
+        return Recipe.preset("int8-static")
+    if isinstance(recipe, str):
+        return Recipe.preset(recipe)
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"recipe must be a quantpilot.Recipe or a preset name, got {type(recipe).__name__}")
+    return recipe
+
+
+def _check_model(model: Any) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+
+
+def quantized_layers(model: nn.Module) -> list[tuple[str, QuantModule]]:
+    """The quantized layers of a model with their qualified names.
+
+    Example:
+        >>> import torch, quantpilot as qp
+        >>> [n for n, _ in qp.quantized_layers(qp.quantize(torch.nn.Sequential(torch.nn.Linear(2, 2))))]
+        ['0']
+    """
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, QuantModule)]
+
+
+def _static_quantizers(model: nn.Module) -> list[TensorQuantizer]:
+    return [m for m in model.modules() if isinstance(m, TensorQuantizer) and m.needs_calibration]
+
+
+def quantize(model: nn.Module, recipe: Recipe | str | None = None, *, inplace: bool = False) -> nn.Module:
+    """Replace every layer the recipe selects by its quantized counterpart.
+
+    The model is walked once; each layer's type is looked up in `quantpilot.nn`'s registry, so
+    new layer types never change this function.
+
+    Args:
+        model: a float PyTorch model.
+        recipe: a `Recipe`, a preset name ("int8-static", "int8-dynamic", "w8a16", "w4a16-g128",
+            "fp8") or None for "int8-static".
+        inplace: modify `model` itself instead of a copy (spares memory on big models).
+
+    Returns:
+        The quantized model (a copy unless `inplace`).
+
+    Raises:
+        ValueError: the model has no layer the recipe quantizes, or is already quantized.
+
+    Example:
+        >>> import torch, quantpilot as qp
+        >>> qp.quantize(torch.nn.Sequential(torch.nn.Linear(4, 4)), "w8a16")[0].__class__.__name__
+        'QuantLinear'
+    """
+    _check_model(model)
+    recipe = _as_recipe(recipe)
+    if quantized_layers(model):
+        raise ValueError("this model is already quantized; pass the original float model to quantpilot.quantize")
+    target = model if inplace else copy.deepcopy(model)
+    plan, seen_types = [], set()
+    for name, module in target.named_modules():
+        entry = lookup(module)
+        seen_types.add(type(module).__name__)
+        if entry is None:
+            continue
+        layer = recipe.for_layer(name, entry.name)
+        has_activation = entry.has_input and layer is not None and layer.activations is not None
+        if layer is None or (layer.weights is None and not has_activation):
+            continue
+        plan.append((name, module, entry, layer, has_activation))
+    if not plan:
+        raise ValueError(
+            f"the model has no layer this recipe quantizes: it quantizes {list(recipe.module_types)} "
+            f"(skip={list(recipe.skip)}), the model holds {sorted(seen_types)}; "
+            "adjust the recipe's module_types or skip patterns"
+        )
+    for name, module, entry, layer, has_activation in plan:
+        input_quantizer = None
+        if has_activation:
+            input_quantizer = TensorQuantizer(
+                layer.activations, dynamic=layer.dynamic, calibrator=layer.activation_calibrator
+            )
+            input_quantizer.qualname = f"{name}.input_quantizer" if name else "input_quantizer"
+        qmodule = entry.factory(
+            module,
+            weight_spec=layer.weights,
+            weight_calibrator=layer.weight_calibrator,
+            input_quantizer=input_quantizer,
+        )
+        qmodule.train(module.training)
+        if name == "":
+            target = qmodule
+        else:
+            parent_name, _, child = name.rpartition(".")
+            setattr(target.get_submodule(parent_name), child, qmodule)
+    setattr(target, RECIPE_ATTR, recipe)
+    return target
+
+
+def _show_progress() -> bool:
+    return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+@contextlib.contextmanager
+def calibrate(model: nn.Module, *, progress: bool | None = None) -> Iterator[nn.Module]:
+    """Collect activation statistics while the block runs data through the model.
+
+    On entry every static quantizer starts feeding its calibrator and the model runs in float,
+    in eval mode, under `torch.no_grad`. On exit (also on error) collection stops, the progress
+    hook is removed and every module's train/eval mode is restored. Statistics accumulate over
+    several `calibrate` blocks until `freeze`.
+
+    Args:
+        model: a model returned by `quantpilot.quantize`.
+        progress: show a batch counter (default: only on an interactive terminal outside CI).
+
+    Yields:
+        The model.
+
+    Example:
+        >>> import torch, quantpilot as qp
+        >>> qmodel = qp.quantize(torch.nn.Sequential(torch.nn.Linear(4, 4)))
+        >>> with qp.calibrate(qmodel) as m:
+        ...     _ = m(torch.randn(2, 4))
+    """
+    _check_model(model)
+    layers = quantized_layers(model)
+    if not layers:
+        raise ValueError("this model is not quantized: call quantpilot.quantize(model, recipe) first")
+    frozen = [name for name, m in layers if m.is_frozen]
+    if frozen:
+        raise ValueError(f"layers {frozen[:3]} are already frozen: calibrate before quantpilot.freeze, not after")
+    quantizers = _static_quantizers(model)
+    if not quantizers:
+        warnings.warn("nothing to calibrate: this recipe has dynamic or float activations", stacklevel=3)
+    modes = {m: m.training for m in model.modules()}
+    bar = tqdm(desc="calibrating", unit="batch", disable=not (_show_progress() if progress is None else progress))
+    hook = model.register_forward_hook(lambda *_: bar.update(1))
+    model.eval()
+    try:
+        for q in quantizers:
+            q.start_collecting()
+        with torch.no_grad():
+            yield model
+    finally:
+        for q in quantizers:
+            q.stop_collecting()
+        hook.remove()
+        bar.close()
+        for m, training in modes.items():
+            m.training = training
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Fix activation ranges from calibration and store weights as integers.
+
+    Checks every layer first and changes nothing if one static layer was never calibrated.
+
+    Args:
+        model: a quantized model (calibrated, for static activations).
+
+    Returns:
+        The same model, frozen in place.
+
+    Example:
+        >>> import torch, quantpilot as qp
+        >>> qp.freeze(qp.quantize(torch.nn.Sequential(torch.nn.Linear(4, 4)), "w8a16"))[0].weight_int.dtype
+        torch.int8
+    """
+    _check_model(model)
+    layers = quantized_layers(model)
+    if not layers:
+        raise ValueError("this model is not quantized: call quantpilot.quantize(model, recipe) first")
+    missing = [
+        q.qualname
+        for q in _static_quantizers(model)
+        if q.scale is None and (q.calibrator is None or not q.calibrator.has_data)
+    ]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} static layer input(s) saw no calibration data (e.g. {missing[:3]}): run batches through "
+            "the model inside `with quantpilot.calibrate(model):` first, or skip those layers in the recipe"
+        )
+    for _, module in layers:
+        module.freeze()
+    return model
+
+
+def _is_frozen(model: nn.Module) -> bool:
+    return all(m.is_frozen or m.weight_spec is None for _, m in quantized_layers(model)) and all(
+        q.scale is not None for q in _static_quantizers(model)
+    )
+
+
+def _layer_map(model: nn.Module) -> dict[str, dict[str, Any]]:
+    out = {}
+    for name, m in quantized_layers(model):
+        q = m.input_quantizer
+        out[name] = {
+            "type": type(m).__name__,
+            "weights": None if m.weight_spec is None else m.weight_spec.to_dict(),
+            "activations": None if q.spec is None else q.spec.to_dict(),
+            "dynamic": q.dynamic,
+        }
+    return out
+
+
+def save(model: nn.Module, directory: str | Path) -> Path:
+    """Save a frozen model as safetensors plus a versioned JSON map (no pickle anywhere).
+
+    Args:
+        model: a frozen quantized model.
+        directory: created if needed; existing quantpilot files in it are never overwritten.
+
+    Returns:
+        The directory.
+
+    Example:
+        >>> import tempfile, torch, quantpilot as qp
+        >>> qm = qp.freeze(qp.quantize(torch.nn.Sequential(torch.nn.Linear(4, 4)), "w8a16"))
+        >>> sorted(p.name for p in qp.save(qm, tempfile.mkdtemp()).iterdir())
+        ['model.safetensors', 'quantpilot.json']
+    """
+    _check_model(model)
+    if not quantized_layers(model):
+        raise ValueError("this model is not quantized: quantize, calibrate and freeze it before saving")
+    if not _is_frozen(model):
+        raise ValueError("the model is not frozen: call quantpilot.freeze(model) before quantpilot.save")
+    directory = Path(directory)
+    for fname in (WEIGHTS_FILE, MAP_FILE):
+        if (directory / fname).exists():
+            raise ValueError(f"{directory / fname} already exists; save into a new or empty directory")
+    directory.mkdir(parents=True, exist_ok=True)
+    recipe = getattr(model, RECIPE_ATTR, None)
+    if recipe is None:
+        raise ValueError("the model carries no recipe; quantize it with quantpilot.quantize")
+    safetensors.torch.save_model(model, str(directory / WEIGHTS_FILE), metadata={"format": "quantpilot"})
+    meta = {
+        "format": "quantpilot",
+        "format_version": FORMAT_VERSION,
+        "quantpilot_version": __version__,
+        "model_class": type(model).__name__,
+        "recipe": recipe.to_dict(),
+        "layers": _layer_map(model),
+    }
+    (directory / MAP_FILE).write_text(json.dumps(meta, indent=2))
+    return directory
+
+
+def load(float_model: nn.Module, directory: str | Path) -> nn.Module:
+    """Rebuild a saved quantized model on a fresh float model of the same architecture.
+
+    Args:
+        float_model: the float model the saved one was made from (weights may be random; they
+            are replaced). It is not modified.
+        directory: what `quantpilot.save` wrote.
+
+    Returns:
+        The frozen quantized model; its outputs equal the saved model's bit for bit.
+
+    Raises:
+        ValueError: missing files, an unknown format or version, or a file from another model.
+
+    Example:
+        >>> import tempfile, torch, quantpilot as qp
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 4))
+        >>> d = qp.save(qp.freeze(qp.quantize(net, "w8a16")), tempfile.mkdtemp())
+        >>> qp.load(net, d)[0].is_frozen
+        True
+    """
+    _check_model(float_model)
+    directory = Path(directory)
+    for fname in (WEIGHTS_FILE, MAP_FILE):
+        if not (directory / fname).is_file():
+            raise ValueError(
+                f"{directory} has no {fname}: point quantpilot.load at a directory written by quantpilot.save"
+            )
+    try:
+        meta = json.loads((directory / MAP_FILE).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{directory / MAP_FILE} is not valid JSON ({err}); the file is damaged") from None
+    if not isinstance(meta, dict) or meta.get("format") != "quantpilot":
+        raise ValueError(f"{directory / MAP_FILE} is not a quantpilot map")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"format_version {meta.get('format_version')!r} is not supported by this quantpilot "
+            f"(it reads {FORMAT_VERSION})"
+        )
+    qmodel = quantize(float_model, Recipe.from_dict(meta["recipe"]))
+    layers = _layer_map(qmodel)
+    if layers != meta.get("layers"):
+        saved, here = set(meta.get("layers") or {}), set(layers)
+        raise ValueError(
+            "the saved model does not match this float model: layers only in the file "
+            f"{sorted(saved - here)[:5]}, only in the model {sorted(here - saved)[:5]}; "
+            "load it onto the architecture it was saved from"
+        )
+    for _, module in quantized_layers(qmodel):
+        module.store_weight_as_integers()  # the integer layout; values come from the file
+    try:
+        with safetensors.safe_open(str(directory / WEIGHTS_FILE), framework="pt") as f:
+            for q in _static_quantizers(qmodel):
+                q.scale = f.get_tensor(f"{q.qualname}.scale")
+                q.zero_point = f.get_tensor(f"{q.qualname}.zero_point")
+        missing, unexpected = safetensors.torch.load_model(qmodel, str(directory / WEIGHTS_FILE), strict=False)
+    except (RuntimeError, OSError, safetensors.SafetensorError) as err:
+        raise ValueError(f"{directory / WEIGHTS_FILE} does not fit this model or is damaged: {err}") from None
+    if missing or unexpected:
+        raise ValueError(
+            f"the saved tensors do not match this model: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}"
+        )
+    return qmodel
