@@ -1,0 +1,11 @@
+"""Engines that run quantized models: one `compile(...)` shape for all of them.
+
+Example:
+    >>> import torch, quantpilot as qp
+    >>> qp.engines.compile(torch.nn.Linear(2, 2), engine="torch").engine
+    'torch'
+"""
+
+from .base import CompiledModel, available_engines, compile, register_engine
+
+__all__ = ["CompiledModel", "available_engines", "compile", "register_engine"]
