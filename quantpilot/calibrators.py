@@ -1,0 +1,865 @@
+"""Calibrators: pick the float range a tensor is quantized over, from the data it sees.
+
+All calibrators share one interface:
+
+* `collect(x)` feeds a batch (detached, under no_grad; any float dtype);
+* `compute_range()` returns `(min_val, max_val)` float32 tensors shaped by the spec's
+  granularity (as `primitives.min_max` returns them); for a symmetric spec `min_val == -max_val`;
+* `qparams()` turns that range into `(scale, zero_point)` with `primitives.choose_qparams`;
+* `merge(other)` folds in statistics gathered elsewhere (another process, another shard);
+* `state_dict()` / `load_state_dict()` hold plain tensors, so statistics can travel between
+  processes; `reset()` forgets everything.
+
+The three kinds:
+
+* `MinMax`: the running min and max (per tensor, per channel or per group);
+* `MovingAverageMinMax`: an exponential moving average of each batch's min and max;
+* `Histogram`: a histogram from which `entropy` (TensorRT's KL-divergence search), `mse`
+  (least expected fake-quantization error) or `percentile` picks a clipping range.
+
+Example:
+    >>> import torch
+    >>> from quantpilot import QuantSpec
+    >>> from quantpilot.calibrators import build_calibrator
+    >>> cal = build_calibrator(QuantSpec("int8"), "minmax")
+    >>> cal.collect(torch.tensor([-1.0, 0.5])); cal.collect(torch.tensor([2.0]))
+    >>> [t.item() for t in cal.compute_range()]
+    [-2.0, 2.0]
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from abc import ABC, abstractmethod
+from dataclasses import replace
+from typing import Any, ClassVar
+
+import torch
+
+from .primitives import choose_qparams, fake_quantize, min_max
+from .spec import PerChannel, PerTensor, QuantSpec
+
+__all__ = [
+    "Calibrator",
+    "MinMax",
+    "MovingAverageMinMax",
+    "Histogram",
+    "CALIBRATORS",
+    "build_calibrator",
+]
+
+
+def _check_batch(x: Any) -> torch.Tensor:
+    """Validate one calibration batch and return it detached."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"calibration data must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"calibration data must be a floating-point tensor, got dtype {x.dtype}; convert it with .float()"
+        )
+    if x.numel() == 0:
+        raise ValueError("calibration data is an empty tensor; pass a batch with at least one value")
+    return x.detach()
+
+
+def _check_finite(*bounds: torch.Tensor) -> None:
+    """NaN and Inf propagate into min/max, so checking the reduced bounds checks the whole batch cheaply."""
+    if not all(bool(torch.isfinite(b).all()) for b in bounds):
+        raise ValueError(
+            "calibration data contains NaN or Inf; fix the model or the inputs that produce them "
+            "(a range cannot be chosen from non-finite values)"
+        )
+
+
+def _reject_dynamic(spec: QuantSpec, name: str) -> None:
+    if spec.is_dynamic:
+        raise ValueError(
+            f"{name} cannot calibrate a PerToken() spec: per-token ranges come from each batch at run time; "
+            "use dynamic quantization (TensorQuantizer(spec, dynamic=True)) instead of a calibrator"
+        )
+
+
+class Calibrator(ABC):
+    """Base class: validation, qparams and the error for a range asked before any data.
+
+    Subclasses implement `collect`, `reset`, `has_data`, `_range`, `merge`, `state_dict`
+    and `load_state_dict`.
+
+    Args:
+        spec: the scheme the range is chosen for.
+
+    Example:
+        >>> from quantpilot import QuantSpec
+        >>> issubclass(MinMax, Calibrator)
+        True
+    """
+
+    kind: ClassVar[str] = ""
+
+    def __init__(self, spec: QuantSpec) -> None:
+        if not isinstance(spec, QuantSpec):
+            raise TypeError(f"spec must be a quantpilot.QuantSpec, got {type(spec).__name__}")
+        _reject_dynamic(spec, type(self).__name__)
+        self.spec = spec
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        """Keyword options the constructor takes besides `spec` (what `build_calibrator` accepts).
+
+        Returns:
+            The option names, in signature order.
+
+        Example:
+            >>> MovingAverageMinMax.option_names()
+            ['momentum']
+        """
+        params = list(inspect.signature(cls.__init__).parameters)
+        return [p for p in params if p not in ("self", "spec")]
+
+    def settings(self) -> dict[str, Any]:
+        """The constructor options, which two calibrators must share to be merged.
+
+        Returns:
+            A dict of option name to value.
+
+        Example:
+            >>> from quantpilot import QuantSpec
+            >>> Histogram(QuantSpec(), method="mse").settings()["method"]
+            'mse'
+        """
+        return {name: getattr(self, name) for name in self.option_names()}
+
+    @property
+    @abstractmethod
+    def has_data(self) -> bool:
+        """True once at least one batch was collected (or merged/loaded in)."""
+
+    @abstractmethod
+    def collect(self, x: torch.Tensor) -> None:
+        """Update the statistics with one batch."""
+
+    @abstractmethod
+    def reset(self) -> None:
+        """Forget all statistics."""
+
+    @abstractmethod
+    def _range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The range, once `has_data` is known to be true."""
+
+    @abstractmethod
+    def _merge(self, other: Calibrator) -> None:
+        """Fold in `other`'s statistics (both have data and compatible settings)."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The statistics as plain tensors."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> Calibrator:
+        """Replace the statistics with those of `state_dict()`."""
+
+    def compute_range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The float range to quantize over.
+
+        Returns:
+            `(min_val, max_val)` float32 tensors shaped by the granularity; `min_val == -max_val`
+            for a symmetric spec.
+
+        Raises:
+            ValueError: no data was collected yet.
+        """
+        if not self.has_data:
+            raise ValueError(
+                f"{type(self).__name__} has seen no data: call collect(batch) on calibration data "
+                "before compute_range() or qparams()"
+            )
+        return self._range()
+
+    def qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scale and zero point for the calibrated range (`primitives.choose_qparams`).
+
+        Returns:
+            `(scale, zero_point)`: float32 and int32 tensors shaped by the granularity.
+        """
+        return choose_qparams(*self.compute_range(), self.spec)
+
+    def merge(self, other: Calibrator) -> Calibrator:
+        """Fold in the statistics of a calibrator of the same type, spec and settings, in place.
+
+        Args:
+            other: the calibrator whose statistics are added; it is not modified.
+
+        Returns:
+            self.
+
+        Raises:
+            ValueError: the two differ in type, spec or settings.
+        """
+        if type(other) is not type(self):
+            raise ValueError(
+                f"cannot merge a {type(other).__name__} into a {type(self).__name__}; "
+                "merge calibrators of the same type only"
+            )
+        if other.spec != self.spec:
+            raise ValueError(
+                f"cannot merge calibrators with different specs ({self.spec} vs {other.spec}); "
+                "build both from the same QuantSpec"
+            )
+        if other.settings() != self.settings():
+            raise ValueError(
+                f"cannot merge calibrators with different settings ({self.settings()} vs {other.settings()}); "
+                "build both with the same options"
+            )
+        if other.has_data:
+            if self.has_data:
+                self._merge(other)
+            else:
+                self.load_state_dict(other.state_dict())
+        return self
+
+    def _symmetric(self, mn: torch.Tensor, mx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A symmetric spec quantizes over [-amax, amax]; an asymmetric one over the data's [min, max]."""
+        if not self.spec.symmetric:
+            return mn, mx
+        amax = torch.maximum(-mn, mx)
+        return -amax, amax
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
+        return f"{type(self).__name__}({self.spec}{', ' if opts else ''}{opts})"
+
+
+def _check_state_keys(state: Any, expected: set[str], who: str) -> None:
+    if not isinstance(state, dict):
+        raise TypeError(f"{who}.load_state_dict expects a dict of tensors, got {type(state).__name__}")
+    if set(state) != expected:
+        raise ValueError(f"{who}.load_state_dict expects keys {sorted(expected)}, got {sorted(state)}")
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{who} state '{key}' must be a tensor, got {type(value).__name__}")
+
+
+class _RunningMinMax(Calibrator):
+    """Shared state of the min/max calibrators: per-granularity min and max plus a batch count."""
+
+    def __init__(self, spec: QuantSpec) -> None:
+        super().__init__(spec)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all statistics."""
+        self.min_val = torch.empty(0)
+        self.max_val = torch.empty(0)
+        self.num_batches = 0
+
+    @property
+    def has_data(self) -> bool:
+        """True once a batch was collected."""
+        return self.num_batches > 0
+
+    def _batch_min_max(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            mn, mx = min_max(_check_batch(x), self.spec)
+        _check_finite(mn, mx)
+        mn, mx = mn.cpu(), mx.cpu()
+        if self.has_data and mn.shape != self.min_val.shape:
+            raise ValueError(
+                f"this batch gives ranges of shape {tuple(mn.shape)} but earlier batches gave "
+                f"{tuple(self.min_val.shape)}; per-channel / per-group calibration needs batches of the same layout"
+            )
+        return mn, mx
+
+    @abstractmethod
+    def _combine(self, other: _RunningMinMax) -> tuple[torch.Tensor, torch.Tensor]:
+        """The merged (min_val, max_val) of two states with data and the same layout."""
+
+    def _merge(self, other: Calibrator) -> None:
+        if other.min_val.shape != self.min_val.shape:
+            raise ValueError(
+                f"cannot merge ranges of shape {tuple(other.min_val.shape)} into {tuple(self.min_val.shape)}; "
+                "both calibrators must see tensors of the same layout"
+            )
+        self.min_val, self.max_val = self._combine(other)
+        self.num_batches += other.num_batches
+
+    def _range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        mn, mx = self.min_val, self.max_val
+        # A moving average can leave min a rounding error above max (e.g. momentum 1 on a
+        # nearly constant batch). Widening such a pair to include 0 keeps min <= max and gives
+        # the qparams PyTorch's observer gives, since qparams only see min(min, 0), max(max, 0).
+        crossed = mn > mx
+        mn = torch.where(crossed, mn.clamp(max=0.0), mn)
+        mx = torch.where(crossed, mx.clamp(min=0.0), mx)
+        return self._symmetric(mn, mx)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The statistics as plain tensors: `min_val`, `max_val` and `num_batches`.
+
+        Returns:
+            A dict of tensors (`min_val`/`max_val` are empty before any data).
+        """
+        return {
+            "min_val": self.min_val.clone(),
+            "max_val": self.max_val.clone(),
+            "num_batches": torch.tensor(self.num_batches, dtype=torch.int64),
+        }
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> Calibrator:
+        """Replace the statistics with those of `state_dict()`.
+
+        Args:
+            state: a dict from `state_dict()` (possibly all-reduced).
+
+        Returns:
+            self.
+        """
+        who = type(self).__name__
+        _check_state_keys(state, {"min_val", "max_val", "num_batches"}, who)
+        if state["min_val"].shape != state["max_val"].shape:
+            raise ValueError(f"{who} state: min_val and max_val must have the same shape")
+        num = int(state["num_batches"])
+        if num < 0 or (num > 0 and state["min_val"].numel() == 0):
+            raise ValueError(
+                f"{who} state: num_batches={num} does not match min_val of shape {tuple(state['min_val'].shape)}"
+            )
+        if num > 0:
+            _check_finite(state["min_val"], state["max_val"])
+        self.min_val = state["min_val"].detach().to("cpu", torch.float32).clone()
+        self.max_val = state["max_val"].detach().to("cpu", torch.float32).clone()
+        self.num_batches = num
+        return self
+
+
+class MinMax(_RunningMinMax):
+    """The running minimum and maximum of everything collected.
+
+    Per tensor, per channel (`PerChannel(axis)`) or per group (`PerGroup(size)`, batches of one
+    layout). Merging is exact: the merged state equals one stream over both data sets.
+
+    Args:
+        spec: the scheme; `PerToken()` is refused (it is dynamic-only).
+
+    Example:
+        >>> import torch
+        >>> from quantpilot import QuantSpec
+        >>> cal = MinMax(QuantSpec("uint8", symmetric=False))
+        >>> cal.collect(torch.tensor([-1.0, 3.0]))
+        >>> [t.item() for t in cal.compute_range()], [t.item() for t in cal.qparams()][1]
+        ([-1.0, 3.0], 64)
+    """
+
+    kind = "minmax"
+
+    def collect(self, x: torch.Tensor) -> None:
+        """Update the running min/max with one batch.
+
+        Args:
+            x: a non-empty floating-point tensor without NaN/Inf.
+        """
+        mn, mx = self._batch_min_max(x)
+        if self.has_data:
+            mn, mx = torch.minimum(self.min_val, mn), torch.maximum(self.max_val, mx)
+        self.min_val, self.max_val = mn, mx
+        self.num_batches += 1
+
+    def _combine(self, other: _RunningMinMax) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.minimum(self.min_val, other.min_val), torch.maximum(self.max_val, other.max_val)
+
+
+class MovingAverageMinMax(_RunningMinMax):
+    """Exponential moving average of each batch's min and max (PyTorch's / Optimum's observer).
+
+    The first batch initialises the state; every later one updates
+    `state = state + momentum * (batch - state)` (PyTorch's `averaging_constant`), bit for bit
+    as `torch.ao.quantization.MovingAverageMinMaxObserver` computes it. Outliers in a single
+    batch therefore move the range only a little.
+
+    An EMA depends on batch order, so two streams cannot be merged into exactly the state one
+    stream would reach. `merge` treats each state as an estimate of the typical per-batch range
+    and takes their average weighted by the number of batches each saw.
+
+    Args:
+        spec: the scheme (per tensor, per channel or per group).
+        momentum: weight of the newest batch, in (0, 1]; 1 keeps only the last batch.
+
+    Example:
+        >>> import torch
+        >>> from quantpilot import QuantSpec
+        >>> cal = MovingAverageMinMax(QuantSpec(symmetric=False), momentum=0.5)
+        >>> cal.collect(torch.tensor([0.0, 2.0])); cal.collect(torch.tensor([0.0, 4.0]))
+        >>> cal.compute_range()[1].item()
+        3.0
+    """
+
+    kind = "moving_average"
+
+    def __init__(self, spec: QuantSpec, momentum: float = 0.01) -> None:
+        if isinstance(momentum, bool) or not isinstance(momentum, int | float) or not 0.0 < momentum <= 1.0:
+            raise ValueError(f"momentum={momentum!r} must be a number in (0, 1], e.g. 0.01")
+        self.momentum = float(momentum)
+        super().__init__(spec)
+
+    def collect(self, x: torch.Tensor) -> None:
+        """Move the averaged min/max towards this batch's.
+
+        Args:
+            x: a non-empty floating-point tensor without NaN/Inf.
+        """
+        mn, mx = self._batch_min_max(x)
+        if self.has_data:
+            # Same expression and float32 arithmetic as PyTorch's observer, so results match bit for bit.
+            mn = self.min_val + self.momentum * (mn - self.min_val)
+            mx = self.max_val + self.momentum * (mx - self.max_val)
+        self.min_val, self.max_val = mn, mx
+        self.num_batches += 1
+
+    def _combine(self, other: _RunningMinMax) -> tuple[torch.Tensor, torch.Tensor]:
+        n1, n2 = self.num_batches, other.num_batches
+        total = n1 + n2
+        return (self.min_val * n1 + other.min_val * n2) / total, (self.max_val * n1 + other.max_val * n2) / total
+
+
+# Narrowest bin width, as a power of two: 2**-126 is float32's smallest normal number, so the
+# bin index x * 2**-k never overflows and the width itself stays representable.
+_MIN_LOG2_WIDTH = -126
+# float32 keeps 24 significant bits: bins narrower than amax * 2**-24 would split values that
+# float32 cannot tell apart, and would make x / width overflow for a nearly constant signed tensor.
+_MANTISSA_BITS = 24
+_METHODS = ("entropy", "mse", "percentile")
+# Fake-quantization points per histogram bin for the MSE estimate: the rounding error of a
+# bin is averaged over these, not taken from its centre alone (which is wrong by up to a step).
+_MSE_POINTS_PER_BIN = 4
+# Candidates the MSE search evaluates in its coarse pass (then it refines around the best one).
+_MSE_COARSE = 64
+
+
+class Histogram(Calibrator):
+    """A histogram of the data, from which a clipping range is chosen (per tensor only).
+
+    Symmetric specs histogram |x| (TensorRT's approach: one threshold `t`, range `[-t, t]`);
+    asymmetric specs histogram signed values.
+
+    Bins lie on a canonical grid: bin `j` covers `[j * w, (j + 1) * w)` where the width `w` is
+    a power of two, the smallest one for which the data's range fits into `bins` bins. When a
+    later batch lies outside the range, `w` doubles (adjacent bins are summed, since every edge
+    of the `2w` grid is an edge of the `w` grid): no count is lost, and the histogram depends
+    only on the data, never on batch order. `merge` brings both histograms to the wider grid and
+    adds them, so a merge equals one stream exactly. The data spans between `bins / 2` and
+    `bins` bins.
+
+    Methods:
+
+    * `"entropy"`: TensorRT's search for the threshold whose quantized distribution
+      (as many levels as the spec has per side: 128 for int8) has the least KL divergence from
+      the clipped one; ties go to the widest range.
+    * `"mse"`: the threshold with the least expected fake-quantization error over the
+      histogram, measured with `primitives.fake_quantize`.
+    * `"percentile"`: the `percentile`-th percentile of |x| (symmetric) or the two tails of
+      `(100 - percentile) / 2` percent each (asymmetric), interpolated inside its bin.
+
+    For asymmetric specs, entropy and MSE search windows `[max(min, -t), min(max, t)]` (like
+    ONNX Runtime's calibrator), quantized with all of the spec's levels.
+
+    Args:
+        spec: a `PerTensor()` scheme.
+        method: "entropy", "mse" or "percentile" ("entropy" assumes a uniform integer grid and
+            is refused for fp8; use "mse" there).
+        percentile: for method "percentile", in (0, 100].
+        bins: how many bins the histogram has, at least 256.
+
+    Example:
+        >>> import torch
+        >>> from quantpilot import QuantSpec
+        >>> cal = Histogram(QuantSpec("int8"), method="percentile", percentile=99.0)
+        >>> cal.collect(torch.linspace(-1.0, 1.0, 10001))
+        >>> round(cal.compute_range()[1].item(), 3)
+        0.99
+    """
+
+    kind = "histogram"
+
+    def __init__(self, spec: QuantSpec, method: str = "entropy", percentile: float = 99.99, bins: int = 2048) -> None:
+        if method not in _METHODS:
+            raise ValueError(f"unknown histogram method {method!r}; use one of: {', '.join(_METHODS)}")
+        if isinstance(percentile, bool) or not isinstance(percentile, int | float) or not 0.0 < percentile <= 100.0:
+            raise ValueError(f"percentile={percentile!r} must be a number in (0, 100], e.g. 99.99")
+        if isinstance(bins, bool) or not isinstance(bins, int) or not 256 <= bins <= 2**22:
+            raise ValueError(f"bins={bins!r} must be an integer between 256 and 4194304, e.g. 2048")
+        if isinstance(spec, QuantSpec) and not isinstance(spec.granularity, PerTensor) and not spec.is_dynamic:
+            raise ValueError(
+                f"Histogram calibrates one range per tensor, not {spec.granularity}; use QuantSpec(granularity="
+                "PerTensor()) for activations, or MinMax / MovingAverageMinMax for per-channel or per-group ranges"
+            )
+        if isinstance(spec, QuantSpec) and method == "entropy" and spec.dtype.is_float:
+            raise ValueError(
+                f"method='entropy' models a uniform integer grid and does not fit {spec.dtype.value}; "
+                "use method='mse' (or 'percentile') for fp8"
+            )
+        self.method = method
+        self.percentile = float(percentile)
+        self.bins = bins
+        super().__init__(spec)
+        self.reset()
+
+    # -- statistics ---------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget all statistics."""
+        self._counts = torch.zeros(self.bins, dtype=torch.int64)
+        self._origin = 0  # grid index of counts[0]
+        self._log2_width = _MIN_LOG2_WIDTH
+        self._min = math.inf
+        self._max = -math.inf
+
+    @property
+    def has_data(self) -> bool:
+        """True once a batch was collected."""
+        return self._min <= self._max
+
+    @property
+    def _abs(self) -> bool:
+        return self.spec.symmetric
+
+    @property
+    def bin_width(self) -> float:
+        """Width of one bin (a power of two; it grows as wider data arrives).
+
+        Example:
+            >>> import torch
+            >>> from quantpilot import QuantSpec
+            >>> cal = Histogram(QuantSpec(), bins=256); cal.collect(torch.tensor([1.0]))
+            >>> cal.bin_width
+            0.0078125
+        """
+        return math.ldexp(1.0, self._log2_width)
+
+    def histogram(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The counts of the occupied bins and their edges (of |x| for symmetric specs).
+
+        Returns:
+            `(counts, edges)`: int64 counts and float64 edges, one more edge than counts.
+
+        Example:
+            >>> import torch
+            >>> from quantpilot import QuantSpec
+            >>> cal = Histogram(QuantSpec(symmetric=False), bins=256)
+            >>> cal.collect(torch.tensor([-1.0, 0.0, 1.0]))
+            >>> counts, edges = cal.histogram(); int(counts.sum()), edges[0].item(), edges[-1].item()
+            (3, -1.0, 1.015625)
+        """
+        if not self.has_data:
+            raise ValueError("Histogram has seen no data: call collect(batch) first")
+        first, last = self._occupied()
+        edges = (torch.arange(first, last + 1, dtype=torch.float64) + self._origin) * self.bin_width
+        return self._counts[first:last].clone(), edges
+
+    def _occupied(self) -> tuple[int, int]:
+        """Local indices [first, last) of the bins that hold data (from 0 for |x|, since 0 is its edge)."""
+        nz = torch.nonzero(self._counts).flatten()
+        first = 0 if self._abs else int(nz[0])
+        return first, int(nz[-1]) + 1
+
+    def _grid_bounds(self, mn: float, mx: float) -> tuple[float, float]:
+        return (0.0, max(-mn, mx)) if self._abs else (mn, mx)
+
+    def _choose_grid(self, mn: float, mx: float, log2_width: int) -> tuple[int, int]:
+        """The smallest power-of-two width (not below `log2_width`) whose grid fits [mn, mx] in `bins` bins.
+
+        Returns `(log2_width, origin)`. The result depends only on the bounds (the starting width
+        only shortens the search, as the answer for wider data is never narrower), which is what
+        makes the histogram independent of batch order.
+        """
+        lo, hi = self._grid_bounds(mn, mx)
+        amax = max(-lo, hi)
+        k = max(log2_width, _MIN_LOG2_WIDTH)
+        if amax > 0:
+            k = max(k, math.frexp(amax)[1] - _MANTISSA_BITS)
+        # Exact in float64: the bounds are float32 values and scaling by 2**-k only shifts the exponent.
+        while math.floor(math.ldexp(hi, -k)) - math.floor(math.ldexp(lo, -k)) + 1 > self.bins:
+            k += 1
+        return k, math.floor(math.ldexp(lo, -k))
+
+    def _rebinned(self, log2_width: int, origin: int) -> torch.Tensor:
+        """This histogram's counts on a grid of width 2**log2_width (not narrower) starting at `origin`."""
+        if (log2_width, origin) == (self._log2_width, self._origin):
+            return self._counts.clone()
+        # Bins merge by integer floor-division of their grid index: every edge of the coarser
+        # grid is an edge of the finer one, so each old bin falls entirely into one new bin.
+        shift = min(log2_width - self._log2_width, 62)
+        old = torch.arange(self.bins, dtype=torch.int64) + self._origin
+        new = torch.div(old, 2**shift, rounding_mode="floor") - origin
+        keep = self._counts > 0
+        return torch.zeros(self.bins, dtype=torch.int64).index_add_(0, new[keep], self._counts[keep])
+
+    def collect(self, x: torch.Tensor) -> None:
+        """Add one batch to the histogram, widening the bins if it reaches outside the range so far.
+
+        Args:
+            x: a non-empty floating-point tensor without NaN/Inf.
+        """
+        x = _check_batch(x)
+        with torch.no_grad():
+            flat = x.reshape(-1).float()
+            bmin, bmax = torch.aminmax(flat)
+            _check_finite(bmin, bmax)
+            mn, mx = min(self._min, float(bmin)), max(self._max, float(bmax))
+            k, origin = self._choose_grid(mn, mx, self._log2_width)
+            if self.has_data:
+                self._counts = self._rebinned(k, origin)
+            self._log2_width, self._origin, self._min, self._max = k, origin, mn, mx
+            # x * 2**-k is exact (a power-of-two scale), so floor gives the true grid index.
+            inv_width = math.ldexp(1.0, -k)
+            if self._abs:
+                scaled = flat.abs().mul_(inv_width)
+            elif k <= 0:
+                scaled = flat * inv_width
+            else:
+                # Shrinking by 2**-k can flush a tiny negative value to -0.0 in float32, whose
+                # floor is bin 0 instead of -1; float64's wider exponent range cannot underflow.
+                scaled = flat.to(torch.float64).mul_(inv_width)
+            index = scaled.floor_().to(torch.int64)
+            if origin:
+                index -= origin
+            self._counts += torch.bincount(index, minlength=self.bins).cpu()
+
+    def _merge(self, other: Calibrator) -> None:
+        mn, mx = min(self._min, other._min), max(self._max, other._max)
+        k, origin = self._choose_grid(mn, mx, max(self._log2_width, other._log2_width))
+        self._counts = self._rebinned(k, origin) + other._rebinned(k, origin)
+        self._log2_width, self._origin, self._min, self._max = k, origin, mn, mx
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The statistics as plain tensors.
+
+        Returns:
+            `counts` (int64, `bins`), `origin` and `log2_width` (int64 scalars: bin `i` covers
+            `[(origin + i) * 2**log2_width, ...)`), `min_val` / `max_val` (float32 scalars, the
+            data's extremes; +inf / -inf before any data).
+        """
+        return {
+            "counts": self._counts.clone(),
+            "origin": torch.tensor(self._origin, dtype=torch.int64),
+            "log2_width": torch.tensor(self._log2_width, dtype=torch.int64),
+            "min_val": torch.tensor(self._min, dtype=torch.float32),
+            "max_val": torch.tensor(self._max, dtype=torch.float32),
+        }
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> Calibrator:
+        """Replace the statistics with those of `state_dict()`.
+
+        Args:
+            state: a dict from `state_dict()` of a histogram with the same `bins`.
+
+        Returns:
+            self.
+        """
+        _check_state_keys(state, {"counts", "origin", "log2_width", "min_val", "max_val"}, "Histogram")
+        counts = state["counts"].detach().to("cpu", torch.int64).flatten()
+        if counts.numel() != self.bins or bool((counts < 0).any()):
+            raise ValueError(f"Histogram state: counts must be {self.bins} non-negative integers (bins={self.bins})")
+        mn, mx = float(state["min_val"]), float(state["max_val"])
+        if (mn <= mx) != bool(counts.sum() > 0):
+            raise ValueError("Histogram state: min_val/max_val do not agree with the counts (data without counts?)")
+        self._counts = counts.clone()
+        self._origin, self._log2_width = int(state["origin"]), int(state["log2_width"])
+        self._min, self._max = mn, mx
+        return self
+
+    # -- range selection ----------------------------------------------------------------------
+
+    def _range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        lo_data, hi_data = self._grid_bounds(self._min, self._max)
+        if hi_data == lo_data or max(-lo_data, hi_data) == 0.0:
+            lo, hi = lo_data, hi_data
+        elif self.method == "percentile":
+            lo, hi = self._percentile_range()
+        else:
+            lo, hi = self._searched_range()
+        if self._abs:
+            # |x| was histogrammed: the threshold t gives [-t, t].
+            t = torch.tensor(hi, dtype=torch.float32)
+            return -t, t
+        return torch.tensor(lo, dtype=torch.float32), torch.tensor(hi, dtype=torch.float32)
+
+    def _quantile(self, cum: torch.Tensor, fraction: float) -> float:
+        """Value below which `fraction` of the counts lie, linear inside the bin that crosses it."""
+        total = float(cum[-1])
+        target = fraction * total
+        b = int(torch.searchsorted(cum, torch.tensor(target, dtype=torch.float64)).clamp(max=cum.numel() - 1))
+        before = float(cum[b - 1]) if b > 0 else 0.0
+        inside = float(cum[b]) - before
+        frac = (target - before) / inside if inside > 0 else 0.0
+        return (self._origin + b + frac) * self.bin_width
+
+    def _percentile_range(self) -> tuple[float, float]:
+        lo_data, hi_data = self._grid_bounds(self._min, self._max)
+        cum = torch.cumsum(self._counts.to(torch.float64), 0)
+        if self._abs:
+            return 0.0, min(self._quantile(cum, self.percentile / 100.0), hi_data)
+        tail = (100.0 - self.percentile) / 200.0
+        lo = lo_data if tail == 0.0 else max(self._quantile(cum, tail), lo_data)
+        hi = min(self._quantile(cum, 1.0 - tail), hi_data)
+        return lo, max(lo, hi)
+
+    def _levels(self) -> int:
+        """Quantized bins the KL search compares against: the levels on one side (|x|) or all of them."""
+        span = self.spec.qmax - self.spec.qmin + 1
+        return span // 2 if self._abs else span
+
+    def _candidates(self, first: int, last: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Candidate windows [start, end) in local bin indices, one per threshold t = m * w.
+
+        |x|: windows [0, m). Signed: [max(first, -m), min(last, m)) in grid terms, i.e. the
+        threshold clips both sides symmetrically around 0 and the data's own ends bound it.
+        """
+        if self._abs:
+            ends = torch.arange(1, last + 1, dtype=torch.int64)
+            return torch.zeros_like(ends), ends
+        a, b = first + self._origin, last + self._origin
+        m = torch.arange(1, max(-a, b) + 1, dtype=torch.int64)
+        starts = torch.clamp(-m, min=a) - self._origin
+        ends = torch.clamp(m, max=b) - self._origin
+        keep = ends > starts
+        return starts[keep], ends[keep]
+
+    def _window_range(self, start: int, end: int, first: int, last: int) -> tuple[float, float]:
+        """Float range of a window: its outer edges, or the data's extremes where it reaches them."""
+        w = self.bin_width
+        lo_data, hi_data = self._grid_bounds(self._min, self._max)
+        lo = lo_data if start <= first else (self._origin + start) * w
+        hi = hi_data if end >= last else (self._origin + end) * w
+        return lo, hi
+
+    def _searched_range(self) -> tuple[float, float]:
+        first, last = self._occupied()
+        starts, ends = self._candidates(first, last)
+        if self.method == "entropy":
+            levels = self._levels()
+            keep = (ends - starts) >= levels
+            starts, ends = starts[keep], ends[keep]
+            if starts.numel() == 0:
+                # Too few bins for the search: every window is narrower than the grid it is compared with.
+                return self._grid_bounds(self._min, self._max)
+            kl = _kl_divergences(self._counts.to(torch.float64), starts, ends, levels)
+            # Last minimum: on ties keep the widest range, as TensorRT does.
+            best = int(kl.numel() - 1 - torch.argmin(kl.flip(0)))
+        else:
+            best = self._mse_search(starts, ends, first, last)
+        return self._window_range(int(starts[best]), int(ends[best]), first, last)
+
+    def _mse_errors(self, index: torch.Tensor, starts, ends, first, last, points, weights) -> torch.Tensor:
+        ranges = [self._window_range(int(starts[i]), int(ends[i]), first, last) for i in index.tolist()]
+        lo = torch.tensor([r[0] for r in ranges], dtype=torch.float32)
+        hi = torch.tensor([r[1] for r in ranges], dtype=torch.float32)
+        if self._abs:
+            lo = -hi
+        # One "channel" per candidate: a single per-channel fake-quantize call evaluates them all.
+        spec = replace(self.spec, granularity=PerChannel(0))
+        scale, zero_point = choose_qparams(lo, hi, spec)
+        grid = points.expand(len(ranges), -1)
+        err = fake_quantize(grid, scale, zero_point, spec) - grid
+        return (err.square().to(torch.float64) * weights).sum(1)
+
+    def _mse_search(self, starts: torch.Tensor, ends: torch.Tensor, first: int, last: int) -> int:
+        counts = self._counts[first:last]
+        bins = torch.nonzero(counts).flatten()
+        k = _MSE_POINTS_PER_BIN
+        offsets = (torch.arange(k, dtype=torch.float64) + 0.5) / k
+        pos = ((bins + first + self._origin).to(torch.float64)[:, None] + offsets) * self.bin_width
+        lo_data, hi_data = self._grid_bounds(self._min, self._max)
+        # The bins holding the extremes reach past them; no value lies out there.
+        points = pos.clamp(lo_data, hi_data).to(torch.float32).reshape(1, -1)
+        weights = (counts[bins].to(torch.float64)[:, None] / k).expand(-1, k).reshape(1, -1)
+        args = (starts, ends, first, last, points, weights)
+        n = starts.numel()
+        with torch.no_grad():
+            if n <= 2 * _MSE_COARSE:
+                return int(torch.argmin(self._mse_errors(torch.arange(n), *args)))
+            # Coarse pass over evenly spaced thresholds, then every threshold around the best one.
+            coarse = torch.linspace(0, n - 1, _MSE_COARSE).round().to(torch.int64).unique()
+            c = int(torch.argmin(self._mse_errors(coarse, *args)))
+            lo_i = int(coarse[max(c - 1, 0)])
+            hi_i = int(coarse[min(c + 1, coarse.numel() - 1)])
+            fine = torch.arange(lo_i, hi_i + 1)
+            return int(fine[torch.argmin(self._mse_errors(fine, *args))])
+
+
+def _kl_divergences(counts: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor, levels: int) -> torch.Tensor:
+    """KL(P || Q) for each window [start, end) of a histogram (TensorRT's calibration criterion).
+
+    P is the histogram clipped to the window: counts outside it are added to its first / last
+    bin. Q is the window quantized to `levels` groups of bins (bin j of a window of n bins goes
+    to group floor(j * levels / n)), each group's count spread evenly over its non-empty bins.
+    Both are normalised; a bin where P > 0 and Q = 0 makes the divergence infinite.
+
+    Vectorised over windows with prefix sums: per window the cost is O(levels), not O(bins).
+    With T the total count and S the count inside the window,
+    KL = (1/T) * sum_j P_j (log P_j - log Q_j) + log(S / T).
+    """
+    zero = counts.new_zeros(1)
+    cum = torch.cat([zero, torch.cumsum(counts, 0)])
+    cum_nonzero = torch.cat([zero, torch.cumsum((counts > 0).to(counts.dtype), 0)])
+    cum_xlogx = torch.cat([zero, torch.cumsum(torch.xlogy(counts, counts), 0)])
+    total = cum[-1]
+
+    # Group g holds local bins ceil(g n / L) .. ceil((g + 1) n / L) - 1. In float64 g * n / L
+    # is exact or at least 1/L away from an integer, so ceil is exact (and much faster than
+    # integer floor division on tensors).
+    g = torch.arange(levels + 1, dtype=torch.float64)
+    length = (ends - starts).to(torch.float64)
+    edges = starts[:, None] + torch.ceil(g[None, :] * length[:, None] / levels).to(torch.int64)
+    group_sum = torch.diff(cum.take(edges), dim=1)
+    group_nonzero = torch.diff(cum_nonzero.take(edges), dim=1)
+    # sum_j P_j log P_j - P_j log Q_j without the outliers; Q_j = group_sum / group_nonzero on
+    # the group's non-empty bins, and sum_j b_j log b_j telescopes to one prefix-sum difference.
+    acc = (cum_xlogx[ends] - cum_xlogx[starts]) - (
+        torch.xlogy(group_sum, group_sum) - torch.xlogy(group_sum, group_nonzero)
+    ).sum(1)
+
+    # The outliers folded into the window's first and last bins change those two terms.
+    def fold(bin_count, outliers, group):
+        q = group_sum[:, group] / group_nonzero[:, group].clamp(min=1)
+        grown = bin_count + outliers
+        term = torch.xlogy(grown, grown) - torch.xlogy(bin_count, bin_count) - torch.xlogy(outliers, q)
+        return torch.where((outliers > 0) & (bin_count == 0), math.inf, term)
+
+    acc = acc + fold(counts[starts], cum[starts], 0) + fold(counts[ends - 1], total - cum[ends], -1)
+    inside = cum[ends] - cum[starts]
+    kl = acc / total + torch.log(inside / total)
+    return torch.where(inside > 0, kl, math.inf)
+
+
+CALIBRATORS: dict[str, type[Calibrator]] = {cls.kind: cls for cls in (MinMax, MovingAverageMinMax, Histogram)}
+"""Calibrator kinds by name; `build_calibrator` looks kinds up here, so adding one is one entry."""
+
+
+def build_calibrator(spec: QuantSpec, kind: str, **options: Any) -> Calibrator:
+    """Build a calibrator by name, as recipes name them.
+
+    Args:
+        spec: the scheme the range is chosen for.
+        kind: a key of `CALIBRATORS`: "minmax", "moving_average" or "histogram".
+        **options: the calibrator's constructor options (e.g. `method="percentile", percentile=99.99`).
+
+    Returns:
+        A fresh calibrator.
+
+    Raises:
+        ValueError: unknown kind or option (the message lists what is allowed).
+
+    Example:
+        >>> from quantpilot import QuantSpec
+        >>> build_calibrator(QuantSpec(), "histogram", method="percentile", percentile=99.9).percentile
+        99.9
+    """
+    if kind not in CALIBRATORS:
+        raise ValueError(f"unknown calibrator kind {kind!r}; use one of: {', '.join(sorted(CALIBRATORS))}")
+    cls = CALIBRATORS[kind]
+    allowed = cls.option_names()
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {unknown} for calibrator {kind!r}; allowed: {', '.join(allowed) or 'none'}"
+        )
+    return cls(spec, **options)
