@@ -26,6 +26,7 @@ from quantpilot.calibrators import (
     MovingAverageMinMax,
     build_calibrator,
 )
+from quantpilot.metrics import sqnr_db
 from quantpilot.primitives import choose_qparams, dequantize, quantize
 
 FAST = settings(max_examples=15, deadline=None)
@@ -89,10 +90,10 @@ def assert_same_qparams(ours, theirs):
     assert torch.equal(zp.to(torch.int64).reshape(-1), ref_zp.to(torch.int64).reshape(-1))
 
 
-def sqnr_db(x: torch.Tensor, spec: QuantSpec, lo: torch.Tensor, hi: torch.Tensor) -> float:
+def range_sqnr_db(x: torch.Tensor, spec: QuantSpec, lo: torch.Tensor, hi: torch.Tensor) -> float:
+    """SQNR of quantize -> dequantize of `x` over the range [lo, hi]."""
     scale, zp = choose_qparams(lo, hi, spec)
-    err = dequantize(quantize(x, scale, zp, spec), scale, zp, spec) - x
-    return 10 * math.log10(float(x.double().square().sum()) / float(err.double().square().sum()))
+    return sqnr_db(x, dequantize(quantize(x, scale, zp, spec), scale, zp, spec))
 
 
 def heavy_tailed(kind: str, n: int = 200_000, seed: int = 0) -> torch.Tensor:
@@ -280,7 +281,7 @@ def calibrated_sqnr(kind: str, spec: QuantSpec, method: str) -> tuple[float, flo
     assert 0.0 < hi.item() <= amax and -amax <= lo.item() <= 0.0
     if spec.symmetric:
         assert lo.item() == -hi.item()
-    return sqnr_db(x, spec, lo, hi), sqnr_db(x, spec, *ref.compute_range())
+    return range_sqnr_db(x, spec, lo, hi), range_sqnr_db(x, spec, *ref.compute_range())
 
 
 SPECS = [QuantSpec("int8"), QuantSpec("uint8", symmetric=False), QuantSpec("int4")]
