@@ -22,7 +22,7 @@ $(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed-dev
 	touch $@
 
 demo: $(VENV)/.installed-dev
-	$(BIN)/python -m quantpilot.demos.calibrators --out demo-out
+	$(BIN)/python -m quantpilot.demos.ptq_minilm --out demo-out
 
 demo-core: $(VENV)/.installed-dev
 	$(BIN)/python -m quantpilot.demos.calibrators --out demo-out

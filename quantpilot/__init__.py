@@ -8,7 +8,7 @@ Example:
 
 __version__ = "0.1.0"
 
-from . import engines, evaluate  # noqa: E402
+from . import algorithms, datasets, engines, evaluate  # noqa: E402
 from .api import calibrate, freeze, load, quantize, quantized_layers, save  # noqa: E402
 from .recipe import Recipe  # noqa: E402
 from .spec import PerChannel, PerGroup, PerTensor, PerToken, QuantDtype, QuantSpec  # noqa: E402
@@ -30,6 +30,8 @@ __all__ = [
     "quantized_layers",
     "summary",
     "evaluate",
+    "algorithms",
+    "datasets",
     "engines",
     "__version__",
 ]

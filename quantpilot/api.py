@@ -241,6 +241,7 @@ def _layer_map(model: nn.Module) -> dict[str, dict[str, Any]]:
             "weights": None if m.weight_spec is None else m.weight_spec.to_dict(),
             "activations": None if q.spec is None else q.spec.to_dict(),
             "dynamic": q.dynamic,
+            "smoothed": getattr(m, "input_smoothing", None) is not None,
         }
     return out
 
@@ -327,6 +328,10 @@ def load(float_model: nn.Module, directory: str | Path) -> nn.Module:
             f"(it reads {FORMAT_VERSION})"
         )
     qmodel = quantize(float_model, Recipe.from_dict(meta["recipe"]))
+    saved_layers = meta.get("layers") if isinstance(meta.get("layers"), dict) else {}
+    for name, module in quantized_layers(qmodel):
+        if (saved_layers.get(name) or {}).get("smoothed") and hasattr(module, "smooth"):
+            module.input_smoothing = torch.ones(module.in_features)  # placeholder; the file holds the values
     layers = _layer_map(qmodel)
     if layers != meta.get("layers"):
         saved, here = set(meta.get("layers") or {}), set(layers)

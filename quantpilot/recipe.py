@@ -100,7 +100,8 @@ class Recipe:
         weights: weight scheme (None keeps weights float). Default int8 symmetric, restricted
             range, per output channel.
         activations: input-activation scheme; `"dynamic"` for per-token int8 ranges computed at
-            run time; None keeps activations float (weight-only, e.g. W8A16).
+            run time; None keeps activations float (weight-only, e.g. W8A16). Default int8
+            asymmetric per tensor, its range from the histogram with the lowest quantization MSE.
         dynamic: compute activation ranges per batch instead of from calibration.
         weight_calibrator, activation_calibrator: `CalibratorConfig` or mapping like
             `{"kind": "histogram", "method": "percentile", "percentile": 99.99}`.
@@ -118,12 +119,10 @@ class Recipe:
     """
 
     weights: QuantSpec | None = QuantSpec("int8", symmetric=True, narrow_range=True, granularity=PerChannel(0))
-    activations: QuantSpec | str | None = QuantSpec("int8", symmetric=True, granularity=PerTensor())
+    activations: QuantSpec | str | None = QuantSpec("int8", symmetric=False, granularity=PerTensor())
     dynamic: bool = False
     weight_calibrator: CalibratorConfig = CalibratorConfig("minmax")
-    activation_calibrator: CalibratorConfig = CalibratorConfig(
-        "histogram", {"method": "percentile", "percentile": 99.99}
-    )
+    activation_calibrator: CalibratorConfig = CalibratorConfig("histogram", {"method": "mse"})
     module_types: tuple[str, ...] = DEFAULT_MODULE_TYPES
     skip: tuple[str, ...] = ()
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -350,8 +349,10 @@ def _write_new(path: str | Path, text: str) -> Path:
 _INT8_WEIGHTS = QuantSpec("int8", symmetric=True, narrow_range=True, granularity=PerChannel(0))
 
 PRESETS: dict[str, Callable[[], Recipe]] = {
-    # Per-channel weights, per-tensor activations from a 99.99th-percentile histogram: the field's
-    # default static recipe (NVIDIA's whitepaper; ONNX Runtime and TensorRT accept it as is).
+    # Per-channel weights, per-tensor asymmetric activations with the histogram-MSE range. Measured
+    # on all-MiniLM-L6-v2 (embedding cosine, 160 held-out sentences): asym+MSE 0.9933, sym+MSE 0.9859,
+    # sym+minmax 0.9824, sym+percentile 99.99 0.9624 (it clips outlier channels that carry signal),
+    # sym+entropy 0.9595.
     "int8-static": lambda: Recipe(name="int8-static"),
     "int8-dynamic": lambda: Recipe(activations="dynamic", name="int8-dynamic"),
     "w8a16": lambda: Recipe(weights=_INT8_WEIGHTS, activations=None, name="w8a16"),

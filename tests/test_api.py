@@ -239,6 +239,6 @@ def test_summary_lists_every_layer(mixed):
     rows = qp.summary(qp.freeze(calibrated(mixed)))
     assert [r.layer for r in rows] == ["emb", "c1", "c2", "c3", "fc"]
     fc = rows[-1]
-    assert fc.activations == "int8 sym per-tensor" and fc.input_range.startswith("[")
+    assert fc.activations == "int8 asym per-tensor" and fc.input_range.startswith("[")
     assert fc.weight_bytes < fc.float_weight_bytes / 3
     assert "total" in str(rows)

@@ -38,7 +38,7 @@ def test_layer_resolution_applies_matching_overrides_in_order():
         skip=("head",),
     )
     assert recipe.for_layer("head", "Linear") is None
-    assert recipe.for_layer("embed", "Conv2d").activations == QuantSpec()
+    assert recipe.for_layer("embed", "Conv2d").activations == Recipe().activations
     assert recipe.for_layer("encoder.layer.0.fc", "Linear").activations is None
     late = recipe.for_layer("encoder.layer.1.fc", "Linear")
     assert late.dynamic and isinstance(late.activations.granularity, PerToken)
@@ -104,4 +104,5 @@ def test_writing_never_overwrites(tmp_path):
 def test_default_recipe_is_the_field_default():
     r = Recipe.preset("int8-static")
     assert r.weights == QuantSpec("int8", symmetric=True, narrow_range=True, granularity=PerChannel(0))
-    assert r.activation_calibrator == CalibratorConfig("histogram", {"method": "percentile", "percentile": 99.99})
+    assert r.activations == QuantSpec("int8", symmetric=False, granularity=PerTensor())
+    assert r.activation_calibrator == CalibratorConfig("histogram", {"method": "mse"})

@@ -49,6 +49,8 @@ class QuantLinear(QuantModule):
         self.out_features, self.in_features = weight.shape
         self._setup_quantization(weight, weight_spec, weight_calibrator, input_quantizer)
         self.bias = bias if bias is None or isinstance(bias, nn.Parameter) else nn.Parameter(bias)
+        # Per-input-channel divisor applied before the input quantizer (SmoothQuant); None = none.
+        self.register_buffer("input_smoothing", None)
 
     @classmethod
     def from_float(cls, module: nn.Module, **quant) -> QuantLinear:
@@ -66,7 +68,34 @@ class QuantLinear(QuantModule):
             return cls(nn.Parameter(module.weight.detach().t().contiguous()), module.bias, **quant)
         raise TypeError(f"QuantLinear wraps nn.Linear or transformers' Conv1D, got {type(module).__name__}")
 
+    def smooth(self, factors: torch.Tensor) -> None:
+        """Move per-input-channel scale from the activation into the weight: `x / s`, `W * s`.
+
+        The float product is unchanged (`(x / s) @ (W * s).T == x @ W.T`); what changes is which
+        side carries the outlier channels, so both quantize with less error (SmoothQuant).
+        Factors compose if called twice. Only before `freeze`, while the weight is float.
+
+        Example:
+            >>> import torch
+            >>> layer = QuantLinear(torch.randn(3, 4), None, weight_spec=None)
+            >>> x = torch.randn(2, 4); before = layer(x)
+            >>> layer.smooth(torch.tensor([1.0, 2.0, 4.0, 0.5]))
+            >>> torch.allclose(layer(x), before, atol=1e-6)
+            True
+        """
+        if self.is_frozen:
+            raise ValueError("smooth() changes the float weight; call it before quantpilot.freeze")
+        factors = torch.as_tensor(factors, dtype=torch.float32)
+        if factors.shape != (self.in_features,) or not bool((factors > 0).all() and torch.isfinite(factors).all()):
+            raise ValueError(f"smoothing factors must be {self.in_features} positive finite values")
+        with torch.no_grad():
+            self.weight.mul_(factors.to(self.weight.dtype))
+        previous = self.input_smoothing
+        self.input_smoothing = factors if previous is None else previous * factors
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_smoothing is not None:
+            x = x / self.input_smoothing.to(x.dtype)
         x = self.input_quantizer(x)
         return F.linear(x, self.quantized_weight(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 

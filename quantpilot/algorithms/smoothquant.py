@@ -1,0 +1,165 @@
+"""SmoothQuant (Xiao et al., 2023): move activation outliers into the weights, then quantize W8A8.
+
+Activations of transformers have a few channels with values 10-100x the rest; one per-tensor
+scale then wastes most int8 codes on them. SmoothQuant divides each input channel j by
+`s_j = max|X_j|^alpha / max|W_j|^(1 - alpha)` and multiplies the weight's column j by the same
+factor, which leaves the float product unchanged and splits the difficulty between the two.
+
+Post-LN encoders (BERT) feed the LayerNorm output both to the next Linear and to the residual
+branch, so the division cannot be folded into the LayerNorm exactly; quantpilot keeps it as an
+explicit per-channel divide in front of the layer's input quantizer (a Mul in the exported
+graph, as NNCF does when it cannot fold).
+
+Example:
+    >>> import torch, quantpilot as qp
+    >>> net = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    >>> batches = [torch.randn(32, 16) for _ in range(4)]
+    >>> qmodel = qp.algorithms.smoothquant(net, batches, alpha=0.5)
+    >>> qmodel[0].input_smoothing.shape
+    torch.Size([16])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from fnmatch import fnmatch
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..api import calibrate, freeze, quantize, quantized_layers
+from ..batches import call_model
+from ..nn import QuantLinear, lookup
+from ..recipe import Recipe
+
+__all__ = ["smoothquant", "smoothing_factors", "MIN_CALIBRATION_ROWS"]
+
+MIN_CALIBRATION_ROWS = 64
+
+
+def smoothing_factors(act_amax: torch.Tensor, weight: torch.Tensor, alpha: float) -> torch.Tensor:
+    """`s_j = max|X_j|^alpha / max_i |W_ij|^(1 - alpha)` for a `(out, in)` weight.
+
+    Args:
+        act_amax: per-input-channel max |x| from calibration, shape `(in,)`.
+        weight: the float weight, shape `(out, in)`.
+        alpha: migration strength in [0, 1] (0: nothing moves, 1: all into the weight).
+
+    Returns:
+        Positive factors, shape `(in,)`.
+
+    Example:
+        >>> import torch
+        >>> smoothing_factors(torch.tensor([4.0, 1.0]), torch.ones(3, 2), 0.5).tolist()
+        [2.0, 1.0]
+    """
+    # Floors keep dead channels (never active, or an all-zero weight column) finite and unchanged in scale.
+    a = act_amax.float().clamp(min=1e-5)
+    w = weight.detach().abs().amax(dim=0).float().clamp(min=1e-5)
+    return (a.pow(alpha) / w.pow(1.0 - alpha)).clamp(min=1e-5)
+
+
+def _input_statistics(
+    model: nn.Module, names: set[str], batches: Sequence[Any]
+) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """Per-channel max |x| of each named layer's input, and how many input rows it saw."""
+    amax: dict[str, torch.Tensor] = {}
+    rows: dict[str, int] = {}
+
+    def hook(name: str):
+        def record(_module, inputs):
+            x = inputs[0].detach().float()
+            x = x.reshape(-1, x.shape[-1])
+            batch_amax = x.abs().amax(dim=0)
+            amax[name] = batch_amax if name not in amax else torch.maximum(amax[name], batch_amax)
+            rows[name] = rows.get(name, 0) + x.shape[0]
+
+        return record
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in model.named_modules() if n in names]
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                call_model(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, training in modes.items():
+            m.training = training
+    return amax, rows
+
+
+def smoothquant(
+    model: nn.Module,
+    calib_batches: Iterable[Any],
+    alpha: float = 0.5,
+    recipe: Recipe | str = "int8-static",
+    *,
+    layers: Sequence[str] = ("*",),
+    inplace: bool = False,
+) -> nn.Module:
+    """Smooth, quantize, calibrate and freeze: a W8A8 model ready to save or export.
+
+    Args:
+        model: the float model (left unchanged unless `inplace`).
+        calib_batches: calibration inputs (re-iterated twice: statistics, then calibration).
+        alpha: migration strength in [0, 1]; 0.5 is the paper's default, encoders with strong
+            outlier channels (all-MiniLM-L6-v2) do better near 0.7.
+        recipe: the W8A8 recipe (static or dynamic activations; layers whose activations stay
+            float are not smoothed).
+        layers: fnmatch patterns of the Linear layers to smooth.
+        inplace: quantize `model` itself.
+
+    Returns:
+        The frozen quantized model; `model.quantpilot_smoothing` maps each smoothed layer to its alpha.
+
+    Raises:
+        ValueError: bad alpha, no layer to smooth, or fewer than `MIN_CALIBRATION_ROWS` input rows.
+
+    Example:
+        >>> import torch, quantpilot as qp
+        >>> net = torch.nn.Sequential(torch.nn.Linear(8, 8))
+        >>> qm = qp.algorithms.smoothquant(net, [torch.randn(64, 8)], alpha=0.7)
+        >>> sorted(qm.quantpilot_smoothing)
+        ['0']
+    """
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
+    batches = list(calib_batches)
+    if not batches:
+        raise ValueError("smoothquant needs calibration batches (about 128 sequences is the usual amount)")
+    linear_names = {
+        n for n, m in model.named_modules() if (e := lookup(m)) is not None and e.name in ("Linear", "Conv1D")
+    }
+    if not linear_names:
+        raise ValueError("the model has no Linear (or GPT-2 Conv1D) layer: SmoothQuant has nothing to smooth")
+    # Statistics come from the float model before anything changes; the quantized model keeps its layer names.
+    amax, rows = _input_statistics(model, linear_names, batches)
+    qmodel = quantize(model, recipe, inplace=inplace)
+    targets = {
+        name: m
+        for name, m in quantized_layers(qmodel)
+        if isinstance(m, QuantLinear) and m.input_quantizer.spec is not None and any(fnmatch(name, p) for p in layers)
+    }
+    if not targets:
+        raise ValueError(
+            f"no Linear layer with quantized activations matches {list(layers)}: SmoothQuant only helps W8A8 layers; "
+            "check the recipe's activations and the layer patterns"
+        )
+    starved = {n: rows.get(n, 0) for n in targets if rows.get(n, 0) < MIN_CALIBRATION_ROWS}
+    if starved:
+        raise ValueError(
+            f"too little calibration data: layers {sorted(starved)[:3]} saw {min(starved.values())} input rows, "
+            f"SmoothQuant needs at least {MIN_CALIBRATION_ROWS} (about 128 sequences is the usual amount)"
+        )
+    for layer_name, layer in targets.items():
+        layer.smooth(smoothing_factors(amax[layer_name], layer.weight, float(alpha)))
+    with calibrate(qmodel):
+        for batch in batches:
+            call_model(qmodel, batch)
+    freeze(qmodel)
+    qmodel.quantpilot_smoothing = {layer_name: float(alpha) for layer_name in targets}
+    return qmodel

@@ -1,0 +1,106 @@
+"""SmoothQuant: exactness of the migration, its benefit on outlier channels, errors, save/load."""
+
+import pytest
+import torch
+from torch import nn
+
+import quantpilot as qp
+from quantpilot.algorithms.smoothquant import MIN_CALIBRATION_ROWS, smoothing_factors
+from quantpilot.nn import QuantLinear
+
+OUTLIERS = [3, 17, 40]
+
+
+def outlier_mlp(seed=0):
+    """An MLP fed activations whose channels OUTLIERS are 50x larger, the weights compensating.
+
+    That is the shape of transformer activations: a few huge channels that carry no more signal
+    than the others, so one per-tensor scale wastes the int8 grid on them.
+    """
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 16)).eval()
+    with torch.no_grad():
+        model[0].weight[:, OUTLIERS] /= 50.0
+    return model
+
+
+def outlier_batches(n=6, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    scale = torch.ones(64)
+    scale[OUTLIERS] = 50.0
+    return [torch.randn(32, 64, generator=g) * scale for _ in range(n)]
+
+
+def test_factors_follow_the_formula():
+    act = torch.tensor([8.0, 1.0, 0.0])
+    w = torch.tensor([[2.0, -0.5, 1.0], [1.0, 0.25, -3.0]])
+    s = smoothing_factors(act, w, alpha=0.5)
+    expected = torch.tensor([(8.0**0.5) / (2.0**0.5), 1.0 / (0.5**0.5), (1e-5**0.5) / (3.0**0.5)])
+    torch.testing.assert_close(s, expected)
+
+
+def test_smoothing_leaves_the_float_function_unchanged():
+    layer = QuantLinear(torch.randn(5, 7), torch.randn(5), weight_spec=None)
+    x = torch.randn(3, 7)
+    before = layer(x)
+    layer.smooth(torch.rand(7) * 10 + 0.1)
+    torch.testing.assert_close(layer(x), before, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="positive finite"):
+        layer.smooth(torch.zeros(7))
+
+
+def test_smoothquant_beats_plain_w8a8_on_outlier_channels():
+    model, batches = outlier_mlp(), outlier_batches()
+    recipe = qp.Recipe.preset("int8-static")
+    plain = qp.quantize(model, recipe)
+    with qp.calibrate(plain):
+        for b in batches:
+            plain(b)
+    qp.freeze(plain)
+    smoothed = qp.algorithms.smoothquant(model, batches, alpha=0.5, recipe=recipe)
+    test = outlier_batches(2, seed=9)
+    with torch.no_grad():
+        ref = torch.cat([model(b) for b in test])
+        err_plain = qp.metrics.sqnr_db(ref, torch.cat([plain(b) for b in test]))
+        err_smooth = qp.metrics.sqnr_db(ref, torch.cat([smoothed(b) for b in test]))
+    # Measured: 10.6 dB plain, 36.9 dB smoothed (minmax activations); percentile calibration alike.
+    assert err_smooth > err_plain + 10.0
+
+
+def test_original_model_is_untouched():
+    model, batches = outlier_mlp(), outlier_batches()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    qmodel = qp.algorithms.smoothquant(model, batches, alpha=0.5)
+    assert qmodel.quantpilot_smoothing == {"0": 0.5, "2": 0.5}
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_save_load_round_trip_keeps_the_smoothing(tmp_path):
+    model, batches = outlier_mlp(), outlier_batches()
+    qmodel = qp.algorithms.smoothquant(model, batches, alpha=0.6)
+    loaded = qp.load(outlier_mlp(seed=5), qp.save(qmodel, tmp_path / "sq"))
+    x = outlier_batches(1, seed=3)[0]
+    with torch.no_grad():
+        assert torch.equal(loaded(x), qmodel(x))
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"alpha": 1.5}, "alpha"),
+        ({"alpha": "auto"}, "alpha"),
+        ({"layers": ("nothing*",)}, "no Linear layer"),
+        ({"recipe": "w8a16"}, "no Linear layer"),
+    ],
+    ids=["alpha-range", "alpha-string", "no-match", "weight-only-recipe"],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        qp.algorithms.smoothquant(outlier_mlp(), outlier_batches(), **kwargs)
+
+
+def test_too_little_calibration_data_says_how_much():
+    with pytest.raises(ValueError, match=f"at least {MIN_CALIBRATION_ROWS}"):
+        qp.algorithms.smoothquant(outlier_mlp(), [torch.randn(4, 64)])
+    with pytest.raises(ValueError, match="needs calibration batches"):
+        qp.algorithms.smoothquant(outlier_mlp(), [])
