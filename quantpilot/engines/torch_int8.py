@@ -1,0 +1,143 @@
+"""The `torch-int8` engine: a frozen quantized model with real integer Linear layers, in pure PyTorch.
+
+`compile(frozen_qmodel, engine="torch-int8")` deep-copies the model and swaps every frozen
+`QuantLinear` the integer path can serve for `Int8Linear` (int8 x int8 -> int32 GEMM with
+`torch._int_mm`) or `Int8WeightOnlyLinear` (W8A16). Every other quantized layer keeps its
+fake-quant module, and the compiled object says which layer runs how (`integer_layers`) and why
+a layer did not (`fallback_layers`), so nothing is silently approximated.
+
+PyTorch's own dynamic quantized Linear (`torch.ao` / oneDNN qlinear_dynamic) is never called:
+issue 5 reports it crashing in torch 2.13 on this CPU. A model converted by
+`torch.ao.quantization.quantize_dynamic` is refused with a message instead of being run.
+
+Example:
+    >>> import torch, quantpilot as qp
+    >>> qmodel = qp.freeze(qp.quantize(torch.nn.Sequential(torch.nn.Linear(16, 8)), "int8-dynamic"))
+    >>> runner = qp.engines.compile(qmodel, engine="torch-int8")
+    >>> list(runner.integer_layers), runner(torch.randn(4, 16)).shape
+    (['0'], torch.Size([4, 8]))
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..api import quantized_layers
+from ..batches import call_model
+from ..nn import TensorQuantizer
+from ..nn.integer_linear import to_integer, unsupported_reason
+from .base import CompiledModel, register_engine
+
+__all__ = ["TorchInt8Model"]
+
+
+def _torch_ao_modules(model: nn.Module) -> list[str]:
+    """Names of modules converted by torch.ao quantization (their dynamic qlinear must not run here)."""
+    return [name for name, m in model.named_modules() if type(m).__module__.startswith("torch.ao.nn.quantized")]
+
+
+def _check_frozen(model: nn.Module) -> None:
+    layers = quantized_layers(model)
+    if not layers:
+        ao = _torch_ao_modules(model)
+        if ao:
+            raise ValueError(
+                f"the model holds torch.ao quantized modules (e.g. {ao[:3]}), not quantpilot layers; torch-int8 "
+                "never runs torch.ao's oneDNN dynamic qlinear (issue 5: it crashes in torch 2.13 on this CPU). "
+                "Quantize the float model with quantpilot.quantize(model, 'int8-dynamic'), freeze it, then compile it"
+            )
+        raise ValueError(
+            "the model has no quantized layer: quantize it with quantpilot.quantize(model, recipe), calibrate and "
+            "freeze it, then compile it for torch-int8"
+        )
+    unfrozen = [name for name, m in layers if m.weight_spec is not None and not m.is_frozen]
+    unfrozen += [
+        m.qualname or "?"
+        for m in model.modules()
+        if isinstance(m, TensorQuantizer) and m.needs_calibration and m.scale is None
+    ]
+    if unfrozen:
+        raise ValueError(
+            f"freeze first: {len(unfrozen)} layer(s) or input(s) are not frozen (e.g. {unfrozen[:3]}); run "
+            "calibration data through the model inside `with quantpilot.calibrate(model):` if it has static "
+            "activations, then call quantpilot.freeze(model) before compiling for torch-int8"
+        )
+
+
+class TorchInt8Model(CompiledModel):
+    """A frozen quantized model whose Linear layers run on int8 integer kernels where they can.
+
+    Args:
+        model: a model quantized with `quantpilot.quantize` and frozen with `quantpilot.freeze`.
+            It is not modified: the engine runs a deep copy.
+
+    Attributes:
+        model: the copy that runs, in eval mode.
+        integer_layers: `{qualified name: what it runs}` for each layer on the integer path.
+        fallback_layers: `{qualified name: why not}` for each quantized layer that keeps its
+            fake-quant module.
+
+    Raises:
+        TypeError: `model` is not an `nn.Module`.
+        ValueError: the model has no quantized layer, or is not frozen ("freeze first").
+
+    Example:
+        >>> import torch, quantpilot as qp
+        >>> net = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> qnet = qp.quantize(net, "int8-static")
+        >>> with qp.calibrate(qnet):
+        ...     _ = qnet(torch.randn(64, 8))
+        >>> runner = TorchInt8Model(qp.freeze(qnet))
+        >>> sorted(runner.integer_layers), runner.fallback_layers
+        (['0', '2'], {})
+    """
+
+    engine = "torch-int8"
+
+    def __init__(self, model: nn.Module) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"the torch-int8 engine runs an nn.Module, got {type(model).__name__}")
+        _check_frozen(model)
+        self.model = copy.deepcopy(model).eval()
+        self.integer_layers: dict[str, str] = {}
+        self.fallback_layers: dict[str, str] = {}
+        for name, layer in quantized_layers(self.model):
+            reason = unsupported_reason(layer)
+            if reason is not None:
+                self.fallback_layers[name] = reason
+                continue
+            integer = to_integer(layer)
+            self.integer_layers[name] = integer.path
+            if name == "":
+                self.model = integer
+            else:
+                parent, _, child = name.rpartition(".")
+                setattr(self.model.get_submodule(parent), child, integer)
+        if not self.integer_layers:
+            warnings.warn(
+                "torch-int8: no layer runs on the integer path, the model runs as fake-quant; reasons: "
+                + "; ".join(f"{n}: {r}" for n, r in list(self.fallback_layers.items())[:3]),
+                stacklevel=3,
+            )
+
+    def run(self, batch: Any) -> Any:
+        """Run one batch (a dict of keyword inputs, a tuple of positional ones, or a tensor).
+
+        Example:
+            >>> import torch, quantpilot as qp
+            >>> qm = qp.freeze(qp.quantize(torch.nn.Sequential(torch.nn.Linear(4, 4)), "w8a16"))
+            >>> TorchInt8Model(qm).run(torch.ones(1, 4)).shape
+            torch.Size([1, 4])
+        """
+        with torch.inference_mode():
+            return call_model(self.model, batch)
+
+
+@register_engine("torch-int8")
+def _torch_int8_engine(model: Any) -> CompiledModel:
+    return TorchInt8Model(model)
