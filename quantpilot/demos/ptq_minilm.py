@@ -1,6 +1,7 @@
 """The main job: post-training quantization of the bundled all-MiniLM-L6-v2, measured against FP32.
 
-Runs dynamic int8 and static int8 (calibrated on 200 bundled sentences), and prints, for each,
+Runs dynamic int8, static int8 (calibrated on 200 bundled sentences) and static int8 after
+SmoothQuant (alpha chosen on the calibration sentences, see SMOOTHQUANT_ALPHA), and prints, for each,
 the cosine of sentence embeddings against FP32 on 160 held-out sentences, nearest-neighbour
 retrieval agreement, size on disk, and latency against FP32 eager and bf16 eager. PyTorch's own
 `quantize_dynamic` is measured in the same run as the peer a PyTorch user would try first.
@@ -33,6 +34,9 @@ from quantpilot.timing import interleaved_latency
 __all__ = ["main", "run"]
 
 RECIPES = ("int8-dynamic", "int8-static")
+# Chosen by embedding cosine on the 200 *calibration* sentences among 0.5, 0.6, ..., 1.0
+# (0.9899, 0.9957, 0.9967, 0.9973, 0.9966, 0.9970); held-out sentences are never used for a choice.
+SMOOTHQUANT_ALPHA = 0.8
 
 
 def _torch_ao_dynamic(model: torch.nn.Module) -> torch.nn.Module:
@@ -75,8 +79,15 @@ def run(out_dir: Path | None = None, threads: int = 2, iters: int = 10) -> list[
         qp.freeze(qmodel)
         info[f"quantpilot {recipe}"] = {"quantize_s": time.perf_counter() - start}
         variants[f"quantpilot {recipe}"] = qmodel
-        if out_dir is not None and recipe == "int8-static":
-            qp.save(qmodel, out_dir / f"minilm-{recipe}")
+
+    start = time.perf_counter()
+    batches = list(token_batches(tokenizer, calib, batch_size=32))
+    smoothed = qp.algorithms.smoothquant(model, batches, alpha=SMOOTHQUANT_ALPHA, recipe="int8-static")
+    name = f"quantpilot int8-static+SQ{SMOOTHQUANT_ALPHA}"
+    info[name] = {"quantize_s": time.perf_counter() - start}
+    variants[name] = smoothed
+    if out_dir is not None:
+        qp.save(smoothed, out_dir / "minilm-int8-static-smoothquant")
 
     with torch.no_grad():
         latency = interleaved_latency({n: (lambda m=m: m(**probe)) for n, m in variants.items()}, warmup=2, iters=iters)
@@ -113,18 +124,18 @@ def run(out_dir: Path | None = None, threads: int = 2, iters: int = 10) -> list[
 def format_table(rows: list[dict]) -> str:
     """The demo's table as text."""
     head = (
-        f"{'mode':<28} {'cosine':>8} {'min cos':>8} {'NN agree':>8} {'size MiB':>9} {'smaller':>8} "
+        f"{'mode':<32} {'cosine':>8} {'min cos':>8} {'NN agree':>8} {'size MiB':>9} {'smaller':>8} "
         f"{'x fp32':>7} {'x bf16':>7}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         if "error" in r:
-            lines.append(f"{r['mode']:<28} failed: {r['error']}")
+            lines.append(f"{r['mode']:<32} failed: {r['error']}")
             continue
         size = "n/a" if r["size_mib"] is None else f"{r['size_mib']:.1f}"
         ratio = "n/a" if r["size_ratio"] is None else f"{r['size_ratio']:.2f}x"
         lines.append(
-            f"{r['mode']:<28} {r['cosine_mean']:8.4f} {r['cosine_min']:8.4f} {r['retrieval_agreement']:8.3f} "
+            f"{r['mode']:<32} {r['cosine_mean']:8.4f} {r['cosine_min']:8.4f} {r['retrieval_agreement']:8.3f} "
             f"{size:>9} {ratio:>8} {r['speed_vs_fp32']:6.2f}x {r['speed_vs_bf16']:6.2f}x"
         )
     return "\n".join(lines)
@@ -150,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         "integer speed comes from an engine (quantpilot export / OpenVINO / ONNX Runtime)."
     )
     if out_dir is not None:
-        print(f"saved the static int8 model and the table under {out_dir}")
+        print(f"saved the SmoothQuant int8 model and the table under {out_dir}")
     print(f"total {time.perf_counter() - start:.0f} s")
     return 0
 
