@@ -432,10 +432,10 @@ _COLLECT_CHUNK = 2**18
 # Fake-quantization points per histogram bin for the MSE estimate: the rounding error of a
 # bin is averaged over these, not taken from its centre alone (which is wrong by up to a step).
 _MSE_POINTS_PER_BIN = 4
-# Thresholds the MSE search evaluates per round while it narrows its bracket (fp8).
+# Thresholds the MSE search measures per round while it narrows its bracket.
 _MSE_STEPS = 24
-# Thresholds either side of the modelled optimum that the MSE search evaluates exactly (integers).
-_MSE_BRACKET = 12
+# Half-width of the first bracket around the modelled optimum, as a fraction of all thresholds.
+_MSE_BRACKET = 0.15
 
 
 class Histogram(Calibrator):
@@ -456,9 +456,13 @@ class Histogram(Calibrator):
 
     * `"entropy"`: TensorRT's search for the threshold whose quantized distribution
       (as many levels as the spec has per side: 128 for int8) has the least KL divergence from
-      the clipped one; ties go to the widest range.
+      the clipped one; ties go to the widest range. (NVIDIA's tool also overwrites the zero
+      bin with its neighbour, a ReLU heuristic; this one uses the data as it is.)
     * `"mse"`: the threshold with the least expected fake-quantization error over the
-      histogram, measured with `primitives.fake_quantize`.
+      histogram: every threshold is scored with a model (uniform rounding noise inside the
+      grid, clipping error outside), then those around the best are measured with
+      `primitives.fake_quantize` at several points per bin (fp8: a narrowing search, all
+      measured).
     * `"percentile"`: the `percentile`-th percentile of |x| (symmetric) or the two tails of
       `(100 - percentile) / 2` percent each (asymmetric), interpolated inside its bin.
 
@@ -790,12 +794,15 @@ class Histogram(Calibrator):
         lo_i, hi_i = 0, starts.size - 1
         if not self.spec.dtype.is_float:
             # Every threshold at once with the textbook model (uniform rounding noise s^2 / 12
-            # inside the grid, clipping error outside), from prefix sums: it picks the bracket
-            # that the exact evaluation below searches.
+            # inside the grid, clipping error outside), from prefix sums: it centres the bracket
+            # that the measured search below narrows. The model is rough where most values sit
+            # within a few steps (GELU outputs), so the bracket is wide: on MiniLM's activations
+            # this found the exhaustive optimum to within 0.02 dB with ~50 measured thresholds.
             centres = np.clip((bins + self._origin + 0.5) * self.bin_width, lo_data, hi_data)
             model = self._modelled_mse(centres, counts[bins], starts, ends, first, last)
             best = int(np.argmin(model))
-            lo_i, hi_i = max(best - _MSE_BRACKET, 0), min(best + _MSE_BRACKET, starts.size - 1)
+            reach = max(_MSE_STEPS, int(_MSE_BRACKET * starts.size))
+            lo_i, hi_i = max(best - reach, 0), min(best + reach, starts.size - 1)
         k = _MSE_POINTS_PER_BIN
         pos = ((bins + self._origin)[:, None] + (np.arange(k) + 0.5) / k) * self.bin_width
         # The bins holding the extremes reach past them; no value lies out there.
@@ -803,9 +810,12 @@ class Histogram(Calibrator):
         weights = torch.from_numpy(np.repeat(counts[bins] / k, k).astype(np.float32))
         args = (starts, ends, first, last, points, weights)
         with torch.no_grad():
-            # fp8 (no uniform grid to model): evenly spaced thresholds, then again between the
-            # neighbours of the best one, until the bracket is small enough to try all of it.
-            while hi_i - lo_i + 1 > 2 * _MSE_STEPS:
+            # Evenly spaced thresholds, then again between the neighbours of the best one, until
+            # the bracket is small enough to try all of it (fp8, with no uniform grid to model,
+            # starts from every threshold).
+            # Each measuring call costs ~0.2 ms of fixed overhead, so the last bracket may be up to
+            # three rounds wide rather than take another round.
+            while hi_i - lo_i + 1 > 3 * _MSE_STEPS:
                 probe = np.unique(np.round(np.linspace(lo_i, hi_i, _MSE_STEPS)).astype(np.int64))
                 c = int(np.argmin(self._mse_errors(probe, *args)))
                 lo_i, hi_i = int(probe[max(c - 1, 0)]), int(probe[min(c + 1, probe.size - 1)])
