@@ -508,6 +508,8 @@ class Histogram(Calibrator):
         self.percentile = float(percentile)
         self.bins = bins
         super().__init__(spec)
+        # The MSE search scores many candidate ranges in one call: one "channel" per candidate.
+        self._per_candidate_spec = replace(spec, granularity=PerChannel(0))
         self.reset()
 
     # -- statistics ---------------------------------------------------------------------------
@@ -781,8 +783,7 @@ class Histogram(Calibrator):
         lo, hi = torch.from_numpy(lo).to(torch.float32), torch.from_numpy(hi).to(torch.float32)
         if self._abs:
             lo = -hi
-        # One "channel" per candidate: a single per-channel fake-quantize call evaluates them all.
-        spec = replace(self.spec, granularity=PerChannel(0))
+        spec = self._per_candidate_spec
         scale, zero_point = choose_qparams(lo, hi, spec)
         grid = points.expand(index.size, -1)
         err = fake_quantize(grid, scale, zero_point, spec) - grid
@@ -826,7 +827,7 @@ class Histogram(Calibrator):
         """Modelled squared error of every candidate window, for values `centres` with `counts`."""
         lo, hi = self._window_ranges(starts, ends, first, last)
         lo_t, hi_t = torch.from_numpy(lo).to(torch.float32), torch.from_numpy(hi).to(torch.float32)
-        spec = replace(self.spec, granularity=PerChannel(0))
+        spec = self._per_candidate_spec
         scale, zero_point = choose_qparams(-hi_t if self._abs else lo_t, hi_t, spec)
         low, high = (t.double().numpy() for t in representable_range(scale, zero_point, spec))
         s0 = np.concatenate([[0.0], np.cumsum(counts)])
