@@ -17,7 +17,6 @@ Run: python -m quantpilot.demos.calibrators --out demo-out
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import torch
@@ -115,8 +114,8 @@ def calibrate_all(batches: list[torch.Tensor], spec: QuantSpec) -> list[dict]:
         spec: a per-tensor scheme.
 
     Returns:
-        One dict per calibrator: `name`, `min`, `max`, `sqnr_db` (of quantize -> dequantize of
-        all batches together with that range) and `seconds` (collect + compute).
+        One dict per calibrator: `name`, `min`, `max` and `sqnr_db` (of quantize -> dequantize
+        of all batches together with that range). Timings live in benchmarks/bench_core.py.
 
     Example:
         >>> import torch
@@ -127,13 +126,11 @@ def calibrate_all(batches: list[torch.Tensor], spec: QuantSpec) -> list[dict]:
     activation = torch.cat([b.reshape(-1) for b in batches])
     rows = []
     for name, kind, options in CALIBRATORS:
-        start = time.perf_counter()
         cal = build_calibrator(spec, kind, **options)
         for batch in batches:
             cal.collect(batch)
         lo, hi = cal.compute_range()
         scale, zero_point = cal.qparams()
-        seconds = time.perf_counter() - start
         approx = dequantize(quantize(activation, scale, zero_point, spec), scale, zero_point, spec)
         rows.append(
             {
@@ -141,7 +138,6 @@ def calibrate_all(batches: list[torch.Tensor], spec: QuantSpec) -> list[dict]:
                 "min": lo.item(),
                 "max": hi.item(),
                 "sqnr_db": sqnr_db(activation, approx),
-                "seconds": seconds,
             }
         )
     return rows
@@ -151,16 +147,14 @@ def format_table(rows: list[dict]) -> str:
     """The rows of `calibrate_all` as an aligned text table.
 
     Example:
-        >>> print(format_table([{"name": "minmax", "min": -1.0, "max": 1.0, "sqnr_db": 40.0, "seconds": 0.001}]))
-        calibrator       min       max   SQNR dB   time ms
-        minmax       -1.0000    1.0000     40.00      1.00
+        >>> print(format_table([{"name": "minmax", "min": -1.0, "max": 1.0, "sqnr_db": 40.0}]))
+        calibrator       min       max   SQNR dB
+        minmax       -1.0000    1.0000     40.00
     """
     width = max(len("calibrator"), *(len(r["name"]) for r in rows))
-    lines = [f"{'calibrator':<{width}} {'min':>9} {'max':>9} {'SQNR dB':>9} {'time ms':>9}"]
+    lines = [f"{'calibrator':<{width}} {'min':>9} {'max':>9} {'SQNR dB':>9}"]
     for r in rows:
-        lines.append(
-            f"{r['name']:<{width}} {r['min']:>9.4f} {r['max']:>9.4f} {r['sqnr_db']:>9.2f} {r['seconds'] * 1e3:>9.2f}"
-        )
+        lines.append(f"{r['name']:<{width}} {r['min']:>9.4f} {r['max']:>9.4f} {r['sqnr_db']:>9.2f}")
     return "\n".join(lines)
 
 
