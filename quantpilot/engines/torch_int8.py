@@ -30,7 +30,7 @@ from torch import nn
 from ..api import quantized_layers
 from ..batches import call_model
 from ..nn import TensorQuantizer
-from ..nn.integer_linear import to_integer, unsupported_reason
+from ..nn.integer_linear import ActivationCodeCache, Int8Linear, to_integer, unsupported_reason
 from .base import CompiledModel, register_engine
 
 __all__ = ["TorchInt8Model"]
@@ -106,12 +106,16 @@ class TorchInt8Model(CompiledModel):
         self.model = copy.deepcopy(model).eval()
         self.integer_layers: dict[str, str] = {}
         self.fallback_layers: dict[str, str] = {}
+        # One cache for all layers: query, key and value read one tensor and quantize it once.
+        self._codes = ActivationCodeCache()
         for name, layer in quantized_layers(self.model):
             reason = unsupported_reason(layer)
             if reason is not None:
                 self.fallback_layers[name] = reason
                 continue
             integer = to_integer(layer)
+            if isinstance(integer, Int8Linear):
+                integer.code_cache = self._codes
             self.integer_layers[name] = integer.path
             if name == "":
                 self.model = integer
@@ -134,8 +138,12 @@ class TorchInt8Model(CompiledModel):
             >>> TorchInt8Model(qm).run(torch.ones(1, 4)).shape
             torch.Size([1, 4])
         """
-        with torch.inference_mode():
-            return call_model(self.model, batch)
+        # no_grad, not inference_mode: the code cache needs version counters to see in-place changes.
+        try:
+            with torch.no_grad():
+                return call_model(self.model, batch)
+        finally:
+            self._codes.clear()
 
 
 @register_engine("torch-int8")

@@ -48,6 +48,7 @@ from ..spec import PerChannel, PerTensor, PerToken, QuantDtype, QuantSpec
 from .linear import QuantLinear
 
 __all__ = [
+    "ActivationCodeCache",
     "Int8Linear",
     "Int8WeightOnlyLinear",
     "int8_matmul",
@@ -238,6 +239,58 @@ def _per_channel_weight_scale(layer: QuantLinear) -> torch.Tensor:
     return layer.weight_scale.float().reshape(-1).expand(layer.out_features).contiguous()
 
 
+class ActivationCodeCache:
+    """The int8 codes of the last activation quantized, so layers fed the same tensor quantize it once.
+
+    In a transformer the query, key and value projections read one hidden-state tensor; with the
+    same quantizer settings their codes are identical, and quantizing costs about as much as an
+    int8 GEMM here. A hit needs the very same tensor object, unchanged since (its version counter,
+    which inference-mode tensors lack: those are never cached), and equal quantizer settings.
+
+    Example:
+        >>> import torch
+        >>> cache, x = ActivationCodeCache(), torch.ones(2)
+        >>> cache.store(x, "settings", None, "codes"); cache.lookup(x, "settings", None)
+        'codes'
+        >>> _ = x.add_(1); cache.lookup(x, "settings", None) is None  # changed in place: a miss
+        True
+    """
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget the cached activation (and release it)."""
+        self._x: torch.Tensor | None = None
+        self._version = -1
+        self._key: object = None
+        self._smoothing: torch.Tensor | None = None
+        self._value: object = None
+
+    @staticmethod
+    def _version_of(x: torch.Tensor) -> int | None:
+        try:
+            return x._version
+        except RuntimeError:  # an inference-mode tensor: no counter, so no proof it is unchanged
+            return None
+
+    def lookup(self, x: torch.Tensor, key: object, smoothing: torch.Tensor | None) -> object:
+        """The stored value if `x` is the cached tensor, unmodified, under equal settings; else None."""
+        if self._x is not x or self._key != key or self._version != self._version_of(x):
+            return None
+        if (smoothing is None) != (self._smoothing is None):
+            return None
+        if smoothing is not None and not torch.equal(smoothing, self._smoothing):
+            return None
+        return self._value
+
+    def store(self, x: torch.Tensor, key: object, smoothing: torch.Tensor | None, value: object) -> None:
+        """Remember `value` for `x` (nothing is stored for tensors without a version counter)."""
+        version = self._version_of(x)
+        if version is not None:
+            self._x, self._version, self._key, self._smoothing, self._value = x, version, key, smoothing, value
+
+
 class Int8Linear(nn.Module):
     """W8A8 Linear on integer arithmetic: quantize the input, int8 GEMM, int32 offsets, one rescale.
 
@@ -288,6 +341,10 @@ class Int8Linear(nn.Module):
         self.bias_mode = "none" if bias is None else "float"
         if not self.dynamic:
             self._fold_static(quantizer.scale, quantizer.zero_point, bias)
+        # What makes two layers' codes for one input identical (see ActivationCodeCache).
+        static = () if self.dynamic else (float(self.input_scale), int(self.input_zero_point))
+        self.code_key = (self.input_spec, self.dynamic, static)
+        self.code_cache: ActivationCodeCache | None = None
         mode = "per-token" if self.per_token else "per-tensor"
         kind = f"{'dynamic' if self.dynamic else 'static'} {mode} {'' if self.input_spec.symmetric else 'a'}symmetric"
         self.path = f"int8 GEMM, {kind} {self.input_spec.dtype.value} input, bias {self.bias_mode}"
@@ -311,7 +368,8 @@ class Int8Linear(nn.Module):
         self.out_scale = out_scale
         self.offset = offset.to(torch.int32) if bool(offset.ne(0).any()) else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _codes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """int8 codes of the input, with the scale and (int8-domain) zero point they were made with."""
         if self.input_smoothing is not None:
             x = x / self.input_smoothing.to(x.dtype)
         spec = self.input_spec
@@ -323,23 +381,37 @@ class Int8Linear(nn.Module):
         if self.uint8_shift:
             codes = codes.view(torch.int8).bitwise_xor_(-128)
             zero_point = zero_point - 128
+        return codes, scale, zero_point
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cache = self.code_cache
+        found = None if cache is None else cache.lookup(x, self.code_key, self.input_smoothing)
+        if found is None:
+            found = self._codes(x)
+            if cache is not None:
+                cache.store(x, self.code_key, self.input_smoothing, found)
+        codes, scale, zero_point = found
         lead = x.shape[:-1]
         acc = int8_matmul(codes.reshape(-1, self.in_features), self.weight_int.t())
         bias = self.bias
-        if not self.dynamic:
-            if self.offset is not None:
-                acc.add_(self.offset)
-            out_scale = self.out_scale
-        elif self.per_token:
+        if self.per_token:
             if self.needs_zero_point:
                 acc.addr_(zero_point.reshape(-1).to(torch.int32), self.weight_row_sum, alpha=-1)
-            out_scale = scale.reshape(-1, 1) * self.weight_scale
+            # Column scale while converting (int32 * float32 promotes inside the kernel), then the row
+            # scale and the bias in place: two passes and no M x N matrix of scales.
+            y = torch.mul(acc, self.weight_scale)
+            row_scale = scale.reshape(-1, 1)
+            y = y.mul_(row_scale) if bias is None else torch.addcmul(bias, y, row_scale, out=y)
         else:
-            if self.needs_zero_point:
-                acc.sub_(zero_point.to(torch.int32) * self.weight_row_sum)
-            out_scale = scale * self.weight_scale
-        # int32 * float32 promotes inside the kernel: one pass, no float copy of the accumulator.
-        y = torch.mul(acc, out_scale) if bias is None else torch.addcmul(bias, acc, out_scale)
+            if not self.dynamic:
+                if self.offset is not None:
+                    acc.add_(self.offset)
+                out_scale = self.out_scale
+            else:
+                if self.needs_zero_point:
+                    acc.sub_(zero_point.to(torch.int32) * self.weight_row_sum)
+                out_scale = scale * self.weight_scale
+            y = torch.mul(acc, out_scale) if bias is None else torch.addcmul(bias, acc, out_scale)
         return y.reshape(*lead, self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:

@@ -100,7 +100,8 @@ def run_capturing_inputs(model: nn.Module, batch, types) -> dict[str, tuple[torc
     """Run `batch` through `model`, returning {layer name: (input, output)} of the layers of `types`."""
     seen = {}
     hooks = [
-        m.register_forward_hook(lambda _m, args, out, name=name: seen.__setitem__(name, (args[0], out)))
+        # A copy: the model may change its input in place after the layer ran.
+        m.register_forward_hook(lambda _m, args, out, name=name: seen.__setitem__(name, (args[0].clone(), out)))
         for name, m in model.named_modules()
         if isinstance(m, types)
     ]
@@ -230,6 +231,42 @@ def test_bert_layers_match_fake_quant_within_one_step(bert, preset):
     assert all("QuantEmbedding" in reason for reason in runner.fallback_layers.values())
     assert check_layers_against_fake_quant(runner, qmodel, bert_batch(9)) == 13
     check_model_against_fake_quant(runner, qmodel, bert, bert_batch(10), key="last_hidden_state")
+
+
+class Fork(nn.Module):
+    """Three layers read one tensor, as query / key / value do; the third after it changed in place."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(24, 16), nn.Linear(24, 16), nn.Linear(24, 16)
+
+    def forward(self, x):
+        x = x * 1.0  # a fresh tensor the model owns
+        q, k = self.q(x), self.k(x)
+        x.mul_(3.0)
+        return torch.cat([q, k, self.v(x)], dim=-1)
+
+
+@pytest.mark.parametrize("preset", ["int8-static", "int8-dynamic"], ids=["static", "dynamic"])
+def test_layers_reading_one_tensor_quantize_it_once_and_see_in_place_changes(preset, monkeypatch):
+    torch.manual_seed(0)
+    model = Fork().eval()
+    qmodel = frozen(model, preset, [torch.randn(6, 24) * 3 for _ in range(2)])
+    runner = qp.engines.compile(qmodel, engine="torch-int8")
+    quantized = []
+    original = Int8Linear._codes
+    monkeypatch.setattr(Int8Linear, "_codes", lambda self, x: quantized.append(self) or original(self, x))
+    x = torch.randn(5, 24)
+    check_layers_against_fake_quant(runner, qmodel, x)
+    quantized.clear()
+    out = runner(x)
+    # q and k share codes (calibrated on one tensor, their static ranges agree too); v's input changed in place.
+    assert runner.model.q.code_key == runner.model.k.code_key
+    assert [type(m) for m in quantized] == [Int8Linear, Int8Linear] and quantized[1] is runner.model.v
+    with torch.no_grad():
+        assert qp.metrics.sqnr_db(qmodel(x), out) > 60
+    with torch.inference_mode():  # no version counters: nothing is cached, results are the same
+        assert torch.equal(runner.model(x), out)
 
 
 class Mixed(nn.Module):
