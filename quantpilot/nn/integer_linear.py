@@ -261,11 +261,9 @@ class ActivationCodeCache:
 
     def clear(self) -> None:
         """Forget the cached activation (and release it)."""
-        self._x: torch.Tensor | None = None
-        self._version = -1
-        self._key: object = None
-        self._smoothing: torch.Tensor | None = None
-        self._value: object = None
+        # One tuple, replaced whole: a model run from two threads can never pair one tensor with
+        # another's codes (a single attribute store is atomic).
+        self._entry: tuple | None = None
 
     @staticmethod
     def _version_of(x: torch.Tensor) -> int | None:
@@ -276,19 +274,23 @@ class ActivationCodeCache:
 
     def lookup(self, x: torch.Tensor, key: object, smoothing: torch.Tensor | None) -> object:
         """The stored value if `x` is the cached tensor, unmodified, under equal settings; else None."""
-        if self._x is not x or self._key != key or self._version != self._version_of(x):
+        entry = self._entry
+        if entry is None:
             return None
-        if (smoothing is None) != (self._smoothing is None):
+        cached_x, version, cached_key, cached_smoothing, value = entry
+        if cached_x is not x or cached_key != key or version != self._version_of(x):
             return None
-        if smoothing is not None and not torch.equal(smoothing, self._smoothing):
+        if (smoothing is None) != (cached_smoothing is None):
             return None
-        return self._value
+        if smoothing is not None and not torch.equal(smoothing, cached_smoothing):
+            return None
+        return value
 
     def store(self, x: torch.Tensor, key: object, smoothing: torch.Tensor | None, value: object) -> None:
         """Remember `value` for `x` (nothing is stored for tensors without a version counter)."""
         version = self._version_of(x)
         if version is not None:
-            self._x, self._version, self._key, self._smoothing, self._value = x, version, key, smoothing, value
+            self._entry = (x, version, key, smoothing, value)
 
 
 class Int8Linear(nn.Module):
