@@ -395,25 +395,25 @@ class Int8Linear(nn.Module):
         codes, scale, zero_point = found
         lead = x.shape[:-1]
         acc = int8_matmul(codes.reshape(-1, self.in_features), self.weight_int.t())
-        bias = self.bias
+        # Integer corrections first, in int32: the zero-point cross term and, static, the int32 bias.
+        if self.per_token and self.needs_zero_point:
+            acc.addr_(zero_point.reshape(-1).to(torch.int32), self.weight_row_sum, alpha=-1)
+        elif self.dynamic and self.needs_zero_point:
+            acc.sub_(zero_point.to(torch.int32) * self.weight_row_sum)
+        elif not self.dynamic and self.offset is not None:
+            acc.add_(self.offset)
+        # Then the accumulator becomes float32 in its own memory (same element size, each element read
+        # before it is written) and the rescale runs in place. Mixed int32 * float32 ops would first
+        # copy the accumulator to float on CPU, and each large fresh buffer costs page faults here.
+        y = acc.view(torch.float32).copy_(acc)
         if self.per_token:
-            if self.needs_zero_point:
-                acc.addr_(zero_point.reshape(-1).to(torch.int32), self.weight_row_sum, alpha=-1)
-            # Column scale while converting (int32 * float32 promotes inside the kernel), then the row
-            # scale and the bias in place: two passes and no M x N matrix of scales.
-            y = torch.mul(acc, self.weight_scale)
-            row_scale = scale.reshape(-1, 1)
-            y = y.mul_(row_scale) if bias is None else torch.addcmul(bias, y, row_scale, out=y)
+            y.mul_(self.weight_scale)
+            out_scale = scale.reshape(-1, 1)  # the row scale: no M x N matrix of scales
+        elif self.dynamic:
+            out_scale = scale * self.weight_scale
         else:
-            if not self.dynamic:
-                if self.offset is not None:
-                    acc.add_(self.offset)
-                out_scale = self.out_scale
-            else:
-                if self.needs_zero_point:
-                    acc.sub_(zero_point.to(torch.int32) * self.weight_row_sum)
-                out_scale = scale * self.weight_scale
-            y = torch.mul(acc, out_scale) if bias is None else torch.addcmul(bias, acc, out_scale)
+            out_scale = self.out_scale
+        y = y.mul_(out_scale) if self.bias is None else torch.addcmul(self.bias, y, out_scale, out=y)
         return y.reshape(*lead, self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
