@@ -18,6 +18,10 @@ asymmetric weight would add a per-token sum of the activation codes, so such lay
 * dynamic activations (`s_x`, `zp_x` per token or per batch): a per-call int32 bias would cost an
   M x N division, so the bias stays float and is added during the rescale (`addcmul`, one pass).
 
+The rescale runs in place on the accumulator's own memory: on this 2-core CPU the unfused eager
+path spends as much time on its M x K and M x N passes (and the page faults of fresh buffers) as
+on the int8 GEMM itself.
+
 The GEMM is `torch._int_mm`. On this PyTorch build (2.13, CPU) it accepts every 2-D int8 shape
 (measured: M = 1, K = 7, N = 12 and K = 0 give exact results), unlike CUDA, which needs M > 16 and
 K, N multiples of 8; but it misreads operands whose size-1 dimension has an unusual stride (e.g.
@@ -26,8 +30,9 @@ does not fit, the same int32 accumulator comes from a float64 matmul of the code
 every partial sum is an integer far below 2**53.
 
 `Int8WeightOnlyLinear` (W8A16) keeps activations float and dequantizes the int8 weight per call.
-`torch.ops.aten._weight_int8pack_mm` exists on this build but measured 10-50x slower than a float
-matmul at BERT shapes on this CPU (AVX-512 VNNI, no AMX), so it is not used.
+`torch.ops.aten._weight_int8pack_mm` exists on this build but measured 20-40x slower than a float
+matmul at BERT shapes (4096 rows) on this CPU (AVX-512 VNNI, no AMX), and slower still at 8 rows,
+so it is not used.
 
 Example:
     >>> import torch, quantpilot as qp
@@ -273,7 +278,16 @@ class ActivationCodeCache:
             return None
 
     def lookup(self, x: torch.Tensor, key: object, smoothing: torch.Tensor | None) -> object:
-        """The stored value if `x` is the cached tensor, unmodified, under equal settings; else None."""
+        """The stored value if `x` is the cached tensor, unmodified, under equal settings.
+
+        Args:
+            x: the layer input.
+            key: the quantizer settings that decide the codes (hashable, compared with ==).
+            smoothing: per-input-channel divisor applied before quantizing, or None.
+
+        Returns:
+            What `store` was given, or None on a miss.
+        """
         entry = self._entry
         if entry is None:
             return None
@@ -287,7 +301,14 @@ class ActivationCodeCache:
         return value
 
     def store(self, x: torch.Tensor, key: object, smoothing: torch.Tensor | None, value: object) -> None:
-        """Remember `value` for `x` (nothing is stored for tensors without a version counter)."""
+        """Remember `value` for `x`, replacing the previous entry.
+
+        Args:
+            x: the layer input (kept alive until the next `store` or `clear`); nothing is stored for
+                tensors without a version counter.
+            key, smoothing: as for `lookup`.
+            value: the codes and qparams to hand back.
+        """
         version = self._version_of(x)
         if version is not None:
             self._entry = (x, version, key, smoothing, value)
