@@ -42,15 +42,16 @@ def _torch_ao_modules(model: nn.Module) -> list[str]:
 
 
 def _check_frozen(model: nn.Module) -> None:
+    ao = _torch_ao_modules(model)
+    if ao:
+        # Also when quantpilot layers sit beside them: running the copy would call torch.ao's kernel.
+        raise ValueError(
+            f"the model holds torch.ao quantized modules (e.g. {ao[:3]}); torch-int8 never runs torch.ao's "
+            "oneDNN dynamic qlinear (issue 5 reports it crashing in torch 2.13 on this CPU). Quantize the float "
+            "model with quantpilot.quantize(model, 'int8-dynamic'), freeze it, then compile it"
+        )
     layers = quantized_layers(model)
     if not layers:
-        ao = _torch_ao_modules(model)
-        if ao:
-            raise ValueError(
-                f"the model holds torch.ao quantized modules (e.g. {ao[:3]}), not quantpilot layers; torch-int8 "
-                "never runs torch.ao's oneDNN dynamic qlinear (issue 5: it crashes in torch 2.13 on this CPU). "
-                "Quantize the float model with quantpilot.quantize(model, 'int8-dynamic'), freeze it, then compile it"
-            )
         raise ValueError(
             "the model has no quantized layer: quantize it with quantpilot.quantize(model, recipe), calibrate and "
             "freeze it, then compile it for torch-int8"

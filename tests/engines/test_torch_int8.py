@@ -483,6 +483,10 @@ def test_torch_ao_dynamic_models_are_refused_not_run():
     ao_linear = pytest.importorskip("torch.ao.nn.quantized.dynamic").Linear
     with pytest.raises(ValueError, match="torch.ao"):
         qp.engines.compile(nn.Sequential(ao_linear(8, 8)), engine="torch-int8")
+    mixed = qp.freeze(qp.quantize(nn.Sequential(nn.Linear(8, 8)), "int8-dynamic"))
+    mixed.append(ao_linear(8, 8))  # quantpilot layers beside a torch.ao one: still refused
+    with pytest.raises(ValueError, match="torch.ao"):
+        qp.engines.compile(mixed, engine="torch-int8")
 
 
 def test_integer_modules_refuse_layers_of_the_other_kind():
