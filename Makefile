@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo demo-core test lint bench-core clean
+.PHONY: demo demo-core test lint bench-core bench-torch-int8 clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ lint: $(VENV)/.installed-dev
 
 bench-core: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/bench_core.py
+
+bench-torch-int8: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/bench_torch_int8.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache build *.egg-info
