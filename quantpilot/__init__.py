@@ -9,7 +9,7 @@ Example:
 __version__ = "0.1.0"
 
 from . import algorithms, datasets, engines, evaluate  # noqa: E402
-from .api import calibrate, freeze, load, quantize, quantized_layers, save  # noqa: E402
+from .api import calibrate, freeze, is_frozen, load, quantize, quantized_layers, save, unfrozen_parts  # noqa: E402
 from .recipe import Recipe  # noqa: E402
 from .spec import PerChannel, PerGroup, PerTensor, PerToken, QuantDtype, QuantSpec  # noqa: E402
 from .summary import summary  # noqa: E402
@@ -28,6 +28,8 @@ __all__ = [
     "save",
     "load",
     "quantized_layers",
+    "is_frozen",
+    "unfrozen_parts",
     "summary",
     "evaluate",
     "algorithms",

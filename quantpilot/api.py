@@ -29,10 +29,21 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import __version__
+from .batches import eval_mode
 from .nn import QuantModule, TensorQuantizer, lookup
 from .recipe import FORMAT_VERSION, Recipe
 
-__all__ = ["quantize", "calibrate", "freeze", "save", "load", "quantized_layers", "RECIPE_ATTR"]
+__all__ = [
+    "quantize",
+    "calibrate",
+    "freeze",
+    "save",
+    "load",
+    "quantized_layers",
+    "is_frozen",
+    "unfrozen_parts",
+    "RECIPE_ATTR",
+]
 
 RECIPE_ATTR = "quantpilot_recipe"
 WEIGHTS_FILE = "model.safetensors"
@@ -173,22 +184,18 @@ def calibrate(model: nn.Module, *, progress: bool | None = None) -> Iterator[nn.
     quantizers = _static_quantizers(model)
     if not quantizers:
         warnings.warn("nothing to calibrate: this recipe has dynamic or float activations", stacklevel=3)
-    modes = {m: m.training for m in model.modules()}
     bar = tqdm(desc="calibrating", unit="batch", disable=not (_show_progress() if progress is None else progress))
     hook = model.register_forward_hook(lambda *_: bar.update(1))
-    model.eval()
     try:
         for q in quantizers:
             q.start_collecting()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             yield model
     finally:
         for q in quantizers:
             q.stop_collecting()
         hook.remove()
         bar.close()
-        for m, training in modes.items():
-            m.training = training
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -226,10 +233,28 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
-def _is_frozen(model: nn.Module) -> bool:
-    return all(m.is_frozen or m.weight_spec is None for _, m in quantized_layers(model)) and all(
-        q.scale is not None for q in _static_quantizers(model)
-    )
+def unfrozen_parts(model: nn.Module) -> list[str]:
+    """Names of layers whose weight is still float and of static inputs with no fixed range.
+
+    Example:
+        >>> import torch, quantpilot as qp
+        >>> qp.unfrozen_parts(qp.quantize(torch.nn.Sequential(torch.nn.Linear(2, 2))))
+        ['0', '0.input_quantizer']
+    """
+    weights = [name for name, m in quantized_layers(model) if m.weight_spec is not None and not m.is_frozen]
+    inputs = [q.qualname or "?" for q in _static_quantizers(model) if q.scale is None]
+    return weights + inputs
+
+
+def is_frozen(model: nn.Module) -> bool:
+    """True when every quantized weight is stored as integers and every static input range is fixed.
+
+    Example:
+        >>> import torch, quantpilot as qp
+        >>> qp.is_frozen(qp.freeze(qp.quantize(torch.nn.Sequential(torch.nn.Linear(2, 2)), "w8a16")))
+        True
+    """
+    return not unfrozen_parts(model)
 
 
 def _layer_map(model: nn.Module) -> dict[str, dict[str, Any]]:
@@ -265,7 +290,7 @@ def save(model: nn.Module, directory: str | Path) -> Path:
     _check_model(model)
     if not quantized_layers(model):
         raise ValueError("this model is not quantized: quantize, calibrate and freeze it before saving")
-    if not _is_frozen(model):
+    if not is_frozen(model):
         raise ValueError("the model is not frozen: call quantpilot.freeze(model) before quantpilot.save")
     directory = Path(directory)
     for fname in (WEIGHTS_FILE, MAP_FILE):

@@ -11,13 +11,14 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["call_model", "first_tensor"]
+__all__ = ["call_model", "first_tensor", "eval_mode"]
 
 
 def call_model(model: nn.Module, batch: Any) -> Any:
@@ -58,3 +59,28 @@ def first_tensor(output: Any) -> torch.Tensor:
         if isinstance(value, torch.Tensor):
             return value
     raise TypeError("the model output holds no tensor to compare")
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run the block with every module in eval mode; restore each module's own mode after, even on error.
+
+    Restoring per module (not `model.train(flag)`) keeps a deliberately frozen BatchNorm or dropout
+    inside a training model as the user left it.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Dropout()).train()
+        >>> with eval_mode(net):
+        ...     net.training
+        False
+        >>> net.training
+        True
+    """
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes.items():
+            m.training = training

@@ -21,8 +21,8 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from .api import quantized_layers, save
-from .batches import call_model, first_tensor
+from .api import is_frozen, quantized_layers, save
+from .batches import call_model, eval_mode, first_tensor
 from .metrics import cosine_similarity, max_abs_error, sqnr_db
 from .timing import interleaved_latency
 
@@ -118,26 +118,21 @@ def compare(
     if not batches:
         raise ValueError("compare needs at least one batch of inputs")
     ref_out, q_out = [], []
-    with torch.no_grad():
+    # Latency too is measured in eval mode: dropout in the timed runs would be neither fair nor deployed.
+    with eval_mode(float_model), eval_mode(qmodel), torch.no_grad():
         for model, sink in ((float_model, ref_out), (qmodel, q_out)):
-            was_training = model.training
-            model.eval()
-            try:
-                sink.extend(first_tensor(call_model(model, b)).float().flatten() for b in batches)
-            finally:
-                model.train(was_training)
+            sink.extend(first_tensor(call_model(model, b)).float().flatten() for b in batches)
         ref, approx = torch.cat(ref_out), torch.cat(q_out)
         probe = batches[0]
         lat = interleaved_latency(
             {"float": lambda: call_model(float_model, probe), "quant": lambda: call_model(qmodel, probe)}, warmup, iters
         )
-    frozen = all(m.is_frozen or m.weight_spec is None for _, m in quantized_layers(qmodel))
     return Comparison(
         sqnr_db=sqnr_db(ref, approx),
         cosine=float(cosine_similarity(ref, approx)),
         max_abs_error=max_abs_error(ref, approx),
         float_bytes=size_on_disk(float_model),
-        quant_bytes=size_on_disk(qmodel) if frozen else None,
+        quant_bytes=size_on_disk(qmodel) if is_frozen(qmodel) else None,
         float_latency_s=lat["float"],
         quant_latency_s=lat["quant"],
         float_metric=None if metric_fn is None else float(metric_fn(float_model)),

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..api import calibrate, freeze, quantize, quantized_layers
-from ..batches import call_model
+from ..batches import call_model, eval_mode
 from ..nn import QuantLinear, lookup
 from ..recipe import Recipe
 
@@ -78,17 +78,13 @@ def _input_statistics(
         return record
 
     handles = [m.register_forward_pre_hook(hook(n)) for n, m in model.named_modules() if n in names]
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             for batch in batches:
                 call_model(model, batch)
     finally:
         for h in handles:
             h.remove()
-        for m, training in modes.items():
-            m.training = training
     return amax, rows
 
 

@@ -27,9 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..api import quantized_layers
+from ..api import quantized_layers, unfrozen_parts
 from ..batches import call_model
-from ..nn import TensorQuantizer
 from ..nn.integer_linear import ActivationCodeCache, Int8Linear, to_integer, unsupported_reason
 from .base import CompiledModel, register_engine
 
@@ -56,12 +55,7 @@ def _check_frozen(model: nn.Module) -> None:
             "the model has no quantized layer: quantize it with quantpilot.quantize(model, recipe), calibrate and "
             "freeze it, then compile it for torch-int8"
         )
-    unfrozen = [name for name, m in layers if m.weight_spec is not None and not m.is_frozen]
-    unfrozen += [
-        m.qualname or "?"
-        for m in model.modules()
-        if isinstance(m, TensorQuantizer) and m.needs_calibration and m.scale is None
-    ]
+    unfrozen = unfrozen_parts(model)
     if unfrozen:
         raise ValueError(
             f"freeze first: {len(unfrozen)} layer(s) or input(s) are not frozen (e.g. {unfrozen[:3]}); run "
