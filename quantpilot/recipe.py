@@ -29,11 +29,15 @@ from .nn.registry import registered_names
 from .nn.tensor_quantizer import CalibratorConfig
 from .spec import PerChannel, PerGroup, PerTensor, PerToken, QuantSpec
 
-__all__ = ["Recipe", "LayerRecipe", "FORMAT_VERSION"]
+__all__ = ["Recipe", "LayerRecipe", "FORMAT_VERSION", "FUNCTIONAL_OPS"]
 
 FORMAT_VERSION = 1
 
 DEFAULT_MODULE_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "Conv1D", "Embedding")
+# Functional operations that can get quantization points besides the module layers: "matmul" (the
+# attention products Q·Kᵀ and P·V) and "add" (both inputs of a residual addition). LayerNorm and
+# softmax stay in float: every engine we target runs them in float anyway.
+FUNCTIONAL_OPS = ("matmul", "add")
 _OVERRIDABLE = ("weights", "activations", "dynamic", "weight_calibrator", "activation_calibrator")
 
 
@@ -109,6 +113,10 @@ class Recipe:
         skip: fnmatch patterns of qualified module names left in float.
         overrides: `{pattern: {field: value}}` applied in order to matching layers; fields are
             weights, activations, dynamic, weight_calibrator, activation_calibrator.
+        ops: functional operations that also get quantization points, a subset of
+            `FUNCTIONAL_OPS` ("matmul": attention Q·Kᵀ and P·V; "add": both inputs of residual
+            additions). They use the activation scheme and calibrator of the recipe; `skip` and
+            `overrides` patterns match their point names (e.g. "encoder.layer.0.attention.self:matmul").
         name: a label (presets set it).
 
     Example:
@@ -126,6 +134,7 @@ class Recipe:
     module_types: tuple[str, ...] = DEFAULT_MODULE_TYPES
     skip: tuple[str, ...] = ()
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ops: tuple[str, ...] = ()
     name: str = "custom"
 
     def __post_init__(self) -> None:
@@ -136,11 +145,16 @@ class Recipe:
         set_("dynamic", dynamic)
         set_("weight_calibrator", CalibratorConfig.from_dict(self.weight_calibrator))
         set_("activation_calibrator", CalibratorConfig.from_dict(self.activation_calibrator))
-        for key in ("module_types", "skip"):
+        for key in ("module_types", "skip", "ops"):
             value = getattr(self, key)
             if isinstance(value, str) or not all(isinstance(v, str) for v in value):
                 raise TypeError(f"{key} must be a list of strings, got {value!r}")
             set_(key, tuple(value))
+        bad_ops = [op for op in self.ops if op not in FUNCTIONAL_OPS]
+        if bad_ops:
+            raise ValueError(f"unknown ops {bad_ops}; functional quantization points are {list(FUNCTIONAL_OPS)}")
+        if self.ops and self.activations is None:
+            raise ValueError("ops quantize activations: give the recipe an activation scheme, or set ops=()")
         known = registered_names()
         unknown = [t for t in self.module_types if t not in known]
         if unknown:
@@ -243,6 +257,7 @@ class Recipe:
             "module_types": list(self.module_types),
             "skip": list(self.skip),
             "overrides": {p: {k: value(v) for k, v in o.items()} for p, o in self.overrides.items()},
+            "ops": list(self.ops),
         }
 
     @classmethod
