@@ -6,6 +6,7 @@ Example:
     True
 """
 
+from .llm_int8 import llm_int8, outlier_fraction, reset_outlier_stats
 from .smoothquant import smoothquant
 
-__all__ = ["smoothquant"]
+__all__ = ["smoothquant", "llm_int8", "outlier_fraction", "reset_outlier_stats"]
