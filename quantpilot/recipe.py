@@ -118,6 +118,8 @@ class Recipe:
             additions). They use the activation scheme and calibrator of the recipe; `skip` and
             `overrides` patterns match their point names (e.g. "encoder.layer.0.attention.self:matmul").
         name: a label (presets set it).
+        notes: free-text explanations, `{topic or layer: why}`; `quantpilot.select` records there why each
+            layer stays in float or got its calibrator. They never change how the model is quantized.
 
     Example:
         >>> from quantpilot import Recipe, QuantSpec
@@ -136,6 +138,7 @@ class Recipe:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     ops: tuple[str, ...] = ()
     name: str = "custom"
+    notes: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass normalisation)
@@ -164,6 +167,9 @@ class Recipe:
                 f"overrides must map fnmatch patterns to field mappings, got {type(self.overrides).__name__}"
             )
         set_("overrides", {str(p): self._normalise_override(p, o) for p, o in self.overrides.items()})
+        if not isinstance(self.notes, dict) or not all(isinstance(v, str) for v in self.notes.values()):
+            raise TypeError(f"notes must map names to explanation strings, got {self.notes!r}")
+        set_("notes", {str(k): v for k, v in self.notes.items()})
         _check_layer(
             self.weights, self.activations, self.dynamic, self.weight_calibrator, self.activation_calibrator, "recipe"
         )
@@ -258,6 +264,7 @@ class Recipe:
             "skip": list(self.skip),
             "overrides": {p: {k: value(v) for k, v in o.items()} for p, o in self.overrides.items()},
             "ops": list(self.ops),
+            "notes": dict(self.notes),
         }
 
     @classmethod
