@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .batches import eval_mode
+from .distributed import merged_across_ranks
 from .nn import QuantModule, TensorQuantizer, lookup
 from .recipe import FORMAT_VERSION, Recipe
 
@@ -187,10 +188,13 @@ def calibrate(model: nn.Module, *, progress: bool | None = None) -> Iterator[nn.
     bar = tqdm(desc="calibrating", unit="batch", disable=not (_show_progress() if progress is None else progress))
     hook = model.register_forward_hook(lambda *_: bar.update(1))
     try:
-        for q in quantizers:
-            q.start_collecting()
-        with eval_mode(model), torch.no_grad():
-            yield model
+        # Under torch.distributed the block's statistics are merged across ranks on exit, so every
+        # rank freezes identical ranges; a no-op in one process.
+        with merged_across_ranks(quantizers):
+            for q in quantizers:
+                q.start_collecting()
+            with eval_mode(model), torch.no_grad():
+                yield model
     finally:
         for q in quantizers:
             q.stop_collecting()

@@ -1,0 +1,129 @@
+"""Calibration under `torch.distributed`: every rank ends with the statistics of all ranks' data.
+
+Under data-parallel training (DDP, launched with `torchrun`) each rank sees its own shard of the
+calibration data. Freezing ranges from local statistics would give every rank a different model;
+so when a `quantpilot.calibrate` block closes, each static quantizer's statistics from this
+block are gathered from all ranks and merged, in rank order, into what it had before. Min/max
+calibrators then hold the global min/max, histograms the summed counts (`Calibrator.merge` is
+exact: a merged histogram equals one collected from the union of the data), and every rank
+computes identical ranges. Merging per block, not per `freeze`, keeps statistics from several
+`calibrate` blocks from being counted twice.
+
+The gather goes through `all_gather_object`, which works on every backend (gloo on CPU, NCCL on
+GPUs); the statistics are small (a few kB per quantizer), and it runs once per block.
+
+Example:
+    >>> is_distributed()
+    False
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.distributed as dist
+
+from .nn import TensorQuantizer
+
+__all__ = ["is_distributed", "merged_across_ranks", "merge_calibration_across_ranks"]
+
+
+def is_distributed() -> bool:
+    """True inside an initialised `torch.distributed` process group of more than one rank.
+
+    Example:
+        >>> is_distributed()
+        False
+    """
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _local_state(q: TensorQuantizer) -> tuple[str, dict[str, torch.Tensor] | None]:
+    cal = q.calibrator
+    if cal is None or not cal.has_data:
+        return q.qualname, None
+    return q.qualname, {k: v.detach().cpu() for k, v in cal.state_dict().items()}
+
+
+def merge_calibration_across_ranks(quantizers: Sequence[TensorQuantizer]) -> None:
+    """Replace each quantizer's calibrator by the merge of that calibrator on every rank.
+
+    A collective call: every rank must call it with the same model's quantizers, in the same
+    order. Outside `torch.distributed` it does nothing.
+
+    Args:
+        quantizers: the static quantizers of the model, as every rank lists them.
+
+    Raises:
+        ValueError: the ranks hold different models (quantizer names differ).
+
+    Example:
+        >>> from quantpilot import QuantSpec
+        >>> merge_calibration_across_ranks([TensorQuantizer(QuantSpec("int8"))])  # one process: no-op
+    """
+    if not is_distributed():
+        return
+    local = [_local_state(q) for q in quantizers]
+    gathered: list[list[tuple[str, dict[str, torch.Tensor] | None]]] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, local)
+    names = [name for name, _ in local]
+    for rank, states in enumerate(gathered):
+        if [name for name, _ in states] != names:
+            raise ValueError(
+                f"rank {rank} calibrates different quantizers than rank {dist.get_rank()}: every rank must run "
+                "`quantpilot.calibrate` on the same quantized model"
+            )
+    for i, q in enumerate(quantizers):
+        merged = None
+        # Rank order, the same on every rank, so every rank computes bit-identical statistics.
+        for states in gathered:
+            state = states[i][1]
+            if state is None:
+                continue
+            incoming = q.calibrator_config.build(q.spec).load_state_dict(state)
+            merged = incoming if merged is None else merged.merge(incoming)
+        if merged is not None:
+            q.calibrator = merged
+
+
+@contextlib.contextmanager
+def merged_across_ranks(quantizers: Sequence[TensorQuantizer]) -> Iterator[None]:
+    """Collect into fresh calibrators inside the block, then fold every rank's into the earlier ones.
+
+    On a clean exit under `torch.distributed` the block's statistics are merged across ranks (a
+    collective call); on an error, or in a single process, they are folded in locally, so
+    statistics are never lost nor counted twice.
+
+    Args:
+        quantizers: the static quantizers that will collect inside the block.
+
+    Example:
+        >>> import torch
+        >>> from quantpilot import QuantSpec
+        >>> tq = TensorQuantizer(QuantSpec("int8"))
+        >>> with merged_across_ranks([tq]):
+        ...     tq.start_collecting(); _ = tq(torch.tensor([-1.0, 3.0])); tq.stop_collecting()
+        >>> tq.calibrator.compute_range()[1].item()
+        3.0
+    """
+    if not is_distributed():
+        yield
+        return
+    earlier = {id(q): q.calibrator for q in quantizers}
+    for q in quantizers:
+        q.calibrator = None  # start_collecting builds a fresh one for this block
+    clean_exit = False
+    try:
+        yield
+        clean_exit = True
+    finally:
+        if clean_exit:
+            merge_calibration_across_ranks(quantizers)
+        for q in quantizers:
+            before = earlier[id(q)]
+            if before is not None and q.calibrator is not None:
+                q.calibrator = before.merge(q.calibrator)
+            elif before is not None:
+                q.calibrator = before
