@@ -6,7 +6,16 @@ Example:
     True
 """
 
+from .awq import awq, awq_fold_scales, find_scale_groups
 from .llm_int8 import llm_int8, outlier_fraction, reset_outlier_stats
 from .smoothquant import smoothquant
 
-__all__ = ["smoothquant", "llm_int8", "outlier_fraction", "reset_outlier_stats"]
+__all__ = [
+    "smoothquant",
+    "llm_int8",
+    "outlier_fraction",
+    "reset_outlier_stats",
+    "awq",
+    "awq_fold_scales",
+    "find_scale_groups",
+]

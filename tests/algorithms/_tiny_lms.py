@@ -8,7 +8,15 @@ VOCAB = 97
 
 def tiny_gpt2(seed=0, width=64):
     torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=VOCAB, n_embd=width, n_layer=2, n_head=2, n_positions=64)
+    cfg = GPT2Config(
+        vocab_size=VOCAB,
+        n_embd=width,
+        n_layer=2,
+        n_head=2,
+        n_positions=64,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     return GPT2LMHeadModel(cfg).eval()
 
 
@@ -23,6 +31,8 @@ def tiny_llama(seed=0, width=64):
         num_key_value_heads=2,
         max_position_embeddings=64,
         tie_word_embeddings=False,
+        bos_token_id=0,
+        eos_token_id=0,
     )
     model = LlamaForCausalLM(cfg).eval()
     # Random init leaves every RMSNorm weight at 1; vary it so folding a scale into it is really tested.
