@@ -26,7 +26,8 @@ def test_traces_with_fx_and_shows_the_residual_add():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"widths": ()}, {"blocks_per_stage": 0}, {"in_channels": 1.5}, {"widths": (4, -1)}],
+    "kwargs",
+    [{"widths": ()}, {"blocks_per_stage": 0}, {"in_channels": 1.5}, {"widths": (4, -1)}],
     ids=["no-widths", "zero-blocks", "float-channels", "negative-width"],
 )
 def test_rejects_bad_sizes(kwargs):

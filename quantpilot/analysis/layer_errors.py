@@ -1,0 +1,249 @@
+"""Per-layer quantization error of a quantized model: weight, input-activation and output SQNR.
+
+Each quantized layer is measured *locally*: on the inputs it receives inside the quantized model, its
+output is compared with the float layer's output on the same inputs. Errors do not compound in the
+number, so a layer that is itself hard to quantize stands out wherever it sits in the network.
+SQNR is accumulated over all batches (total signal over total noise), not averaged in dB.
+
+Example:
+    >>> import torch, quantpilot as qp
+    >>> net = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> qmodel = qp.quantize(net)
+    >>> data = [torch.randn(16, 8) for _ in range(2)]
+    >>> with qp.calibrate(qmodel):
+    ...     _ = [qmodel(x) for x in data]
+    >>> report = layer_errors(qmodel, data)
+    >>> [row.name for row in report.rows], report.rows[0].output_sqnr_db > 20
+    (['0', '2'], True)
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import warnings
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..api import freeze, is_frozen, quantized_layers
+from ..batches import call_model, eval_mode
+from ..nn import QuantModule, TensorQuantizer
+from ..primitives import dequantize
+
+__all__ = ["LayerError", "LayerErrorReport", "layer_errors"]
+
+
+@dataclass(frozen=True)
+class LayerError:
+    """Errors of one quantized layer in dB (higher is better; `inf` = exact, `nan` = not measurable).
+
+    Example:
+        >>> LayerError("fc", "QuantLinear", 40.0, 38.0, 35.0).worst_db
+        35.0
+    """
+
+    name: str
+    type: str
+    weight_sqnr_db: float
+    activation_sqnr_db: float
+    output_sqnr_db: float
+
+    @property
+    def worst_db(self) -> float:
+        """The output SQNR where known, else the lower of the weight and activation SQNR (NaN-free ordering key)."""
+        if not math.isnan(self.output_sqnr_db):
+            return self.output_sqnr_db
+        known = [v for v in (self.weight_sqnr_db, self.activation_sqnr_db) if not math.isnan(v)]
+        return min(known) if known else math.inf
+
+
+@dataclass(frozen=True)
+class LayerErrorReport:
+    """The per-layer errors, in model order.
+
+    Example:
+        >>> rows = [LayerError("a", "QuantLinear", 50, 40, 39), LayerError("b", "QuantLinear", 30, 40, 29)]
+        >>> r = LayerErrorReport(rows)
+        >>> [row.name for row in r.worst(1)]
+        ['b']
+    """
+
+    rows: list[LayerError]
+
+    def worst(self, k: int | None = None) -> list[LayerError]:
+        """The `k` layers with the lowest output SQNR (all layers, worst first, when k is None).
+
+        Example:
+            >>> LayerErrorReport([]).worst(3)
+            []
+        """
+        ranked = sorted(self.rows, key=lambda r: r.worst_db)
+        return ranked if k is None else ranked[: max(0, int(k))]
+
+    def to_csv(self, path: str | Path) -> Path:
+        """Write the table as CSV (refuses to overwrite an existing file).
+
+        Example:
+            >>> import tempfile, pathlib
+            >>> p = LayerErrorReport([LayerError("a", "QuantLinear", 1.0, 2.0, 3.0)]).to_csv(
+            ...     pathlib.Path(tempfile.mkdtemp()) / "errors.csv")
+            >>> p.read_text().splitlines()[1]
+            'a,QuantLinear,1.0,2.0,3.0'
+        """
+        path = Path(path)
+        if path.exists():
+            raise ValueError(f"{path} already exists; choose a new file name (quantpilot never overwrites files)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=[fl.name for fl in fields(LayerError)])
+            writer.writeheader()
+            for row in self.rows:
+                writer.writerow(asdict(row))
+        return path
+
+    def __str__(self) -> str:
+        lines = [f"{'layer':<48} {'type':<14} {'weight dB':>9} {'act dB':>8} {'output dB':>9}"]
+        for r in self.rows:
+            lines.append(
+                f"{r.name:<48} {r.type:<14} {r.weight_sqnr_db:>9.1f} {r.activation_sqnr_db:>8.1f} "
+                f"{r.output_sqnr_db:>9.1f}"
+            )
+        return "\n".join(lines)
+
+
+def _db(signal: float, noise: float) -> float:
+    if noise == 0.0:
+        return math.inf if signal > 0.0 or noise == 0.0 else math.nan
+    return 10.0 * math.log10(signal / noise) if signal > 0.0 else -math.inf
+
+
+class _Accumulator:
+    """Sums of reference energy and error energy (float64) over batches."""
+
+    def __init__(self) -> None:
+        self.signal = 0.0
+        self.noise = 0.0
+        self.seen = False
+
+    def add(self, reference: torch.Tensor, approx: torch.Tensor) -> None:
+        ref, app = reference.detach().double(), approx.detach().double()
+        self.signal += float((ref * ref).sum())
+        self.noise += float(((ref - app) ** 2).sum())
+        self.seen = True
+
+    def db(self) -> float:
+        return _db(self.signal, self.noise) if self.seen else math.nan
+
+
+def _float_twin(name: str, layer: QuantModule, float_model: nn.Module | None) -> nn.Module | None:
+    """A float module computing what `layer` computes before quantization, or None if the float weight is gone."""
+    if float_model is not None:
+        try:
+            return float_model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(
+                f"float_model has no module '{name}': pass the float model this quantized model was made from"
+            ) from None
+    if layer.is_frozen:
+        return None
+    # The unfrozen layer still holds its float weight: the same layer with both quantizations off is float.
+    twin = copy.deepcopy(layer)
+    twin.weight_spec = None
+    twin.input_quantizer = TensorQuantizer(None)
+    return twin
+
+
+def _float_weight(name: str, layer: QuantModule, twin: nn.Module | None) -> torch.Tensor | None:
+    if twin is None:
+        return None
+    weight = getattr(twin, "weight", None)
+    return weight.detach() if isinstance(weight, torch.Tensor) else None
+
+
+def layer_errors(
+    qmodel: nn.Module, batches: Iterable[Any], *, float_model: nn.Module | None = None
+) -> LayerErrorReport:
+    """Measure every quantized layer's weight, input-activation and output SQNR on `batches`.
+
+    Args:
+        qmodel: a quantized model, calibrated (it is frozen on a copy) or frozen. Not modified.
+        batches: inputs, each passed as `quantpilot.batches.call_model` does (e.g. the calibration batches).
+        float_model: the float model `qmodel` came from. Needed for the weight and output SQNR of a
+            *frozen* model, whose float weights are gone; without it those columns are NaN (with a warning).
+
+    Returns:
+        A `LayerErrorReport` (rows in model order; `.worst(k)` ranks them; `.to_csv(path)`).
+
+    Raises:
+        ValueError: the model is not quantized, was never calibrated, or `batches` is empty.
+
+    Example:
+        >>> import torch, quantpilot as qp
+        >>> qm = qp.freeze(qp.quantize(torch.nn.Sequential(torch.nn.Linear(4, 4)), "w8a16"))
+        >>> row = layer_errors(qm, [torch.randn(2, 4)], float_model=torch.nn.Sequential(torch.nn.Linear(4, 4))).rows[0]
+        >>> row.activation_sqnr_db
+        inf
+    """
+    if not isinstance(qmodel, nn.Module):
+        raise TypeError(f"qmodel must be a torch.nn.Module, got {type(qmodel).__name__}")
+    if not quantized_layers(qmodel):
+        raise ValueError("qmodel is not quantized: pass the model returned by quantpilot.quantize (and calibrated)")
+    work = copy.deepcopy(qmodel)
+    layers = quantized_layers(work)
+    twins = {name: _float_twin(name, layer, float_model) for name, layer in layers}
+    if any(t is None for t in twins.values()):
+        warnings.warn(
+            "qmodel is frozen, so its float weights are gone: weight and output SQNR are NaN; "
+            "pass float_model= (the model it was quantized from) to measure them",
+            stacklevel=2,
+        )
+    float_weights = {name: _float_weight(name, layer, twins[name]) for name, layer in layers}
+    if not is_frozen(work):
+        freeze(work)  # raises a clear error when calibration never ran
+    act = {name: _Accumulator() for name, _ in layers}
+    out = {name: _Accumulator() for name, _ in layers}
+
+    def hook_for(name: str, layer: QuantModule):
+        def hook(_module, args, output):
+            x = args[0]
+            smoothing = getattr(layer, "input_smoothing", None)
+            if isinstance(x, torch.Tensor) and smoothing is not None:
+                x = x / smoothing.to(x.dtype)  # SmoothQuant: the quantizer sees the smoothed input
+            if isinstance(x, torch.Tensor) and x.is_floating_point() and layer.input_quantizer.spec is not None:
+                act[name].add(x, layer.input_quantizer(x))
+            elif isinstance(x, torch.Tensor) and x.is_floating_point():
+                act[name].add(x, x)
+            twin = twins[name]
+            if twin is not None and isinstance(output, torch.Tensor):
+                out[name].add(twin(*args), output)
+
+        return hook
+
+    handles = [layer.register_forward_hook(hook_for(name, layer)) for name, layer in layers]
+    seen = 0
+    try:
+        with eval_mode(work), torch.no_grad():
+            for batch in batches:
+                call_model(work, batch)
+                seen += 1
+    finally:
+        for handle in handles:
+            handle.remove()
+    if seen == 0:
+        raise ValueError("batches is empty: pass at least one input batch")
+    rows = []
+    for name, layer in layers:
+        weight = float_weights[name]
+        if weight is None or layer.weight_spec is None:
+            weight_db = math.inf if layer.weight_spec is None else math.nan
+        else:
+            deq = dequantize(layer.weight_int, layer.weight_scale, layer.weight_zero_point, layer.weight_spec)
+            weight_db = _db(float((weight.double() ** 2).sum()), float(((weight.double() - deq.double()) ** 2).sum()))
+        rows.append(LayerError(name, type(layer).__name__, weight_db, act[name].db(), out[name].db()))
+    return LayerErrorReport(rows)

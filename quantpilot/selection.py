@@ -1,0 +1,251 @@
+"""`select`: hybrid and selective quantization, driven by measurements on the user's own metric.
+
+* hybrid: quantize everything the recipe says, then leave the most harmful layers (ranked by a
+  sensitivity sweep) in float, one at a time, until the metric is within budget of FP32; then try to
+  re-quantize each of them again, so the float set ends up small.
+* selective: first give every layer the activation calibrator (min-max, percentile, entropy, MSE) whose
+  quantized output is closest (least MSE) to the float layer's output on the calibration data; then
+  hybrid on top.
+
+Calibration runs once; every candidate is frozen from those statistics (`analysis.CalibrationStatistics`).
+The result is a plain `Recipe`: `skip` holds the float layers, `overrides` the calibrators, `notes` why.
+
+Example:
+    >>> import torch, quantpilot as qp
+    >>> net = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    >>> data = [torch.randn(64, 8)]
+    >>> with torch.no_grad():
+    ...     ref = net(data[0]).argmax(1)
+    ...     agree = lambda m: float((m(data[0]).argmax(1) == ref).float().mean())
+    ...     recipe = select(net, qp.Recipe(), data, agree, budget=0.0)
+    >>> recipe.notes["select"].startswith("met the budget")
+    True
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .analysis.sensitivity import MODES, check_metric, harm_of, sensitivity, variant
+from .analysis.statistics import CalibrationStatistics, literal_pattern
+from .api import quantized_layers
+from .nn.tensor_quantizer import CalibratorConfig
+from .recipe import Recipe
+from .spec import PerTensor
+
+__all__ = ["select", "choose_calibrators", "CANDIDATE_CALIBRATORS", "STRATEGIES"]
+
+STRATEGIES = ("hybrid", "selective")
+
+# The activation calibrators a selective recipe picks from (all derivable from one histogram pass).
+CANDIDATE_CALIBRATORS = (
+    CalibratorConfig("minmax"),
+    CalibratorConfig("histogram", {"method": "percentile", "percentile": 99.99}),
+    CalibratorConfig("histogram", {"method": "entropy"}),
+    CalibratorConfig("histogram", {"method": "mse"}),
+)
+
+
+def _label(config: CalibratorConfig) -> str:
+    options = ",".join(f"{k}={v}" for k, v in config.options.items())
+    return config.kind + (f"({options})" if options else "")
+
+
+@torch.no_grad()
+def choose_calibrators(
+    stats: CalibrationStatistics,
+    recipe: Recipe,
+    candidates: Sequence[CalibratorConfig | dict | str] = CANDIDATE_CALIBRATORS,
+) -> dict[str, tuple[CalibratorConfig, dict[str, float]]]:
+    """For each quantized layer with a static per-tensor input, the calibrator with the least output MSE.
+
+    The layer (quantized weight, input quantized with each candidate's range) runs on the calibration
+    inputs `stats` kept; its output is compared with the float layer's on the same inputs.
+
+    Args:
+        stats: statistics gathered with `keep_inputs=True`.
+        recipe: the recipe whose layers are tuned (same activation specs as `stats.recipe`).
+        candidates: calibrator configurations to try; those the statistics cannot serve are passed over.
+
+    Returns:
+        `{layer name: (best calibrator, {candidate label: output MSE})}`.
+
+    Example:
+        >>> import torch, quantpilot as qp
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 4))
+        >>> stats = CalibrationStatistics(net, qp.Recipe(), [torch.randn(16, 4)], keep_inputs=True)
+        >>> best, errors = choose_calibrators(stats, qp.Recipe())["0"]
+        >>> len(errors), errors[_label(best)] == min(errors.values())
+        (4, True)
+    """
+    if not stats.inputs:
+        raise ValueError("these statistics kept no layer inputs: gather them with keep_inputs=True")
+    configs = [CalibratorConfig.from_dict(c) for c in candidates]
+    if not configs:
+        raise ValueError("candidates is empty: give at least one calibrator configuration")
+    qmodel = stats.build(recipe)
+    choices = {}
+    for name, layer in quantized_layers(qmodel):
+        q = layer.input_quantizer
+        inputs = stats.inputs.get(name) or []
+        if not q.needs_calibration or not isinstance(q.spec.granularity, PerTensor) or not inputs:
+            continue
+        reference = stats.model.get_submodule(name)
+        expected = [reference(x) for x in inputs]
+        kept_scale, kept_zero_point = q.scale, q.zero_point
+        errors: dict[str, float] = {}
+        best: tuple[float, CalibratorConfig] | None = None
+        # The layer's current calibrator first, so that a tie keeps it.
+        for config in sorted(configs, key=lambda c: c != q.calibrator_config):
+            try:
+                calibrator = stats.calibrator_for(q.qualname, config, q.spec)
+            except ValueError:
+                continue  # e.g. entropy on fp8: not a candidate for this spec
+            q.scale, q.zero_point = calibrator.qparams()
+            mse = sum(float((layer(x) - y).double().pow(2).mean()) for x, y in zip(inputs, expected, strict=True))
+            errors[_label(config)] = mse / len(inputs)
+            if best is None or errors[_label(config)] < best[0]:
+                best = (errors[_label(config)], config)
+        q.scale, q.zero_point = kept_scale, kept_zero_point
+        if best is not None:
+            choices[name] = (best[1], errors)
+    return choices
+
+
+def _with_calibrators(
+    recipe: Recipe, choices: dict[str, tuple[CalibratorConfig, dict[str, float]]], stats: CalibrationStatistics
+) -> tuple[Recipe, dict[str, str]]:
+    """`recipe` with an override for every layer whose best calibrator differs from its current one, and notes."""
+    overrides = dict(recipe.overrides)
+    notes = {}
+    current = {name: layer.input_quantizer.calibrator_config for name, layer in quantized_layers(stats.quantized)}
+    for name, (config, errors) in choices.items():
+        if config == current.get(name):
+            continue
+        overrides[literal_pattern(name)] = {**overrides.get(literal_pattern(name), {}), "activation_calibrator": config}
+        ranked = ", ".join(f"{label} {mse:.3g}" for label, mse in sorted(errors.items(), key=lambda kv: kv[1]))
+        notes[name] = f"activation calibrator {_label(config)}: least output MSE on calibration data ({ranked})"
+    return recipe.replace(overrides=overrides), notes
+
+
+def select(
+    model: nn.Module,
+    recipe: Recipe | str,
+    calib_batches: Iterable[Any],
+    eval_fn: Callable[[nn.Module], float],
+    budget: float = 0.005,
+    *,
+    strategy: str = "selective",
+    lower_is_better: bool = False,
+    relative: bool = True,
+    rank_by: str = "one-at-a-time",
+    top_k: int | None = None,
+    candidates: Sequence[CalibratorConfig | dict | str] = CANDIDATE_CALIBRATORS,
+    progress: bool | None = None,
+) -> Recipe:
+    """Find a recipe whose quantized model stays within `budget` of the float model's metric.
+
+    Args:
+        model: the float model (not modified).
+        recipe: the starting `Recipe` or preset name (what "naive" quantization would use).
+        calib_batches: calibration batches (used for statistics once, and for the calibrator choice).
+        eval_fn: `eval_fn(model) -> float` on held-out data, higher is better unless `lower_is_better`.
+        budget: allowed loss of metric: a fraction of the FP32 metric when `relative` (0.005 = 0.5 %),
+            else an absolute amount.
+        strategy: "selective" (per-layer calibrators, then float layers) or "hybrid" (float layers only).
+        lower_is_better: the metric is a loss or error rate.
+        relative: read `budget` as a fraction of |FP32 metric|.
+        rank_by: the sensitivity sweep that orders the float-layer candidates ("one-at-a-time" or
+            "leave-one-out").
+        top_k: consider only the `top_k` layers with the lowest output SQNR as float candidates.
+        candidates: activation calibrators a selective recipe chooses from.
+        progress: show progress bars (default: on an interactive terminal outside CI).
+
+    Returns:
+        A `Recipe` (YAML/JSON-serialisable): the float layers in `skip`, per-layer calibrators in
+        `overrides`, and in `notes` why each choice was made; `notes["select"]` says whether the budget
+        was met and, when it was not, the best metric found and the gap (a warning says so too).
+
+    Raises:
+        ValueError: a negative budget, unknown strategy or rank_by, empty calibration data.
+
+    Example:
+        >>> import torch, quantpilot as qp
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 2))
+        >>> r = select(net, "int8-static", [torch.randn(8, 4)], lambda m: 1.0, budget=0.01, strategy="hybrid")
+        >>> r.skip, r.name
+        ((), 'int8-static-hybrid')
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy={strategy!r}: use one of {list(STRATEGIES)}")
+    if rank_by not in MODES:
+        raise ValueError(f"rank_by={rank_by!r}: use one of {list(MODES)}")
+    if isinstance(budget, bool) or not isinstance(budget, int | float) or not math.isfinite(budget) or budget < 0:
+        raise ValueError(f"budget must be a finite number >= 0 (e.g. 0.005 for 0.5 %), got {budget!r}")
+    if not callable(eval_fn):
+        raise TypeError("eval_fn must be a function model -> float")
+    recipe = Recipe.preset(recipe) if isinstance(recipe, str) else recipe
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"recipe must be a quantpilot.Recipe or a preset name, got {type(recipe).__name__}")
+    batches = list(calib_batches)
+    stats = CalibrationStatistics(model, recipe, batches, keep_inputs=strategy == "selective")
+    float_metric = check_metric(eval_fn(model), "eval_fn(float model)")
+    allowed = budget * abs(float_metric) if relative else float(budget)
+
+    def within(metric: float) -> bool:
+        return harm_of(metric, float_metric, lower_is_better) <= allowed + 1e-12
+
+    def measure(floats: Sequence[str]) -> float:
+        return check_metric(eval_fn(stats.build(variant(base, floats))), "eval_fn(quantized model)")
+
+    base, notes = recipe, {}
+    if strategy == "selective":
+        base, notes = _with_calibrators(recipe, choose_calibrators(stats, recipe, candidates), stats)
+    units = [name for name, _ in quantized_layers(stats.quantized)]
+    floats: list[str] = []
+    harm: dict[str, float] = {}
+    metric = measure(floats)
+    tried = [(metric, [])]
+    if not within(metric):
+        report = sensitivity(
+            model, base, batches, eval_fn, mode=rank_by, lower_is_better=lower_is_better,
+            top_k=top_k, progress=progress, statistics=stats,
+        )  # fmt: skip
+        harm = {row.name: row.harm for row in report.rows}
+        for name in report.names():
+            if len(floats) + 1 >= len(units):
+                break  # leaving every layer in float is the float model, not a quantization recipe
+            floats.append(name)
+            metric = measure(floats)
+            tried.append((metric, list(floats)))
+            if within(metric):
+                break
+        if within(metric):
+            # Greedy additions can overshoot: give back to int8 any float layer the budget does not need.
+            for name in list(floats)[:-1][::-1]:
+                trial = [n for n in floats if n != name]
+                trial_metric = measure(trial)
+                if within(trial_metric):
+                    floats, metric = trial, trial_metric
+    if not within(metric):
+        metric, floats = min(tried, key=lambda t: (harm_of(t[0], float_metric, lower_is_better), len(t[1])))
+    ranks = {name: rank for rank, name in enumerate(sorted(harm, key=harm.get, reverse=True), 1)}
+    for name in floats:
+        notes[name] = f"left in float: sensitivity rank {ranks[name]} ({rank_by} harm {harm[name]:.4g})"
+    gap = harm_of(metric, float_metric, lower_is_better) - allowed
+    summary = (
+        f"FP32 metric {float_metric:.6g}, this recipe {metric:.6g} with {len(floats)} of {len(units)} layers in float "
+        f"(strategy {strategy}, budget {budget:g}{' relative' if relative else ''}, allowed loss {allowed:.4g})"
+    )
+    if within(metric):
+        notes["select"] = "met the budget: " + summary
+    else:
+        notes["select"] = f"MISSED the budget by {gap:.4g} (best found): " + summary
+        warnings.warn(f"select: {notes['select']}", stacklevel=2)
+    return variant(base, floats).replace(name=f"{recipe.name}-{strategy}", notes={**recipe.notes, **notes})
