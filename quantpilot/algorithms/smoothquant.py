@@ -30,7 +30,7 @@ from torch import nn
 
 from ..api import calibrate, freeze, quantize, quantized_layers
 from ..batches import call_model, eval_mode
-from ..nn import QuantLinear, lookup
+from ..nn import QuantLinear, TensorQuantizer, lookup
 from ..recipe import Recipe
 
 __all__ = ["smoothquant", "smoothing_factors", "MIN_CALIBRATION_ROWS"]
@@ -88,12 +88,39 @@ def _input_statistics(
     return amax, rows
 
 
+def _with_activations(recipe: Recipe | str | None, activations: str | None) -> Recipe | str:
+    """The recipe (None: the decoder default) with its activations replaced by "static" or "dynamic" ranges."""
+    if recipe is None:
+        recipe = Recipe.preset("int8-static").replace(module_types=("Linear", "Conv1D"), skip=("lm_head",))
+    if activations is None:
+        return recipe
+    base = Recipe.preset(recipe) if isinstance(recipe, str) else recipe
+    if not isinstance(base, Recipe):
+        raise TypeError(f"recipe must be a quantpilot.Recipe or a preset name, got {type(recipe).__name__}")
+    if activations == "static":
+        return base.replace(activations=Recipe().activations, dynamic=False)
+    if activations == "dynamic":
+        return base.replace(activations="dynamic", dynamic=True)
+    raise ValueError(
+        f"activations must be 'static' (per tensor, calibrated) or 'dynamic' (per token), got {activations!r}"
+    )
+
+
+def _shared_parameters(model: nn.Module) -> set[int]:
+    """ids of parameters registered in more than one place (tied weights)."""
+    counts: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        counts[id(p)] = counts.get(id(p), 0) + 1
+    return {pid for pid, n in counts.items() if n > 1}
+
+
 def smoothquant(
     model: nn.Module,
     calib_batches: Iterable[Any],
     alpha: float = 0.5,
-    recipe: Recipe | str = "int8-static",
+    recipe: Recipe | str | None = None,
     *,
+    activations: str | None = None,
     layers: Sequence[str] = ("*",),
     inplace: bool = False,
 ) -> nn.Module:
@@ -105,8 +132,14 @@ def smoothquant(
         alpha: migration strength in [0, 1]; 0.5 is the paper's default, encoders with strong
             outlier channels (all-MiniLM-L6-v2) do better near 0.7.
         recipe: the W8A8 recipe (static or dynamic activations; layers whose activations stay
-            float are not smoothed).
-        layers: fnmatch patterns of the Linear layers to smooth.
+            float are not smoothed). None: "int8-static" on the Linear (and GPT-2 Conv1D) layers
+            only, with the output head `lm_head` left float, as the paper quantizes decoders.
+        activations: "static" (one per-tensor range from calibration, the paper's O3 setting) or
+            "dynamic" (one range per token computed at run time, the paper's O1); replaces the
+            recipe's activation scheme. None keeps the recipe's.
+        layers: fnmatch patterns of the Linear layers to smooth. A layer whose weight is shared with
+            another module (a head tied to the embedding) is quantized but never smoothed: scaling
+            its weight in place would change the embedding too.
         inplace: quantize `model` itself.
 
     Returns:
@@ -124,6 +157,7 @@ def smoothquant(
     """
     if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
+    recipe = _with_activations(recipe, activations)
     batches = list(calib_batches)
     if not batches:
         raise ValueError("smoothquant needs calibration batches (about 128 sequences is the usual amount)")
@@ -135,10 +169,14 @@ def smoothquant(
     # Statistics come from the float model before anything changes; the quantized model keeps its layer names.
     amax, rows = _input_statistics(model, linear_names, batches)
     qmodel = quantize(model, recipe, inplace=inplace)
+    tied = _shared_parameters(qmodel)
     targets = {
         name: m
         for name, m in quantized_layers(qmodel)
-        if isinstance(m, QuantLinear) and m.input_quantizer.spec is not None and any(fnmatch(name, p) for p in layers)
+        if isinstance(m, QuantLinear)
+        and m.input_quantizer.spec is not None
+        and any(fnmatch(name, p) for p in layers)
+        and id(m.weight) not in tied
     }
     if not targets:
         raise ValueError(
@@ -153,9 +191,10 @@ def smoothquant(
         )
     for layer_name, layer in targets.items():
         layer.smooth(smoothing_factors(amax[layer_name], layer.weight, float(alpha)))
-    with calibrate(qmodel):
-        for batch in batches:
-            call_model(qmodel, batch)
+    if any(isinstance(m, TensorQuantizer) and m.needs_calibration for m in qmodel.modules()):
+        with calibrate(qmodel):
+            for batch in batches:
+                call_model(qmodel, batch)
     freeze(qmodel)
     qmodel.quantpilot_smoothing = {layer_name: float(alpha) for layer_name in targets}
     return qmodel

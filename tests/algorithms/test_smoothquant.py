@@ -104,3 +104,39 @@ def test_too_little_calibration_data_says_how_much():
         qp.algorithms.smoothquant(outlier_mlp(), [torch.randn(4, 64)])
     with pytest.raises(ValueError, match="needs calibration batches"):
         qp.algorithms.smoothquant(outlier_mlp(), [])
+
+
+@pytest.mark.parametrize("activations", ["static", "dynamic"], ids=["per-tensor-static", "per-token-dynamic"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama"], ids=["gpt2-conv1d", "llama"])
+def test_decoders_static_and_dynamic_activations(kind, activations):
+    from ._tiny_lms import tiny_gpt2, tiny_llama, token_batches
+
+    model = tiny_gpt2() if kind == "gpt2" else tiny_llama()
+    qmodel = qp.algorithms.smoothquant(model, token_batches(4), alpha=0.5, activations=activations)
+    assert type(qmodel.lm_head) is nn.Linear  # the default decoder recipe leaves the head float
+    layers = [m for _, m in qp.quantized_layers(qmodel)]
+    assert layers and all(m.input_smoothing is not None for m in layers)
+    assert all(m.input_quantizer.dynamic is (activations == "dynamic") for m in layers)
+    if activations == "dynamic":
+        assert all(isinstance(m.input_quantizer.spec.granularity, qp.PerToken) for m in layers)
+    batch = token_batches(1, seed=3)[0]
+    with torch.no_grad():
+        assert qp.metrics.sqnr_db(model(**batch).logits, qmodel(**batch).logits) > 20.0
+
+
+def test_tied_head_is_quantized_but_not_smoothed():
+    from ._tiny_lms import tiny_gpt2, token_batches
+
+    model = tiny_gpt2()
+    assert model.lm_head.weight is model.transformer.wte.weight
+    embedding = model.transformer.wte.weight.detach().clone()
+    recipe = qp.Recipe.preset("int8-dynamic").replace(module_types=("Linear", "Conv1D"))
+    qmodel = qp.algorithms.smoothquant(model, token_batches(4), recipe=recipe)
+    assert qmodel.lm_head.is_frozen
+    assert "lm_head" not in qmodel.quantpilot_smoothing and "transformer.h.0.attn.c_attn" in qmodel.quantpilot_smoothing
+    assert torch.equal(qmodel.transformer.wte.weight, embedding)
+
+
+def test_unknown_activation_mode():
+    with pytest.raises(ValueError, match="'static' .* or 'dynamic'"):
+        qp.algorithms.smoothquant(outlier_mlp(), outlier_batches(), activations="per-channel")
