@@ -279,6 +279,13 @@ def _explicit_groups(model: nn.Module, pairs: Sequence[Any], targets: dict[str, 
     return groups
 
 
+def _tied_layers(model: nn.Module, targets: dict[str, nn.Module]) -> set[str]:
+    counts: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        counts[id(p)] = counts.get(id(p), 0) + 1
+    return {n for n, m in targets.items() if counts.get(id(m.weight), 0) > 1}
+
+
 def _search_scale(x: torch.Tensor, x_mean: torch.Tensor, weights: list[torch.Tensor], spec: QuantSpec):
     """The alpha (and scale vector) whose fake-quantized group output is closest to the float one."""
     refs = [x @ w.t() for w in weights]
@@ -443,6 +450,9 @@ def awq_fold_scales(
                 "input (AWQ folds its scales there); pass the pairs explicitly, "
                 "e.g. pairs=[('block.norm', ['block.fc1', 'block.fc2'])]"
             )
+    # A weight shared with another module (a head tied to the embedding) must not be scaled or clipped in place.
+    tied = _tied_layers(target, targets)
+    groups = [g for g in groups if not tied.intersection(g.layers) and g.prev not in tied]
     input_scale: dict[str, torch.Tensor] = {}
     alphas = {}
     with torch.no_grad():
@@ -459,7 +469,7 @@ def awq_fold_scales(
         if clip:
             for name, m in targets.items():
                 rows = _clip_rows(name, m)
-                if rows is None:
+                if rows is None or name in tied:
                     continue
                 w = _weight(m)
                 sub = w[rows].float()

@@ -140,3 +140,11 @@ def test_scale_group_key_and_save_load_round_trip(tmp_path):
     batch = token_batches(1, seed=4)[0]
     with torch.no_grad():
         assert torch.equal(loaded(**batch).logits, qmodel(**batch).logits)
+
+
+def test_tied_head_is_never_scaled_or_clipped():
+    model = tiny_gpt2()
+    embedding = model.transformer.wte.weight.detach().clone()
+    folded = awq_fold_scales(model, token_batches(8), group_size=32, skip=())
+    assert "lm_head" not in folded.quantpilot_awq["clipped"]
+    assert torch.equal(folded.transformer.wte.weight, embedding)
