@@ -39,7 +39,7 @@ from .nn.tensor_quantizer import CalibratorConfig
 from .recipe import Recipe
 from .spec import PerTensor
 
-__all__ = ["select", "choose_calibrators", "CANDIDATE_CALIBRATORS", "STRATEGIES"]
+__all__ = ["select", "choose_calibrators", "calibrator_label", "CANDIDATE_CALIBRATORS", "STRATEGIES"]
 
 STRATEGIES = ("hybrid", "selective")
 
@@ -52,7 +52,13 @@ CANDIDATE_CALIBRATORS = (
 )
 
 
-def _label(config: CalibratorConfig) -> str:
+def calibrator_label(config: CalibratorConfig) -> str:
+    """A short readable name of a calibrator configuration (the keys of `choose_calibrators`' error tables).
+
+    Example:
+        >>> calibrator_label(CalibratorConfig("histogram", {"method": "mse"}))
+        'histogram(method=mse)'
+    """
     options = ",".join(f"{k}={v}" for k, v in config.options.items())
     return config.kind + (f"({options})" if options else "")
 
@@ -81,7 +87,7 @@ def choose_calibrators(
         >>> net = torch.nn.Sequential(torch.nn.Linear(4, 4))
         >>> stats = CalibrationStatistics(net, qp.Recipe(), [torch.randn(16, 4)], keep_inputs=True)
         >>> best, errors = choose_calibrators(stats, qp.Recipe())["0"]
-        >>> len(errors), errors[_label(best)] == min(errors.values())
+        >>> len(errors), errors[calibrator_label(best)] == min(errors.values())
         (4, True)
     """
     if not stats.inputs:
@@ -109,9 +115,9 @@ def choose_calibrators(
                 continue  # e.g. entropy on fp8: not a candidate for this spec
             q.scale, q.zero_point = calibrator.qparams()
             mse = sum(float((layer(x) - y).double().pow(2).mean()) for x, y in zip(inputs, expected, strict=True))
-            errors[_label(config)] = mse / len(inputs)
-            if best is None or errors[_label(config)] < best[0]:
-                best = (errors[_label(config)], config)
+            errors[calibrator_label(config)] = mse / len(inputs)
+            if best is None or errors[calibrator_label(config)] < best[0]:
+                best = (errors[calibrator_label(config)], config)
         q.scale, q.zero_point = kept_scale, kept_zero_point
         if best is not None:
             choices[name] = (best[1], errors)
@@ -130,7 +136,9 @@ def _with_calibrators(
             continue
         overrides[literal_pattern(name)] = {**overrides.get(literal_pattern(name), {}), "activation_calibrator": config}
         ranked = ", ".join(f"{label} {mse:.3g}" for label, mse in sorted(errors.items(), key=lambda kv: kv[1]))
-        notes[name] = f"activation calibrator {_label(config)}: least output MSE on calibration data ({ranked})"
+        notes[name] = (
+            f"activation calibrator {calibrator_label(config)}: least output MSE on calibration data ({ranked})"
+        )
     return recipe.replace(overrides=overrides), notes
 
 
@@ -237,6 +245,7 @@ def select(
         metric, floats = min(tried, key=lambda t: (harm_of(t[0], float_metric, lower_is_better), len(t[1])))
     ranks = {name: rank for rank, name in enumerate(sorted(harm, key=harm.get, reverse=True), 1)}
     for name in floats:
+        notes.pop(name, None)
         notes[name] = f"left in float: sensitivity rank {ranks[name]} ({rank_by} harm {harm[name]:.4g})"
     gap = harm_of(metric, float_metric, lower_is_better) - allowed
     summary = (
@@ -248,4 +257,9 @@ def select(
     else:
         notes["select"] = f"MISSED the budget by {gap:.4g} (best found): " + summary
         warnings.warn(f"select: {notes['select']}", stacklevel=2)
-    return variant(base, floats).replace(name=f"{recipe.name}-{strategy}", notes={**recipe.notes, **notes})
+    # A float layer needs no calibrator: drop the override select added for it (its note says why it is float).
+    overrides = {
+        p: o for p, o in base.overrides.items() if p in recipe.overrides or p not in map(literal_pattern, floats)
+    }
+    result = variant(base.replace(overrides=overrides), floats)
+    return result.replace(name=f"{recipe.name}-{strategy}", notes={**recipe.notes, **notes})
