@@ -1,0 +1,395 @@
+"""The language-model testbed: a small GPT-2 trained on WikiText-2, its data and its perplexity.
+
+No small language model ships with weights here, so `load_testbed` trains one once (a byte-level
+BPE tokenizer and a ~5 M parameter GPT-2 on `valid.txt`, a few minutes on two cores) and caches
+both outside git; later calls load the cache. Perplexity is measured on non-overlapping windows
+of `test.txt`, as the GPTQ and AWQ papers evaluate. Tests use `tiny_causal_lm` (random weights).
+
+Example:
+    >>> import torch
+    >>> model = tiny_causal_lm("gpt2")
+    >>> ppl = perplexity(model, torch.randint(0, 512, (130,)), window=64)
+    >>> 100 < ppl < 5000    # a random model is close to uniform over its 512 tokens
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..batches import eval_mode
+
+__all__ = [
+    "TESTBED_CONFIG",
+    "wikitext_path",
+    "default_cache_dir",
+    "load_testbed",
+    "train_testbed",
+    "wikitext_tokens",
+    "perplexity",
+    "calibration_batches",
+    "tiny_causal_lm",
+]
+
+# The testbed's shape: GPT-2 with d=256, 4 blocks, an 8k byte-level BPE vocabulary, 256-token context.
+# About 5.3 M parameters (2.1 M of them the tied embedding); every Linear's input width (256, 1024)
+# is a multiple of 128, so W4 g128 groups tile the weights exactly as in the papers' models.
+TESTBED_CONFIG: dict[str, Any] = {
+    "version": 1,
+    "vocab_size": 8192,
+    "n_embd": 256,
+    "n_layer": 4,
+    "n_head": 4,
+    "n_positions": 256,
+    "train_steps": 400,
+    # Wall-clock cap: the machine's 2 cores are shared, so a step takes 0.4-5 s. The learning-rate
+    # schedule follows max(step / train_steps, elapsed / max_seconds), so a capped run still anneals.
+    "max_seconds": 330,
+    "eval_windows": 200,
+    "batch_size": 8,
+    "seq_len": 256,
+    "lr": 2e-3,
+    "seed": 0,
+}
+_DONE_FILE = "train_log.json"
+
+
+def wikitext_path(split: str) -> Path:
+    """Path of WikiText-2's `valid.txt` or `test.txt` (`$QUANTPILOT_WIKITEXT` or `../shared/data/wikitext-2`).
+
+    Example:
+        >>> wikitext_path("test").name
+        'test.txt'
+    """
+    if split not in ("valid", "test"):
+        raise ValueError(f"split must be 'valid' (to train and calibrate) or 'test' (to evaluate), got {split!r}")
+    root = os.environ.get("QUANTPILOT_WIKITEXT")
+    base = Path(root) if root else Path(__file__).resolve().parents[3] / "shared" / "data" / "wikitext-2"
+    return base / f"{split}.txt"
+
+
+def _read_split(split: str) -> str:
+    path = wikitext_path(split)
+    if not path.is_file():
+        raise ValueError(f"{path} not found: set QUANTPILOT_WIKITEXT to the folder holding WikiText-2's {split}.txt")
+    return path.read_text(encoding="utf-8")
+
+
+def default_cache_dir() -> Path:
+    """Where the trained testbed lives: `$QUANTPILOT_CACHE/lm-testbed` or `~/.cache/quantpilot/lm-testbed`.
+
+    Example:
+        >>> default_cache_dir().name.startswith("gpt2-v")  # under $QUANTPILOT_CACHE or ~/.cache/quantpilot
+        True
+    """
+    root = os.environ.get("QUANTPILOT_CACHE")
+    base = Path(root) if root else Path.home() / ".cache" / "quantpilot"
+    return base / "lm-testbed" / f"gpt2-v{TESTBED_CONFIG['version']}"
+
+
+def _gpt2_config(vocab_size: int, n_embd: int, n_layer: int, n_head: int, n_positions: int) -> Any:
+    from transformers import GPT2Config
+
+    return GPT2Config(
+        vocab_size=vocab_size,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_positions=n_positions,
+        bos_token_id=0,
+        eos_token_id=0,
+        # No dropout: a few minutes of training is far from overfitting, and dropout only slows learning.
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+
+
+def _train_tokenizer(text: str, vocab_size: int) -> Any:
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(text.splitlines(), vocab_size=vocab_size, min_frequency=2, special_tokens=["<|endoftext|>"])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>", bos_token="<|endoftext|>", model_max_length=10**9
+    )
+
+
+def _learning_rate(peak: float, progress: float) -> float:
+    """Linear warm-up over the first 5 %, then cosine decay to 10 % of `peak` (the usual GPT recipe)."""
+    warmup = 0.05
+    if progress < warmup:
+        return peak * (progress + 1e-3) / warmup
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (progress - warmup) / (1 - warmup))))
+
+
+def train_testbed(
+    directory: str | Path | None = None,
+    *,
+    steps: int | None = None,
+    max_seconds: float | None = None,
+    log: Any = print,
+) -> Path:
+    """Train the testbed tokenizer and GPT-2 on `valid.txt` and write them to `directory`.
+
+    The files appear atomically (written to a temporary folder, then renamed), so a concurrent
+    `load_testbed` never sees half a checkpoint. Refuses to overwrite an existing checkpoint.
+
+    Args:
+        directory: target folder (default `default_cache_dir()`).
+        steps: optimizer steps (default `TESTBED_CONFIG["train_steps"]`; small values for smoke runs).
+        max_seconds: wall-clock cap on the training loop (default `TESTBED_CONFIG["max_seconds"]`).
+        log: called with progress lines.
+
+    Returns:
+        The directory, holding `tokenizer.json`, the model (`config.json`, `model.safetensors`) and
+        `train_log.json` (steps run, final train loss, test perplexity, seconds).
+
+    Example:
+        >>> callable(train_testbed)
+        True
+    """
+    from transformers import GPT2LMHeadModel
+
+    cfg = TESTBED_CONFIG
+    directory = Path(directory) if directory is not None else default_cache_dir()
+    if (directory / _DONE_FILE).exists():
+        raise ValueError(f"{directory} already holds a trained testbed; delete it first to retrain")
+    steps = cfg["train_steps"] if steps is None else int(steps)
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    start = time.perf_counter()
+    torch.manual_seed(cfg["seed"])
+    text = _read_split("valid")
+    tokenizer = _train_tokenizer(text, cfg["vocab_size"])
+    data = wikitext_tokens("valid", tokenizer)
+    log(f"tokenizer: {len(tokenizer)} tokens; valid.txt -> {data.numel()} tokens ({time.perf_counter() - start:.0f}s)")
+    model = GPT2LMHeadModel(
+        _gpt2_config(len(tokenizer), cfg["n_embd"], cfg["n_layer"], cfg["n_head"], cfg["n_positions"])
+    )
+    log(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters")
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg["lr"],
+        betas=(0.9, 0.95),
+    )
+    max_seconds = float(cfg["max_seconds"]) if max_seconds is None else float(max_seconds)
+    gen = torch.Generator().manual_seed(cfg["seed"])
+    seq, bs = cfg["seq_len"], cfg["batch_size"]
+    model.train()
+    losses: list[float] = []
+    train_start = time.perf_counter()
+    for step in range(steps):
+        progress = max(step / steps, (time.perf_counter() - train_start) / max_seconds)
+        if progress >= 1.0:
+            log(f"stopping at step {step}: the {max_seconds:.0f}s budget is spent")
+            break
+        for group in opt.param_groups:
+            group["lr"] = _learning_rate(cfg["lr"], progress)
+        starts = torch.randint(0, data.numel() - seq - 1, (bs,), generator=gen)
+        batch = torch.stack([data[s : s + seq] for s in starts.tolist()])
+        # bf16 autocast: ~2x faster matmuls on AVX512-BF16/AMX CPUs; master weights and the optimizer stay fp32.
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=batch, labels=batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if step % 50 == 0 or step == steps - 1:
+            log(f"step {step + 1}/{steps}  loss {loss.item():.3f}  ({time.perf_counter() - start:.0f}s)")
+    model.eval()
+    final_loss = sum(losses[-20:]) / len(losses[-20:])
+    test_ppl = perplexity(
+        model, wikitext_tokens("test", tokenizer), window=cfg["seq_len"], max_windows=cfg["eval_windows"]
+    )
+    seconds = time.perf_counter() - start
+    log(f"final train loss {final_loss:.3f} (mean of last 20 steps); test perplexity {test_ppl:.2f} "
+        f"(first {cfg['eval_windows']} windows of {cfg['seq_len']}); {seconds:.0f}s")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=directory.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        record = {"config": cfg, "steps": len(losses), "final_train_loss": final_loss, "test_perplexity": test_ppl,
+                  "seconds": seconds, "torch": torch.__version__}
+        (tmp / _DONE_FILE).write_text(json.dumps(record, indent=2))
+        if directory.exists():
+            shutil.rmtree(directory)  # an unfinished folder without train_log.json (checked above)
+        tmp.rename(directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def load_testbed(directory: str | Path | None = None, *, train: bool = True) -> tuple[nn.Module, Any]:
+    """The trained testbed GPT-2 (float32, eval mode) and its tokenizer; trains and caches it on first use.
+
+    Args:
+        directory: cache folder (default `default_cache_dir()`).
+        train: train when the cache is empty (a few minutes); False raises instead.
+
+    Returns:
+        (model, tokenizer). Each call returns a fresh model object.
+
+    Example:
+        >>> callable(load_testbed)
+        True
+    """
+    from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    directory = Path(directory) if directory is not None else default_cache_dir()
+    if not (directory / _DONE_FILE).exists():
+        if not train:
+            raise ValueError(f"no trained testbed in {directory}: run `python scripts/train_lm.py` first")
+        train_testbed(directory)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(directory)
+    tokenizer.model_max_length = 10**9  # whole splits are tokenized at once, never fed to the model whole
+    model = GPT2LMHeadModel.from_pretrained(directory, dtype=torch.float32)
+    return model.eval(), tokenizer
+
+
+def wikitext_tokens(split: str, tokenizer: Any) -> torch.Tensor:
+    """All token ids of a WikiText-2 split as one 1-D LongTensor.
+
+    Args:
+        split: "valid" or "test".
+        tokenizer: a Hugging Face tokenizer (or any callable returning {"input_ids": [...]}).
+
+    Example:
+        >>> ids = wikitext_tokens("test", lambda text, **kw: {"input_ids": list(text.encode()[:10])})
+        >>> ids.shape, ids.dtype
+        (torch.Size([10]), torch.int64)
+    """
+    ids = tokenizer(_read_split(split), add_special_tokens=False)["input_ids"]
+    return torch.as_tensor(ids, dtype=torch.long)
+
+
+def _logits(output: Any) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output
+    if hasattr(output, "logits"):
+        return output.logits
+    if isinstance(output, (tuple, list)):
+        return output[0]
+    raise TypeError(f"the model returned {type(output).__name__}; perplexity needs logits (a tensor or .logits)")
+
+
+def perplexity(
+    model: nn.Module, tokens: torch.Tensor, window: int = 256, max_windows: int | None = None, batch_size: int = 8
+) -> float:
+    """Perplexity over non-overlapping windows of `tokens` (each window predicts its own tokens 2..window).
+
+    The tail shorter than a window is dropped, as the GPTQ and AWQ evaluations do.
+
+    Args:
+        model: a causal LM taking `input_ids` (Hugging Face style) and returning logits.
+        tokens: 1-D LongTensor, e.g. `wikitext_tokens("test", tokenizer)`.
+        window: tokens per window (at most the model's context).
+        max_windows: evaluate only the first this many windows (None: all).
+        batch_size: windows per forward pass.
+
+    Returns:
+        exp(mean negative log-likelihood per predicted token).
+
+    Example:
+        >>> class Uniform(torch.nn.Module):
+        ...     def forward(self, input_ids):
+        ...         return torch.zeros(*input_ids.shape, 50)
+        >>> round(perplexity(Uniform(), torch.arange(40) % 50, window=10), 3)
+        50.0
+    """
+    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 1:
+        raise ValueError("tokens must be a 1-D tensor of token ids, e.g. wikitext_tokens('test', tokenizer)")
+    if window < 2:
+        raise ValueError(f"window must be >= 2 tokens (one to predict from, one to predict), got {window}")
+    n = tokens.numel() // window
+    if max_windows is not None:
+        n = min(n, int(max_windows))
+    if n < 1:
+        raise ValueError(f"{tokens.numel()} tokens do not fill one window of {window}; pass a smaller window")
+    windows = tokens[: n * window].view(n, window).long()
+    total, count = 0.0, 0
+    with eval_mode(model), torch.no_grad():
+        for start in range(0, n, batch_size):
+            ids = windows[start : start + batch_size]
+            logits = _logits(model(input_ids=ids)).float()
+            nll = nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum"
+            )
+            total += nll.item()
+            count += ids[:, 1:].numel()
+    return math.exp(total / count)
+
+
+def calibration_batches(tokenizer: Any, n: int = 128, seq_len: int = 256, seed: int = 0) -> list[dict]:
+    """`n` random windows of `valid.txt` (the GPTQ/AWQ calibration recipe), as `{"input_ids": (1, seq_len)}`.
+
+    `valid.txt` is also the testbed's training text; evaluation uses `test.txt`, which neither
+    training nor calibration sees.
+
+    Example:
+        >>> tok = lambda text, **kw: {"input_ids": list(text.encode())}
+        >>> batches = calibration_batches(tok, n=2, seq_len=16)
+        >>> len(batches), batches[0]["input_ids"].shape
+        (2, torch.Size([1, 16]))
+    """
+    if n < 1 or seq_len < 2:
+        raise ValueError(f"need n >= 1 windows of seq_len >= 2 tokens, got n={n}, seq_len={seq_len}")
+    data = wikitext_tokens("valid", tokenizer)
+    if data.numel() <= seq_len:
+        raise ValueError(f"valid.txt has {data.numel()} tokens, fewer than one window of {seq_len}")
+    rng = random.Random(seed)
+    starts = [rng.randrange(0, data.numel() - seq_len) for _ in range(n)]
+    return [{"input_ids": data[s : s + seq_len].unsqueeze(0).clone()} for s in starts]
+
+
+def tiny_causal_lm(kind: str = "gpt2", seed: int = 0) -> nn.Module:
+    """A tiny random causal LM (vocab 512, width 128, 2 blocks) from a transformers config, for tests.
+
+    Widths are multiples of 128 so per-group (g128) quantization applies.
+
+    Args:
+        kind: "gpt2" (GPT-2 blocks, transformers Conv1D layers) or "llama" (RMSNorm, gated MLP).
+        seed: weights seed.
+
+    Example:
+        >>> m = tiny_causal_lm("llama")
+        >>> m(input_ids=torch.zeros(1, 5, dtype=torch.long)).logits.shape
+        torch.Size([1, 5, 512])
+    """
+    from transformers import GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    if kind == "gpt2":
+        model = GPT2LMHeadModel(_gpt2_config(512, 128, 2, 2, 128))
+    elif kind == "llama":
+        cfg = LlamaConfig(
+            vocab_size=512,
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            tie_word_embeddings=False,
+        )
+        model = LlamaForCausalLM(cfg)
+    else:
+        raise ValueError(f"kind must be 'gpt2' or 'llama', got {kind!r}")
+    return model.eval()

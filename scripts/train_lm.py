@@ -1,0 +1,46 @@
+"""Train and cache the language-model testbed (tokenizer + small GPT-2 on WikiText-2 valid.txt).
+
+Usage:
+    python scripts/train_lm.py [--dir DIR] [--steps N] [--force]
+
+The checkpoint goes to $QUANTPILOT_CACHE/lm-testbed (default ~/.cache/quantpilot/lm-testbed), outside
+git; `quantpilot.tasks.language_model.load_testbed()` loads it. Prints the final train loss and the
+test perplexity (non-overlapping 256-token windows of test.txt).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from quantpilot.tasks.language_model import default_cache_dir, train_testbed  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", type=Path, default=None, help="cache folder (default: %(default)s -> testbed cache)")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the testbed's)")
+    parser.add_argument("--max-seconds", type=float, default=None, help="wall-clock cap on training")
+    parser.add_argument("--force", action="store_true", help="delete an existing checkpoint in --dir and retrain")
+    args = parser.parse_args(argv)
+    directory = args.dir or default_cache_dir()
+    if args.force and directory.exists():
+        shutil.rmtree(directory)
+    try:
+        out = train_testbed(directory, steps=args.steps, max_seconds=args.max_seconds)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"testbed written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
