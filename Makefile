@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo demo-core test lint bench-core bench-torch-int8 clean
+.PHONY: demo demo-core test lint bench-core bench-torch-int8 bench-llm-outliers clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ bench-core: $(VENV)/.installed-bench
 
 bench-torch-int8: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/bench_torch_int8.py
+
+bench-llm-outliers: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/bench_llm_outliers.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache build *.egg-info
