@@ -91,6 +91,42 @@ class LLMInt8Linear(QuantModule):
             raise TypeError(f"LLMInt8Linear wraps nn.Linear or transformers' Conv1D, got {type(module).__name__}")
         return cls(weight, module.bias, threshold=threshold)
 
+    def saved_config(self) -> dict:
+        """What `quantpilot.load` needs to rebuild this layer (stored in the saved layer map).
+
+        Example:
+            >>> import torch
+            >>> LLMInt8Linear(torch.randn(2, 3), None, threshold=4.0).saved_config()
+            {'in_features': 3, 'out_features': 2, 'bias': False, 'threshold': 4.0}
+        """
+        return {
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "bias": self.bias is not None,
+            "threshold": float(self.threshold),
+        }
+
+    @classmethod
+    def from_saved(cls, module: nn.Module, entry: dict) -> LLMInt8Linear:
+        """An empty layer shaped as a saved one; `quantpilot.load` then fills it from the safetensors file.
+
+        Args:
+            module: what the saved recipe put at this name (unused: the saved config is complete).
+            entry: the layer's entry of the saved map, holding `saved_config()` under "config".
+
+        Example:
+            >>> import torch
+            >>> cfg = {"in_features": 3, "out_features": 2, "bias": True, "threshold": 6.0}
+            >>> LLMInt8Linear.from_saved(None, {"config": cfg}).weight_int.shape
+            torch.Size([2, 3])
+        """
+        cfg = entry.get("config") if isinstance(entry, dict) else None
+        if not isinstance(cfg, dict) or not {"in_features", "out_features", "bias", "threshold"} <= set(cfg):
+            raise ValueError("the saved LLM.int8() layer has no complete config; the quantpilot.json map is damaged")
+        out_features, in_features = int(cfg["out_features"]), int(cfg["in_features"])
+        bias = torch.zeros(out_features) if cfg["bias"] else None
+        return cls(torch.zeros(out_features, in_features), bias, threshold=float(cfg["threshold"]))
+
     def reset_outlier_stats(self) -> None:
         """Forget the outlier counts (e.g. before measuring on a new data set)."""
         self.outlier_columns = 0

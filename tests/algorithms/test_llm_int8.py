@@ -99,3 +99,15 @@ def test_bf16_input_keeps_its_dtype():
 def test_bad_input(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_save_load_round_trip(tmp_path):
+    model = tiny_gpt2()
+    qmodel = qp.algorithms.llm_int8(model, threshold=4.0)
+    loaded = qp.load(tiny_gpt2(seed=7), qp.save(qmodel, tmp_path / "llm-int8"))
+    layers = [m for m in loaded.modules() if isinstance(m, LLMInt8Linear)]
+    assert len(layers) == len([m for m in qmodel.modules() if isinstance(m, LLMInt8Linear)])
+    assert all(float(m.threshold) == 4.0 for m in layers)
+    batch = token_batches(1, seed=2)[0]
+    with torch.no_grad():
+        assert torch.equal(loaded(**batch).logits, qmodel(**batch).logits)
