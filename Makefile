@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo demo-core test lint bench-core bench-torch-int8 bench-llm-outliers clean
+.PHONY: demo demo-core test lint bench-core bench-torch-int8 bench-llm-outliers bench-selective clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ bench-torch-int8: $(VENV)/.installed-dev
 
 bench-llm-outliers: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/bench_llm_outliers.py
+
+bench-selective: $(VENV)/.installed-bench
+	$(BIN)/python benchmarks/bench_selective.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache build *.egg-info

@@ -1,0 +1,319 @@
+"""Naive vs hybrid vs selective int8, per model: task metric, float layers, speed, size (issue 6).
+
+For each model, one run measures side by side:
+
+* FP32 and bf16 (eager PyTorch; bf16 is the honest baseline, see DESIGN.md), FP32 on the engine;
+* naive: every layer int8 with one calibrator (the int8-static preset);
+* hybrid: `qp.select(..., strategy="hybrid")`: the sensitivity-chosen layers left in float;
+* selective: `qp.select(..., strategy="selective")`: per-layer calibrators, then float layers.
+
+Columns: task metric and its loss vs FP32 (in % of FP32), layers in float, median latency of one batch
+on the engine (OpenVINO when `quantpilot.engines` has it and the export works, else the PyTorch
+fake-quant engine, and the table says which), speed-up vs FP32 and vs bf16 on the same engine run, and
+size on disk. Latencies are medians of interleaved runs (`quantpilot.timing.interleaved_latency`) on a
+CPU shared with other work: read ratios, not absolute times. Per model the sensitivity bar chart (PNG)
+and the per-layer error table (CSV) are written too, and everything goes to `<out>/bench_selective.json`.
+
+Models and metrics: the digits CNN and a project ResNet (both trained here on scikit-learn digits'
+training split; accuracy on the test split), EfficientNet-Lite0 (bundled weights; top-1 on the labelled
+ImageNet sample photos, calibration and evaluation images disjoint), all-MiniLM-L6-v2 (embedding cosine
+with FP32 on 160 held-out sentences, retrieval agreement reported beside it).
+
+Targets: selective within 0.5 % of FP32 on every model while keeping >= 90 % of naive's speed-up.
+
+Run: make bench-selective   (or .venv/bin/python benchmarks/bench_selective.py --models digits,resnet)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import quantpilot as qp  # noqa: E402
+from quantpilot.evaluate import size_on_disk  # noqa: E402
+from quantpilot.timing import interleaved_latency  # noqa: E402
+
+# The ONNX exporter logs a version-conversion traceback per export that it then recovers from; keep the table readable.
+logging.getLogger("onnxscript").setLevel(logging.ERROR)
+logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+BUDGET = 0.005
+
+
+def cpu_summary() -> dict[str, Any]:
+    """The CPU model name and which int8/bf16 instruction sets it has (read from /proc/cpuinfo)."""
+    name, flags = platform.processor() or "unknown", set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                name = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    return {"model": name, "cores": os.cpu_count(), "isa": {f: f in flags for f in ISA_FLAGS}}
+
+
+# ----------------------------------------------------------------------------------------- models
+def _train_classifier(model: nn.Module, splits, epochs: int, seed: int = 0) -> nn.Module:
+    """SGD with momentum and cosine decay on the digits training split (ResNet; the digits CNN has its own)."""
+    torch.manual_seed(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    steps = epochs * ((len(splits.train_y) + 63) // 64)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(splits.train_y))
+        for start in range(0, len(order), 64):
+            idx = order[start : start + 64]
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(splits.train_x[idx]), splits.train_y[idx]).backward()
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
+def digits_task(kind: str, quick: bool) -> dict[str, Any]:
+    from quantpilot.models.digits_cnn import accuracy, digits_splits, train_digits_cnn
+    from quantpilot.models.resnet import ResNet
+
+    splits = digits_splits(seed=0)
+    epochs = 8 if quick else 30
+    if kind == "digits":
+        model = train_digits_cnn(splits, epochs=epochs, seed=0)
+    else:
+        model = _train_classifier(
+            ResNet(in_channels=1, num_classes=10, widths=(16, 32), blocks_per_stage=1), splits, epochs
+        )
+    return {
+        "model": qp.fold_batchnorm(model),
+        "calib": [splits.train_x[i : i + 128] for i in range(0, 512, 128)],
+        "eval_fn": lambda m: accuracy(m, splits.test_x, splits.test_y),
+        "metric": "test accuracy",
+        "example": splits.test_x,
+        "top_k": None,
+    }
+
+
+def efficientnet_task(quick: bool) -> dict[str, Any]:
+    from quantpilot.models import imagenet_samples as samples
+    from quantpilot.models import load
+
+    model, prep = load("efficientnet-lite0")
+    paths, labels = samples.load_samples()
+    calibration, evaluation = samples.split_calibration(paths, labels, n_calibration=100)
+    if quick:
+        evaluation = samples.Subset(evaluation.paths[::8], evaluation.labels[::8])
+    from PIL import Image
+
+    images = [prep(Image.open(p).convert("RGB")) for p in calibration.paths]
+    calib = [torch.cat(images[i : i + 25]) for i in range(0, len(images), 25)]
+
+    def eval_fn(m):
+        return samples.topk_accuracy(m, prep, evaluation.paths, evaluation.labels, k=(1,))[1]
+
+    return {
+        "model": qp.fold_batchnorm(model),
+        "calib": calib,
+        "eval_fn": eval_fn,
+        "metric": f"top-1 on {len(evaluation.paths)} photos",
+        "example": torch.cat(images[:8]),
+        "top_k": 6 if quick else 12,
+    }
+
+
+def minilm_task(quick: bool) -> dict[str, Any]:
+    from quantpilot import datasets
+    from quantpilot.models import load
+    from quantpilot.tasks.sentence_embedding import embed, retrieval_agreement, token_batches
+
+    model, tok = load("minilm")
+    held_out = datasets.sentences("eval")[: 64 if quick else 160]
+    reference = embed(model, tok, held_out)
+    calib = list(token_batches(tok, datasets.sentences("calibration")[: 64 if quick else 128], batch_size=32))
+
+    def eval_fn(m):
+        return float((embed(m, tok, held_out) * reference).sum(-1).mean())
+
+    def extra(m):
+        return {"retrieval agreement": retrieval_agreement(reference, embed(m, tok, held_out))}
+
+    example = next(token_batches(tok, held_out[:32], batch_size=32))
+    return {
+        "model": model,
+        "calib": calib,
+        "eval_fn": eval_fn,
+        "extra": extra,
+        "metric": "embedding cosine vs FP32",
+        "example": dict(example),
+        "top_k": 8 if quick else 16,
+    }
+
+
+# ------------------------------------------------------------------------------------ measurement
+def _runner(model: nn.Module, example: Any, engine: str):
+    if engine == "torch":
+        return qp.engines.compile(model, engine="torch")
+    return qp.engines.compile(model, engine=engine, example_inputs=example)
+
+
+def _to_bf16(batch: Any) -> Any:
+    """Float tensors of a batch cast to bf16 (token ids and masks stay integers)."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(torch.bfloat16) if batch.is_floating_point() else batch
+    if isinstance(batch, dict):
+        return {k: _to_bf16(v) for k, v in batch.items()}
+    return batch
+
+
+class Bf16(nn.Module):
+    """Runs a bf16 copy of a float model on float inputs (cast at the door), so `eval_fn` can score bf16 too."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.inner = __import__("copy").deepcopy(model).to(torch.bfloat16).eval()
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        out = self.inner(*[_to_bf16(a) for a in args], **{k: _to_bf16(v) for k, v in kwargs.items()})
+        return out.float() if isinstance(out, torch.Tensor) else out
+
+
+def pick_engine(models: list[nn.Module], example: Any, wanted: str) -> str:
+    """`wanted` if it is registered and runs every model given; else "torch" (said in the table)."""
+    try:
+        for model in models:
+            _runner(model, example, wanted).run(example)
+        return wanted
+    except Exception as err:  # noqa: BLE001 - any failure means "this engine is not usable here"
+        print(f"  engine {wanted!r} unavailable ({type(err).__name__}: {str(err)[:120]}); timing with 'torch'")
+        return "torch"
+
+
+def bench_model(name: str, task: dict[str, Any], out: Path, engine: str, iters: int) -> dict[str, Any]:
+    model, calib, eval_fn = task["model"], task["calib"], task["eval_fn"]
+    recipe = qp.Recipe.preset("int8-static")
+    started = time.perf_counter()
+    stats = qp.analysis.CalibrationStatistics(model, recipe, calib)
+    naive = stats.build(recipe)
+    errors = qp.analysis.layer_errors(naive, calib, float_model=model)
+    errors.to_csv(out / f"{name}_layer_errors.csv")
+    t0 = time.perf_counter()
+    sens = qp.analysis.sensitivity(model, recipe, calib, eval_fn, top_k=task["top_k"], statistics=stats)
+    sweep_s = time.perf_counter() - t0
+    sens.to_csv(out / f"{name}_sensitivity.csv")
+    sens.plot(out / f"{name}_sensitivity.png", title=f"{name}: {task['metric']} lost when only this layer is int8")
+    recipes = {}
+    for strategy in ("hybrid", "selective"):
+        recipes[strategy] = qp.select(model, recipe, calib, eval_fn, BUDGET, strategy=strategy, top_k=task["top_k"])
+        recipes[strategy].to_yaml(out / f"{name}_{strategy}.yaml")
+    variants = {
+        "naive": naive,
+        **{s: qp.analysis.CalibrationStatistics(model, r, calib).build(r) for s, r in recipes.items()},
+    }
+    search_s = time.perf_counter() - started
+    engine = pick_engine([model, *variants.values()], task["example"], engine)
+    runners = {"FP32 eager": _runner(model, task["example"], "torch")}
+    runners["bf16 eager"] = qp.engines.compile(model, engine="torch", dtype="bfloat16")
+    bf16_example = _to_bf16(task["example"])
+    if engine != "torch":
+        runners[f"FP32 {engine}"] = _runner(model, task["example"], engine)
+    for key, qmodel in variants.items():
+        runners[key] = _runner(qmodel, task["example"], engine)
+    calls = {k: (lambda r=r: r.run(task["example"])) for k, r in runners.items()}
+    calls["bf16 eager"] = lambda: runners["bf16 eager"].run(bf16_example)
+    latency = interleaved_latency(calls, 3, iters)
+    fp32_key = f"FP32 {engine}" if engine != "torch" else "FP32 eager"
+    float_metric = eval_fn(model)
+    rows = []
+    bf16_metric = eval_fn(Bf16(model))
+    for key in runners:
+        qmodel = variants.get(key)
+        metric = eval_fn(qmodel) if qmodel is not None else bf16_metric if key.startswith("bf16") else float_metric
+        row = {
+            "variant": key,
+            "metric": metric,
+            "loss_pct": 100 * (float_metric - metric) / abs(float_metric),
+            "float_layers": None if qmodel is None else len(recipes[key].skip) if key in recipes else 0,
+            "latency_ms": 1e3 * latency[key],
+            "speedup_vs_fp32": latency[fp32_key] / latency[key],
+            "speedup_vs_bf16": latency["bf16 eager"] / latency[key],
+            "size_mb": size_on_disk(model if qmodel is None else qmodel) / 2**20,
+        }
+        if "extra" in task and qmodel is not None:
+            row.update(task["extra"](qmodel))
+        rows.append(row)
+    by = {r["variant"]: r for r in rows}
+    naive_gain = by["naive"]["speedup_vs_fp32"] - 1
+    selective_gain = by["selective"]["speedup_vs_fp32"] - 1
+    targets = {
+        "selective within 0.5 % of FP32": by["selective"]["loss_pct"] <= 100 * BUDGET + 1e-9,
+        "selective keeps >= 90 % of naive's speed-up": naive_gain <= 0 or selective_gain >= 0.9 * naive_gain,
+    }
+    print(f"\n== {name}: {task['metric']} (engine {engine}; sweep {sweep_s:.0f} s, search total {search_s:.0f} s)")
+    print(f"{'variant':<16} {'metric':>8} {'loss %':>7} {'float':>5} {'ms':>8} {'x FP32':>7} {'x bf16':>7} {'MB':>7}")
+    for r in rows:
+        fl = "-" if r["float_layers"] is None else str(r["float_layers"])
+        print(
+            f"{r['variant']:<16} {r['metric']:>8.4f} {r['loss_pct']:>7.2f} {fl:>5} {r['latency_ms']:>8.2f} "
+            f"{r['speedup_vs_fp32']:>7.2f} {r['speedup_vs_bf16']:>7.2f} {r['size_mb']:>7.2f}"
+        )
+    for label, ok in targets.items():
+        print(f"  {'PASS' if ok else 'MISS'}: {label}")
+    return {
+        "metric": task["metric"],
+        "engine": engine,
+        "sensitivity_sweep_s": sweep_s,
+        "search_s": search_s,
+        "rows": rows,
+        "targets": targets,
+        "notes": {s: r.notes.get("select", "") for s, r in recipes.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="digits,resnet,efficientnet,minilm")
+    parser.add_argument("--out", default="bench-out/selective")
+    parser.add_argument("--engine", default="openvino")
+    parser.add_argument("--iters", type=int, default=30)
+    parser.add_argument("--quick", action="store_true", help="fewer epochs and evaluation items (a smoke run)")
+    args = parser.parse_args(argv)
+    out = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=False)  # a fresh folder per run: earlier results are never overwritten
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    cpu = cpu_summary()
+    print(f"CPU: {cpu['model']} ({cpu['cores']} cores), torch {torch.__version__}")
+    print("ISA: " + ", ".join(f"{f} {'yes' if on else 'no'}" for f, on in cpu["isa"].items()))
+    print(f"load average {os.getloadavg()[0]:.2f}: the CPU is shared, compare ratios from this one run")
+    tasks = {
+        "digits": lambda: digits_task("digits", args.quick),
+        "resnet": lambda: digits_task("resnet", args.quick),
+        "efficientnet": lambda: efficientnet_task(args.quick),
+        "minilm": lambda: minilm_task(args.quick),
+    }
+    results = {"cpu": cpu, "budget": BUDGET, "quick": args.quick, "models": {}}
+    for name in args.models.split(","):
+        if name not in tasks:
+            raise SystemExit(f"unknown model {name!r}; choose from {', '.join(tasks)}")
+        results["models"][name] = bench_model(name, tasks[name](), out, args.engine, args.iters)
+    (out / "bench_selective.json").write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {out}/")
+    return results
+
+
+if __name__ == "__main__":
+    main()
