@@ -14,7 +14,8 @@ division into the op that produces the input, so the float model is unchanged:
    output rows) and `s` into the weights of every Linear that reads that input;
 4. clip search: per output channel and group, shrink the weight range to `(1 - i/20)` of its max,
    i < 10, and keep the one with the smallest MSE of that group's partial dot products;
-5. round-to-nearest quantization (asymmetric, zero point, per group) of the scaled, clipped weights.
+5. round-to-nearest quantization (asymmetric, zero point, per group) of the scaled, clipped weights
+   by `quantpilot.algorithms.rtn`, stored packed (two int4 per byte, fp16 scales and zero points).
 
 Layer groups ("pairs": an op and the Linear layers that read its output) are found from data flow:
 a Linear whose input is the very tensor a LayerNorm/RMSNorm returned reads that norm (q/k/v after
@@ -47,12 +48,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..api import freeze, quantize, quantized_layers
+from ..api import quantized_layers
 from ..batches import call_model, eval_mode
 from ..nn import lookup
+from ..nn.packed import weight_only_spec
 from ..primitives import choose_qparams, fake_quantize, min_max
-from ..recipe import Recipe
-from ..spec import PerChannel, PerGroup, QuantSpec
+from ..spec import PerGroup, QuantSpec
+from .rtn import rtn
 
 __all__ = ["awq", "awq_fold_scales", "find_scale_groups", "ScaleGroup", "weight_spec", "MIN_CALIBRATION_TOKENS"]
 
@@ -92,7 +94,7 @@ class ScaleGroup:
 
 
 def weight_spec(bits: int, group_size: int | None) -> QuantSpec:
-    """The weight scheme AWQ (and RTN) quantizes to: asymmetric with a zero point, per group or per channel.
+    """The weight scheme AWQ searches for and stores: RTN's asymmetric codes with a zero point.
 
     Args:
         bits: 4 or 8.
@@ -100,18 +102,13 @@ def weight_spec(bits: int, group_size: int | None) -> QuantSpec:
             scale per output channel.
 
     Returns:
-        The `QuantSpec`.
+        The `QuantSpec` (the same as `quantpilot.algorithms.rtn` stores).
 
     Example:
         >>> weight_spec(4, 128).granularity
         PerGroup(size=128)
     """
-    if bits not in (4, 8):
-        raise ValueError(f"bits must be 4 or 8, got {bits!r}")
-    if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1):
-        raise ValueError(f"group_size must be a positive int (e.g. 128) or None for per channel, got {group_size!r}")
-    granularity = PerChannel(0) if group_size is None else PerGroup(group_size)
-    return QuantSpec("int4" if bits == 4 else "int8", symmetric=False, granularity=granularity)
+    return weight_only_spec(bits, group_size)
 
 
 def _is_linear(module: nn.Module) -> bool:
@@ -490,15 +487,8 @@ def awq_fold_scales(
 
 
 def _round_to_nearest(model: nn.Module, bits: int, group_size: int | None, skip: Sequence[str]) -> nn.Module:
-    """The last step: RTN of every Linear outside `skip`, in place, to frozen integer codes."""
-    recipe = Recipe(
-        weights=weight_spec(bits, group_size),
-        activations=None,
-        module_types=("Linear", "Conv1D"),
-        skip=tuple(skip),
-        name=f"awq-w{bits}" + ("" if group_size is None else f"-g{group_size}"),
-    )
-    return freeze(quantize(model, recipe, inplace=True))
+    """The last step: RTN of every Linear outside `skip`, in place, into packed weight-only layers."""
+    return rtn(model, bits, group_size, skip=tuple(skip), inplace=True)
 
 
 def awq(
@@ -536,8 +526,8 @@ def awq(
         >>> import torch, quantpilot as qp
         >>> net = torch.nn.Sequential(torch.nn.LayerNorm(64), torch.nn.Linear(64, 8))
         >>> qnet = qp.algorithms.awq(net, [torch.randn(256, 64)], group_size=64)
-        >>> qnet[1].weight_int.dtype, qp.is_frozen(qnet)
-        (torch.int8, True)
+        >>> type(qnet[1]).__name__, qp.is_frozen(qnet)
+        ('WeightOnlyLinear', True)
     """
     scaled = awq_fold_scales(
         model,

@@ -6,7 +6,6 @@ from torch import nn
 
 import quantpilot as qp
 from quantpilot.algorithms.awq import MIN_CALIBRATION_TOKENS, ScaleGroup, awq_fold_scales, find_scale_groups
-from quantpilot.algorithms.awq import _round_to_nearest as rtn_reference
 
 from ._tiny_lms import tiny_gpt2, tiny_llama, token_batches
 
@@ -73,7 +72,7 @@ def test_scale_is_the_activation_magnitude_to_the_chosen_alpha():
 def test_awq_beats_rtn_on_salient_input_channels():
     block, batches = salient_block(), inputs(4, seed=1)
     quantized = qp.algorithms.awq(block, batches, bits=4, group_size=32)
-    plain = rtn_reference(salient_block(), 4, 32, ())
+    plain = qp.algorithms.rtn(salient_block(), bits=4, group_size=32)
     test = torch.cat(inputs(2, seed=7))
     with torch.no_grad():
         ref = block(test)
@@ -87,6 +86,7 @@ def test_whole_decoder_w4_stays_close_and_is_frozen():
     qmodel = qp.algorithms.awq(model, batches, bits=4, group_size=32)
     assert qp.is_frozen(qmodel)
     assert type(qmodel.lm_head) is nn.Linear  # the head stays float
+    assert type(qmodel.model.layers[0].mlp.down_proj).__name__ == "WeightOnlyLinear"  # packed storage
     with torch.no_grad():
         batch = token_batches(1, seed=9)[0]
         assert qp.metrics.sqnr_db(model(**batch).logits, qmodel(**batch).logits) > 15.0
@@ -112,7 +112,7 @@ def test_explicit_pairs_for_an_unrecognised_model():
     [
         ({"bits": 3}, ValueError, "bits must be 4 or 8"),
         ({"group_size": 48}, ValueError, "multiple of group_size=48"),
-        ({"group_size": 0}, ValueError, "positive int"),
+        ({"group_size": 0}, ValueError, "group_size must be"),
         ({"pairs": [("0", ["missing"])]}, ValueError, "'missing' is not a Linear"),
         ({"pairs": [("nothing", ["1"])]}, ValueError, "'nothing' is not a LayerNorm"),
         ({"pairs": [("1", ["1"])]}, ValueError, "produces 64 channels, the layers read 128"),
