@@ -36,6 +36,9 @@ class QuantModule(nn.Module):
         True
     """
 
+    # Multiplies the gradient of a learned weight scale (LSQ's gradient scale; set by `quantpilot.qat.prepare`).
+    weight_scale_grad_factor: float = 1.0
+
     def _setup_quantization(
         self,
         weight: torch.Tensor,
@@ -66,7 +69,8 @@ class QuantModule(nn.Module):
         """
         if self.weight_spec is None:
             raise ValueError("this layer keeps its weight in float (weight_spec is None): it has no weight qparams")
-        if self.is_frozen:
+        if self.is_frozen or self._parameters.get("weight_scale") is not None:
+            # Stored codes' qparams, or a scale learned by QAT (`quantpilot.qat.prepare(learn_ranges=True)`).
             return self.weight_scale, self.weight_zero_point
         calibrator = self.weight_calibrator.build(self.weight_spec)
         calibrator.collect(self.weight.detach())
@@ -85,20 +89,28 @@ class QuantModule(nn.Module):
         if self.input_quantizer.collecting:
             return self.weight.to(dtype)
         scale, zero_point = self.weight_qparams()
-        return fake_quantize(self.weight, scale, zero_point, self.weight_spec).to(dtype)
+        return fake_quantize(self.weight, scale, zero_point, self.weight_spec, self.weight_scale_grad_factor).to(dtype)
 
     def freeze(self) -> None:
         """Fix the input range from calibration and store the weight as integers (idempotent)."""
         self.input_quantizer.fix_qparams()
+        q = self.input_quantizer
+        if isinstance(q.scale, nn.Parameter):
+            # A scale learned by QAT: a frozen model holds plain buffers, as after PTQ.
+            scale = q.scale.detach().clone()
+            del q.scale
+            q.register_buffer("scale", scale)
         self.store_weight_as_integers()
 
     def store_weight_as_integers(self) -> None:
         """Replace the float weight by its codes and qparams (idempotent; no-op for float weights)."""
         if self.weight_spec is None or self.is_frozen:
             return
-        scale, zero_point = self.weight_qparams()
+        scale, zero_point = (t.detach().clone() for t in self.weight_qparams())
         codes = quantize(self.weight.detach(), scale, zero_point, self.weight_spec)
         del self.weight
+        if "weight_scale" in self._parameters:
+            del self.weight_scale  # learned by QAT; stored below as a buffer like any frozen scale
         self.register_buffer("weight_int", codes)
         self.register_buffer("weight_scale", scale)
         self.register_buffer("weight_zero_point", zero_point)
