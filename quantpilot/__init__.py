@@ -8,7 +8,7 @@ Example:
 
 __version__ = "0.1.0"
 
-from . import algorithms, datasets, engines, evaluate  # noqa: E402
+from . import algorithms, datasets, engines, evaluate, qat  # noqa: E402
 from .api import calibrate, freeze, is_frozen, load, quantize, quantized_layers, save, unfrozen_parts  # noqa: E402
 from .recipe import Recipe  # noqa: E402
 from .spec import PerChannel, PerGroup, PerTensor, PerToken, QuantDtype, QuantSpec  # noqa: E402
@@ -35,5 +35,6 @@ __all__ = [
     "algorithms",
     "datasets",
     "engines",
+    "qat",
     "__version__",
 ]
