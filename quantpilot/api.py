@@ -109,6 +109,11 @@ def quantize(model: nn.Module, recipe: Recipe | str | None = None, *, inplace: b
     if quantized_layers(model):
         raise ValueError("this model is already quantized; pass the original float model to quantpilot.quantize")
     target = model if inplace else copy.deepcopy(model)
+    if "add" in recipe.ops:
+        # Traced first, on float modules: the tracer then sees plain Linear/Conv calls.
+        from .functional_points import install_add_points
+
+        target = install_add_points(target, recipe)
     plan, seen_types = [], set()
     for name, module in target.named_modules():
         entry = lookup(module)
@@ -145,6 +150,10 @@ def quantize(model: nn.Module, recipe: Recipe | str | None = None, *, inplace: b
         else:
             parent_name, _, child = name.rpartition(".")
             setattr(target.get_submodule(parent_name), child, qmodule)
+    if "matmul" in recipe.ops:
+        from .functional_points import install_matmul_points
+
+        install_matmul_points(target, recipe)
     setattr(target, RECIPE_ATTR, recipe)
     return target
 
@@ -234,6 +243,8 @@ def freeze(model: nn.Module) -> nn.Module:
         )
     for _, module in layers:
         module.freeze()
+    for q in _static_quantizers(model):  # functional points (matmul, add) sit outside the layers
+        q.fix_qparams()
     return model
 
 
@@ -272,7 +283,53 @@ def _layer_map(model: nn.Module) -> dict[str, dict[str, Any]]:
             "dynamic": q.dynamic,
             "smoothed": getattr(m, "input_smoothing", None) is not None,
         }
+        if hasattr(m, "saved_config"):
+            # Layers a Recipe cannot express (packed int4, LLM.int8()) record what rebuilds them.
+            out[name]["config"] = m.saved_config()
     return out
+
+
+def _rebuildable_layer_types() -> dict[str, type[QuantModule]]:
+    """QuantModule subclasses that `load` rebuilds from their saved entry, by class name.
+
+    A layer type an algorithm creates and a Recipe cannot express defines a classmethod
+    `from_saved(module, entry)` (an empty layer shaped as the saved one; `module` is what the
+    recipe put at that name, `entry` the layer's saved map entry) and a method `saved_config()`
+    (a JSON-ready dict stored in that entry under "config"). Found by walking the subclasses, so a
+    new type needs no registration here; it only has to be imported (quantpilot imports its
+    algorithms, which import their layers).
+    """
+    found: dict[str, type[QuantModule]] = {}
+    stack = list(QuantModule.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        if callable(getattr(cls, "from_saved", None)) and callable(getattr(cls, "saved_config", None)):
+            found[cls.__name__] = cls
+    return found
+
+
+def _rebuild_algorithm_layers(qmodel: nn.Module, saved_layers: dict[str, Any]) -> nn.Module:
+    """Swap in, at each saved name whose type rebuilds itself, an empty layer of that type."""
+    types = _rebuildable_layer_types()
+    for name, entry in saved_layers.items():
+        cls = types.get((entry or {}).get("type")) if isinstance(entry, dict) else None
+        if cls is None:
+            continue
+        try:
+            current = qmodel.get_submodule(name)
+        except AttributeError:
+            raise ValueError(
+                f"the saved layer {name!r} does not exist in this float model; load it onto the architecture "
+                "it was saved from"
+            ) from None
+        layer = cls.from_saved(current, entry)
+        if name == "":
+            qmodel = layer
+        else:
+            parent, _, child = name.rpartition(".")
+            setattr(qmodel.get_submodule(parent), child, layer)
+    return qmodel
 
 
 def save(model: nn.Module, directory: str | Path) -> Path:
@@ -325,6 +382,11 @@ def load(float_model: nn.Module, directory: str | Path) -> nn.Module:
             are replaced). It is not modified.
         directory: what `quantpilot.save` wrote.
 
+    Layers an algorithm made that the saved recipe cannot express (packed int4 weights from
+    `quantpilot.algorithms.rtn` / `gptq`, LLM.int8() layers) are rebuilt by their own class: a
+    `QuantModule` subclass with `from_saved(module, entry)` and `saved_config()` (see
+    `_rebuildable_layer_types`), dispatched on the saved map's "type".
+
     Returns:
         The frozen quantized model; its outputs equal the saved model's bit for bit.
 
@@ -358,6 +420,7 @@ def load(float_model: nn.Module, directory: str | Path) -> nn.Module:
         )
     qmodel = quantize(float_model, Recipe.from_dict(meta["recipe"]))
     saved_layers = meta.get("layers") if isinstance(meta.get("layers"), dict) else {}
+    qmodel = _rebuild_algorithm_layers(qmodel, saved_layers)
     for name, module in quantized_layers(qmodel):
         if (saved_layers.get(name) or {}).get("smoothed") and hasattr(module, "smooth"):
             module.input_smoothing = torch.ones(module.in_features)  # placeholder; the file holds the values

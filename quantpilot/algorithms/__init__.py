@@ -8,6 +8,7 @@ Example:
 
 from .awq import awq, awq_fold_scales, find_scale_groups
 from .llm_int8 import llm_int8, outlier_fraction, reset_outlier_stats
+from .rtn import rtn
 from .smoothquant import smoothquant
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "awq",
     "awq_fold_scales",
     "find_scale_groups",
+    "rtn",
 ]
