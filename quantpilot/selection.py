@@ -223,7 +223,7 @@ def select(
     if not within(metric):
         report = sensitivity(
             model, base, batches, eval_fn, mode=rank_by, lower_is_better=lower_is_better,
-            top_k=top_k, progress=progress, statistics=stats,
+            top_k=top_k, progress=progress, statistics=stats, reference_metrics=(float_metric, metric),
         )  # fmt: skip
         harm = {row.name: row.harm for row in report.rows}
         for name in report.names():

@@ -173,9 +173,14 @@ def harm_of(metric: float, reference: float, lower_is_better: bool) -> float:
 
 
 def sweep_units(
-    stats: CalibrationStatistics, batches: Sequence[Any], top_k: int | None, layers: Sequence[str] | None
+    stats: CalibrationStatistics,
+    batches: Sequence[Any],
+    top_k: int | None,
+    layers: Sequence[str] | None,
+    recipe: Recipe | None = None,
 ) -> list[str]:
-    """The layers a sweep visits: `layers`, else every quantized layer, or the `top_k` worst by output SQNR.
+    """The layers a sweep visits: `layers`, else every quantized layer, or the `top_k` worst by output SQNR
+    (measured on `batches` with `recipe`, default the statistics' own).
 
     Example:
         >>> import torch, quantpilot as qp
@@ -194,7 +199,7 @@ def sweep_units(
     if top_k is not None:
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f"top_k must be a positive int (or None for every layer), got {top_k!r}")
-        errors = layer_errors(stats.build(), batches, float_model=stats.model)
+        errors = layer_errors(stats.build(recipe), batches, float_model=stats.model)
         worst = [row.name for row in errors.worst() if row.name in names]
         names = [n for n in names if n in set(worst[:top_k])]
     return names
@@ -224,6 +229,7 @@ def sensitivity(
     layers: Sequence[str] | None = None,
     progress: bool | None = None,
     statistics: CalibrationStatistics | None = None,
+    reference_metrics: tuple[float, float] | None = None,
 ) -> SensitivityReport:
     """Rank the recipe's layers by the harm quantizing them does to `eval_fn`'s metric.
 
@@ -242,6 +248,7 @@ def sensitivity(
         layers: sweep exactly these layer names instead.
         progress: show a progress bar (default: on an interactive terminal outside CI).
         statistics: reuse statistics gathered for the same model and recipe.
+        reference_metrics: `(FP32 metric, all-quantized metric)` when already measured: saves two `eval_fn` calls.
 
     Returns:
         A `SensitivityReport`, most harmful layer first.
@@ -263,10 +270,13 @@ def sensitivity(
     recipe = Recipe.preset(recipe) if isinstance(recipe, str) else recipe
     batches = list(calib_batches)
     stats = statistics if statistics is not None else CalibrationStatistics(model, recipe, batches)
-    units = sweep_units(stats, batches, top_k, layers)
+    units = sweep_units(stats, batches, top_k, layers, recipe)
     all_units = [name for name, _ in quantized_layers(stats.quantized)]
-    float_metric = check_metric(eval_fn(model), "eval_fn(float model)")
-    quantized_metric = check_metric(eval_fn(stats.build(recipe)), "eval_fn(quantized model)")
+    if reference_metrics is not None:
+        float_metric, quantized_metric = (check_metric(v, "reference_metrics") for v in reference_metrics)
+    else:
+        float_metric = check_metric(eval_fn(model), "eval_fn(float model)")
+        quantized_metric = check_metric(eval_fn(stats.build(recipe)), "eval_fn(quantized model)")
     reference = float_metric if mode == MODES[0] else quantized_metric
     rows = []
     show = _show_progress() if progress is None else progress

@@ -77,3 +77,12 @@ def test_bad_arguments():
         sensitivity(net, qp.Recipe(), calib, score, layers=["1"])
     with pytest.raises(TypeError, match="number"):
         sensitivity(net, qp.Recipe(), calib, lambda m: "good")
+
+
+def test_reference_metrics_save_two_evaluations():
+    net, calib, score = _setup()
+    calls = []
+    report = sensitivity(
+        net, qp.Recipe(), calib, lambda m: calls.append(1) or score(m), layers=["2"], reference_metrics=(0.0, -1.0)
+    )
+    assert len(calls) == 1 and report.quantized_metric == -1.0
