@@ -34,7 +34,6 @@ from torch import nn
 from ..api import freeze, is_frozen, quantized_layers
 from ..batches import call_model, eval_mode
 from ..nn import QuantModule, TensorQuantizer
-from ..primitives import dequantize
 
 __all__ = ["LayerError", "LayerErrorReport", "layer_errors"]
 
@@ -171,6 +170,9 @@ def layer_errors(
 ) -> LayerErrorReport:
     """Measure every quantized layer's weight, input-activation and output SQNR on `batches`.
 
+    Functional quantization points (residual adds, attention matmuls: modules holding quantizers that are not
+    layers) get a row too, with the SQNR of their quantized inputs; they have no weight, and no output SQNR.
+
     Args:
         qmodel: a quantized model, calibrated (it is frozen on a copy) or frozen. Not modified.
         batches: inputs, each passed as `quantpilot.batches.call_model` does (e.g. the calibration batches).
@@ -226,6 +228,13 @@ def layer_errors(
         return hook
 
     handles = [layer.register_forward_hook(hook_for(name, layer)) for name, layer in layers]
+    points = _functional_points(work)
+    point_act = {name: _Accumulator() for name in points}
+    for name, quantizers in points.items():
+        for q in quantizers:
+            handles.append(
+                q.register_forward_hook(lambda _m, args, output, acc=point_act[name]: acc.add(args[0], output))
+            )
     seen = 0
     try:
         with eval_mode(work), torch.no_grad():
@@ -243,7 +252,22 @@ def layer_errors(
         if weight is None or layer.weight_spec is None:
             weight_db = math.inf if layer.weight_spec is None else math.nan
         else:
-            deq = dequantize(layer.weight_int, layer.weight_scale, layer.weight_zero_point, layer.weight_spec)
-            weight_db = _db(float((weight.double() ** 2).sum()), float(((weight.double() - deq.double()) ** 2).sum()))
+            deq = layer.quantized_weight(torch.float64)  # the frozen codes, dequantized (whatever their storage)
+            weight_db = _db(float((weight.double() ** 2).sum()), float(((weight.double() - deq) ** 2).sum()))
         rows.append(LayerError(name, type(layer).__name__, weight_db, act[name].db(), out[name].db()))
+    for name in points:
+        module_type = type(work.get_submodule(name)).__name__ if name else type(work).__name__
+        rows.append(LayerError(name, module_type, math.inf, point_act[name].db(), math.nan))
     return LayerErrorReport(rows)
+
+
+def _functional_points(model: nn.Module) -> dict[str, list[TensorQuantizer]]:
+    """Modules other than quantized layers that hold enabled quantizers (residual adds, attention matmuls)."""
+    points = {}
+    for name, module in model.named_modules():
+        if isinstance(module, QuantModule | TensorQuantizer):
+            continue
+        quantizers = [q for q in module.children() if isinstance(q, TensorQuantizer) and q.spec is not None]
+        if quantizers:
+            points[name] = quantizers
+    return points
