@@ -7,6 +7,7 @@ Example:
 """
 
 from .awq import awq, awq_fold_scales, find_scale_groups
+from .gptq import gptq
 from .llm_int8 import llm_int8, outlier_fraction, reset_outlier_stats
 from .rtn import rtn
 from .smoothquant import smoothquant
@@ -20,4 +21,5 @@ __all__ = [
     "awq_fold_scales",
     "find_scale_groups",
     "rtn",
+    "gptq",
 ]
