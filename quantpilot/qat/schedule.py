@@ -43,7 +43,7 @@ class Schedule:
     """A training schedule: length, learning rate curve, batch size and optimizer.
 
     The learning rate rises linearly from ``lr / warmup_steps`` to ``lr`` over the warm-up, then
-    follows a half cosine from ``lr`` down to ``lr * final_lr_ratio`` at the last step.
+    follows a half cosine from ``lr`` down to ``lr * final_lr_ratio`` at the end of training.
 
     Args:
         epochs: passes over the training data.
@@ -91,16 +91,17 @@ class Schedule:
 
         Example:
             >>> s = Schedule(epochs=4, lr=1.0, batch_size=8, warmup_epochs=1, final_lr_ratio=0.1)
-            >>> [round(s.lr_factor(i), 3) for i in range(4)]
-            [1.0, 1.0, 0.55, 0.1]
+            >>> [round(s.lr_factor(i), 3) for i in range(5)]
+            [1.0, 1.0, 0.775, 0.325, 0.1]
         """
         _positive_int(steps_per_epoch, "steps_per_epoch")
         total = self.epochs * steps_per_epoch
         warmup = round(self.warmup_epochs * steps_per_epoch)
         if step < warmup:
             return (step + 1) / warmup
-        # The last step lands exactly on the final learning rate.
-        progress = min(1.0, (step - warmup) / max(1, total - warmup - 1))
+        # The cosine reaches the final rate when training ends, after the last step (as
+        # CosineAnnealingLR with T_max = the decay steps): that last step still moves the weights.
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
         cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
         return self.final_lr_ratio + (1.0 - self.final_lr_ratio) * cosine
 

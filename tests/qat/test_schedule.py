@@ -55,9 +55,11 @@ def test_lr_curve_warms_up_linearly_then_follows_a_cosine_to_the_final_ratio():
     assert factors[:10] == pytest.approx([(i + 1) / 10 for i in range(10)])
     decay = factors[10:]
     assert all(a >= b for a, b in zip(decay, decay[1:], strict=False))
-    assert decay[0] == pytest.approx(1.0) and decay[-1] == pytest.approx(0.01)
-    # Halfway through the cosine the rate is halfway between peak and final.
-    assert s.lr_factor(10 + 20 - 1, per_epoch) == pytest.approx(0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 19 / 39)))
+    # The cosine runs over the 40 decay steps and reaches the final ratio as training ends.
+    assert decay[0] == pytest.approx(1.0) and decay[-1] > 0.01
+    assert s.lr_factor(50, per_epoch) == pytest.approx(0.01)
+    assert s.lr_factor(10 + 20, per_epoch) == pytest.approx(0.01 + 0.99 * 0.5)
+    assert s.lr_factor(10 + 13, per_epoch) == pytest.approx(0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 13 / 40)))
 
 
 def test_build_gives_sgd_with_momentum_and_a_scheduler_that_follows_the_curve():
@@ -72,7 +74,7 @@ def test_build_gives_sgd_with_momentum_and_a_scheduler_that_follows_the_curve():
         opt.step()
         sched.step()
     assert seen == pytest.approx([s.lr * s.lr_factor(i, 4) for i in range(s.epochs * 4)])
-    assert seen[-1] == pytest.approx(s.lr * 0.01)
+    assert 0 < seen[-1] < 0.05 * s.lr
 
 
 @pytest.mark.parametrize(
