@@ -108,10 +108,11 @@ def test_too_little_calibration_data_says_how_much():
 
 @pytest.mark.parametrize("activations", ["static", "dynamic"], ids=["per-tensor-static", "per-token-dynamic"])
 @pytest.mark.parametrize("kind", ["gpt2", "llama"], ids=["gpt2-conv1d", "llama"])
-def test_decoders_static_and_dynamic_activations(kind, activations):
+def test_decoders_static_and_dynamic_activations(kind, activations, tmp_path):
     from ._tiny_lms import tiny_gpt2, tiny_llama, token_batches
 
-    model = tiny_gpt2() if kind == "gpt2" else tiny_llama()
+    build = tiny_gpt2 if kind == "gpt2" else tiny_llama
+    model = build()
     qmodel = qp.algorithms.smoothquant(model, token_batches(4), alpha=0.5, activations=activations)
     assert type(qmodel.lm_head) is nn.Linear  # the default decoder recipe leaves the head float
     layers = [m for _, m in qp.quantized_layers(qmodel)]
@@ -120,8 +121,10 @@ def test_decoders_static_and_dynamic_activations(kind, activations):
     if activations == "dynamic":
         assert all(isinstance(m.input_quantizer.spec.granularity, qp.PerToken) for m in layers)
     batch = token_batches(1, seed=3)[0]
+    loaded = qp.load(build(seed=4), qp.save(qmodel, tmp_path / "sq"))
     with torch.no_grad():
         assert qp.metrics.sqnr_db(model(**batch).logits, qmodel(**batch).logits) > 20.0
+        assert torch.equal(loaded(**batch).logits, qmodel(**batch).logits)
 
 
 def test_tied_head_is_quantized_but_not_smoothed():
