@@ -2,7 +2,10 @@
 
 `compile(frozen_qmodel, engine="torch-int8")` deep-copies the model and swaps every frozen
 `QuantLinear` the integer path can serve for `Int8Linear` (int8 x int8 -> int32 GEMM with
-`torch._int_mm`) or `Int8WeightOnlyLinear` (W8A16). Every other quantized layer keeps its
+`torch._int_mm`) or `Int8WeightOnlyLinear` (W8A16), and every packed `WeightOnlyLinear` from
+RTN / GPTQ / AWQ for `WeightOnlyKernelLinear` (PyTorch's `_weight_int8pack_mm` /
+`_weight_int4pack_mm_for_cpu` for decode-sized batches, dequantize + bf16 matmul for prefill).
+Every other quantized layer keeps its
 fake-quant module, and the compiled object says which layer runs how (`integer_layers`) and why
 a layer did not (`fallback_layers`), so nothing is silently approximated.
 

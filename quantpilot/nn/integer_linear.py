@@ -51,6 +51,8 @@ from torch.nn import functional as F
 from ..primitives import choose_qparams, dequantize, min_max, quantize
 from ..spec import PerChannel, PerTensor, PerToken, QuantDtype, QuantSpec
 from .linear import QuantLinear
+from .packed import WeightOnlyLinear
+from .weight_only_kernels import WeightOnlyKernelLinear, kernel_problem
 
 __all__ = [
     "ActivationCodeCache",
@@ -182,7 +184,8 @@ def unsupported_reason(layer: nn.Module) -> str | None:
 
     Served: frozen `QuantLinear` with symmetric int8 weights (per tensor or per output channel),
     and either int8 / uint8 activations (static per tensor, dynamic per token or per tensor) or
-    float activations (weight-only).
+    float activations (weight-only); packed `WeightOnlyLinear` (int8 per channel, int4 in groups
+    of 32-256) on PyTorch's weight-only kernels.
 
     Args:
         layer: a quantized layer of a frozen model.
@@ -196,8 +199,10 @@ def unsupported_reason(layer: nn.Module) -> str | None:
         >>> unsupported_reason(m[0])
         'weights are int4: the integer path multiplies int8 weight codes'
     """
+    if isinstance(layer, WeightOnlyLinear):
+        return kernel_problem(layer)  # packed int8 / int4 from RTN, GPTQ, AWQ
     if type(layer) is not QuantLinear:
-        return f"{type(layer).__name__}: the integer path serves QuantLinear layers only"
+        return f"{type(layer).__name__}: the integer path serves QuantLinear and WeightOnlyLinear layers only"
     if not layer.is_frozen and layer.weight_spec is not None:
         return "the layer is not frozen: call quantpilot.freeze(model) first"
     problem = _weight_problem(layer)
@@ -206,8 +211,9 @@ def unsupported_reason(layer: nn.Module) -> str | None:
     return problem
 
 
-def to_integer(layer: QuantLinear) -> nn.Module:
-    """The integer module for a frozen `QuantLinear`: `Int8Linear`, or `Int8WeightOnlyLinear` for W8A16.
+def to_integer(layer: QuantLinear | WeightOnlyLinear) -> nn.Module:
+    """The integer module for a frozen `QuantLinear` (`Int8Linear`, or `Int8WeightOnlyLinear` for W8A16)
+    or a packed `WeightOnlyLinear` from RTN / GPTQ / AWQ (`WeightOnlyKernelLinear`).
 
     Args:
         layer: a frozen `QuantLinear` that `unsupported_reason` accepts.
@@ -227,6 +233,8 @@ def to_integer(layer: QuantLinear) -> nn.Module:
     reason = unsupported_reason(layer)
     if reason is not None:
         raise ValueError(f"this layer cannot run on the integer path: {reason}")
+    if isinstance(layer, WeightOnlyLinear):
+        return WeightOnlyKernelLinear(layer)
     if layer.input_quantizer.spec is None:
         return Int8WeightOnlyLinear(layer)
     return Int8Linear(layer)
