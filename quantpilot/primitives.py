@@ -207,6 +207,20 @@ def _broadcaster(
     return identity, identity, param.unsqueeze(-1)
 
 
+def _exporting_qdq(spec: QuantSpec) -> bool:
+    """True while torch.onnx exports a graph and the scheme has a standard ONNX Q/DQ form.
+
+    Then quantize/dequantize are emitted as the PyTorch ops the exporter turns into
+    QuantizeLinear / DequantizeLinear (int8/uint8, per tensor or per channel). Their ONNX
+    semantics (divide, round half to even, saturate) are exactly ours.
+    """
+    return (
+        torch.onnx.is_in_onnx_export()
+        and spec.dtype.value in ("int8", "uint8")
+        and isinstance(spec.granularity, PerTensor | PerChannel)
+    )
+
+
 def _qparams_views(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, spec: QuantSpec):
     scale = torch.as_tensor(scale, dtype=torch.float32, device=x.device)
     zero_point = torch.as_tensor(zero_point, device=x.device)
@@ -273,6 +287,8 @@ def dequantize(
     _check_spec(spec)
     if not isinstance(q, torch.Tensor):
         raise TypeError(f"q must be a torch.Tensor, got {type(q).__name__}")
+    if _exporting_qdq(spec):
+        return _export_dequantize(q, scale, zero_point, spec).to(dtype)
     view, unview, scale_v, zp_v = _qparams_views(q, scale, zero_point, spec)
     qf = view(q.to(torch.float32))
     out = qf * scale_v if spec.dtype.is_float else (qf - zp_v.to(torch.float32)) * scale_v
@@ -366,9 +382,54 @@ def fake_quantize(
     """
     _check_spec(spec)
     _check_float_tensor(x, "x")
+    if _exporting_qdq(spec):
+        return _export_fake_quantize(x, scale, zero_point, spec)
     scale_t = scale if isinstance(scale, torch.Tensor) else torch.tensor(scale, dtype=torch.float32)
     zp_t = zero_point if isinstance(zero_point, torch.Tensor) else torch.tensor(zero_point, dtype=torch.int32)
     return _FakeQuantize.apply(x, scale_t, zp_t, spec, float(grad_factor))
+
+
+def _full_range(spec: QuantSpec) -> tuple[int, int]:
+    # ONNX QuantizeLinear always saturates to the whole int8/uint8 range.
+    return (-128, 127) if spec.dtype.is_signed else (0, 255)
+
+
+def _export_fake_quantize(x, scale, zero_point, spec: QuantSpec) -> torch.Tensor:
+    # The ops of PyTorch's own export flow (PT2E): they have fake kernels, so a graph with dynamic
+    # batch / sequence axes traces (aten's fake_quantize ops do not), and the ONNX exporter turns
+    # them into QuantizeLinear / DequantizeLinear. Per-tensor qparams must be Python numbers.
+    if isinstance(spec.granularity, PerTensor) and (
+        isinstance(scale, torch.Tensor) or isinstance(zero_point, torch.Tensor)
+    ):
+        raise ValueError("per-tensor QDQ export needs the scale and zero point as Python numbers")
+    q = _export_quantize(x.float(), scale, zero_point, spec)
+    return _export_dequantize(q, scale, zero_point, spec)
+
+
+def _export_quantize(x, scale, zero_point, spec: QuantSpec) -> torch.Tensor:
+    import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers the quantized_decomposed ops)
+
+    qmin, qmax = _full_range(spec)
+    ops = torch.ops.quantized_decomposed
+    if isinstance(spec.granularity, PerTensor):
+        return ops.quantize_per_tensor(x, float(scale), int(zero_point), qmin, qmax, spec.dtype.torch_dtype)
+    axis = _channel_axis(spec.granularity, x.dim())
+    scale = torch.as_tensor(scale, dtype=torch.float32)
+    return ops.quantize_per_channel(x, scale, torch.as_tensor(zero_point), axis, qmin, qmax, spec.dtype.torch_dtype)
+
+
+def _export_dequantize(q, scale, zero_point, spec: QuantSpec) -> torch.Tensor:
+    import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers the quantized_decomposed ops)
+
+    qmin, qmax = _full_range(spec)
+    ops = torch.ops.quantized_decomposed
+    if isinstance(spec.granularity, PerTensor):
+        if isinstance(scale, torch.Tensor):
+            scale, zero_point = float(scale), int(zero_point)
+        return ops.dequantize_per_tensor(q, scale, zero_point, qmin, qmax, q.dtype)
+    axis = _channel_axis(spec.granularity, q.dim())
+    scale = torch.as_tensor(scale, dtype=torch.float32)
+    return ops.dequantize_per_channel(q, scale, torch.as_tensor(zero_point), axis, qmin, qmax, q.dtype)
 
 
 def representable_range(

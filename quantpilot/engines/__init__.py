@@ -6,7 +6,7 @@ Example:
     'torch'
 """
 
-from . import torch_int8  # noqa: F401 (importing it registers the "torch-int8" engine)
+from . import onnx_engines, torch_int8  # noqa: F401 (importing them registers their engines)
 from .base import CompiledModel, available_engines, compile, register_engine
 
 __all__ = ["CompiledModel", "available_engines", "compile", "register_engine"]

@@ -116,6 +116,9 @@ class TensorQuantizer(nn.Module):
         self.calibrator = None
         self.collecting = False
         self.qualname = ""  # set by the walker, so errors can name the layer
+        # (scale, zero_point) as Python numbers while an ONNX export traces the model: the exporter
+        # turns per-tensor Q/DQ into QuantizeLinear/DequantizeLinear only with constant qparams.
+        self.export_qparams: tuple[float, int] | None = None
 
     @property
     def needs_calibration(self) -> bool:
@@ -174,4 +177,6 @@ class TensorQuantizer(nn.Module):
                 f"'{self.qualname or 'quantizer'}' is static and has no range yet: calibrate the model with "
                 "`quantpilot.calibrate`, then `quantpilot.freeze` it, before running it"
             )
+        if self.export_qparams is not None and torch.onnx.is_in_onnx_export():
+            return fake_quantize(x, *self.export_qparams, self.spec)
         return fake_quantize(x, self.scale, self.zero_point, self.spec)

@@ -1,0 +1,205 @@
+"""QDQ ONNX export: QuantizeLinear/DequantizeLinear pairs that ONNX Runtime, OpenVINO and TensorRT fuse.
+
+Activations get a Q/DQ pair (per tensor) in front of each quantized layer; weights are stored
+once as int8 initializers feeding a DequantizeLinear (per output channel, axis 0), so the file is
+about 4x smaller than the float export. The graph is captured with the dynamo exporter: the
+legacy TorchScript exporter produces a wrong Hugging Face BERT graph with transformers 5.x.
+
+Example:
+    >>> import tempfile, pathlib, torch, quantpilot as qp
+    >>> net = torch.nn.Sequential(torch.nn.Linear(8, 4))
+    >>> qm = qp.quantize(net, "int8-static")
+    >>> with qp.calibrate(qm):
+    ...     _ = qm(torch.randn(16, 8))
+    >>> path = export_onnx(qp.freeze(qm), torch.randn(2, 8), pathlib.Path(tempfile.mkdtemp()) / "m.onnx")
+    >>> path.suffix
+    '.onnx'
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# The ONNX exporter builds its op table when an export starts and maps quantized_decomposed ops to
+# QuantizeLinear / DequantizeLinear only if they are registered by then: import them first.
+import torch.ao.quantization.fx._decomposed  # noqa: F401
+from torch import nn
+
+from ..api import quantized_layers
+from ..batches import first_tensor
+from ..nn import QuantModule, TensorQuantizer
+from ..spec import PerChannel, PerTensor, QuantSpec
+
+__all__ = ["export_onnx", "TARGETS"]
+
+TARGETS = ("generic", "tensorrt")
+
+
+class _NamedInputs(nn.Module):
+    """Positional-tensor front end: ONNX inputs are positional, Hugging Face models take keywords."""
+
+    def __init__(self, model: nn.Module, names: list[str] | None) -> None:
+        super().__init__()
+        self.model = model
+        self.names = names
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        out = self.model(**dict(zip(self.names, tensors, strict=True))) if self.names else self.model(*tensors)
+        return first_tensor(out)
+
+
+def _check_spec(spec: QuantSpec | None, where: str, target: str, role: str) -> None:
+    if spec is None:
+        return
+    if spec.dtype.value not in ("int8", "uint8") or not isinstance(spec.granularity, PerTensor | PerChannel):
+        raise ValueError(
+            f"{where}: {role} {spec.dtype.value} {type(spec.granularity).__name__} has no standard QDQ form; "
+            "QDQ export covers int8/uint8 per tensor or per channel (use the torch-int8 engine for the rest)"
+        )
+    if role == "activations" and spec.narrow_range:
+        raise ValueError(
+            f"{where}: ONNX QuantizeLinear cannot clamp to a narrow range; use narrow_range=False for activations"
+        )
+    if target == "tensorrt" and (not spec.symmetric or spec.dtype.value != "int8"):
+        raise ValueError(
+            f"{where}: TensorRT takes symmetric int8 only (zero point 0), got {role} "
+            f"{spec.dtype.value} {'symmetric' if spec.symmetric else 'asymmetric'}; use a symmetric int8 recipe"
+        )
+
+
+def _validate(model: nn.Module, target: str) -> None:
+    for name, layer in quantized_layers(model):
+        assert isinstance(layer, QuantModule)
+        if layer.weight_spec is not None and not layer.is_frozen:
+            raise ValueError(f"'{name}' is not frozen: call quantpilot.freeze(model) before export")
+        _check_spec(layer.weight_spec, name, target, "weights")
+        if target == "tensorrt":
+            if layer.weight_spec is not None and not layer.weight_spec.narrow_range:
+                raise ValueError(
+                    f"'{name}': TensorRT expects int8 weights in the restricted range [-127, 127]; "
+                    "use narrow_range=True for weights"
+                )
+            if layer.input_quantizer.spec is None and type(layer).__name__ != "QuantEmbedding":
+                raise ValueError(
+                    f"'{name}' has a float input: TensorRT fuses a Conv/MatMul/Gemm into int8 only with Q/DQ on its "
+                    "input; give the recipe activations, or skip the layer entirely"
+                )
+    # Layer inputs and functional points (attention matmuls, residual adds) alike.
+    for q in model.modules():
+        if not isinstance(q, TensorQuantizer) or q.spec is None:
+            continue
+        where = q.qualname or "a quantizer"
+        if q.dynamic:
+            raise ValueError(
+                f"'{where}' quantizes dynamically (per batch): QDQ graphs carry fixed ranges; "
+                "export a static recipe, or run the dynamic model with the torch-int8 engine"
+            )
+        if q.scale is None:
+            raise ValueError(f"'{where}' has no activation range: calibrate and freeze before export")
+        _check_spec(q.spec, where, target, "activations")
+
+
+def _inputs(example_inputs: Any) -> tuple[list[str] | None, tuple[torch.Tensor, ...]]:
+    if isinstance(example_inputs, Mapping):
+        names = list(example_inputs)
+        return names, tuple(example_inputs[n] for n in names)
+    if isinstance(example_inputs, torch.Tensor):
+        return None, (example_inputs,)
+    if isinstance(example_inputs, tuple | list):
+        return None, tuple(example_inputs)
+    raise TypeError("example_inputs must be a tensor, a tuple of tensors or a dict of named tensors")
+
+
+def export_onnx(
+    qmodel: nn.Module,
+    example_inputs: Any,
+    path: str | Path,
+    target: str = "generic",
+    opset: int = 17,
+) -> Path:
+    """Write a frozen quantized model as a QDQ ONNX file.
+
+    Args:
+        qmodel: a frozen quantized model with static (calibrated) or no activation quantization.
+        example_inputs: a tensor, a tuple of tensors, or a dict of named tensors (as a tokenizer
+            returns); the batch axis, and the sequence axis of 2-D integer inputs, are dynamic.
+        path: the new file (an existing file is never overwritten).
+        target: "generic" (ONNX Runtime, OpenVINO) or "tensorrt" (symmetric int8 only).
+        opset: ONNX opset, at least 13 (per-channel DequantizeLinear).
+
+    Returns:
+        The path written. The graph passes `onnx.checker`.
+
+    Raises:
+        ValueError: an unfrozen or dynamic model, a scheme with no QDQ form, a TensorRT rule broken.
+
+    Example:
+        >>> export_onnx.__name__
+        'export_onnx'
+    """
+    import onnx
+
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    if opset < 13:
+        raise ValueError(f"opset {opset} has no per-channel DequantizeLinear; use opset >= 13")
+    if not isinstance(qmodel, nn.Module):
+        raise TypeError(f"qmodel must be an nn.Module, got {type(qmodel).__name__}")
+    _validate(qmodel, target)  # a float model (no quantized layer) exports as plain ONNX
+    path = Path(path)
+    if path.exists():
+        raise ValueError(f"{path} already exists; export to a new path")
+    names, tensors = _inputs(example_inputs)
+    input_names = names or [f"input_{i}" for i in range(len(tensors))]
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    dynamic = tuple(
+        {0: batch, 1: seq} if t.dim() == 2 and not t.is_floating_point() else ({0: batch} if t.dim() else {})
+        for t in tensors
+    )
+    wrapper = _NamedInputs(qmodel, names).eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    per_tensor = [
+        m
+        for m in qmodel.modules()
+        if isinstance(m, TensorQuantizer) and m.scale is not None and isinstance(m.spec.granularity, PerTensor)
+    ]
+    # With gradients on, torch.export decomposes fake-quantize into a cachemask op that has no
+    # export kernel; the trace needs none, so they are switched off and restored afterwards.
+    grad_params = [p for p in qmodel.parameters() if p.requires_grad]
+    try:
+        for q in per_tensor:
+            q.export_qparams = (float(q.scale), int(q.zero_point))
+        for p in grad_params:
+            p.requires_grad_(False)
+        program = _trace(wrapper, tensors, opset, input_names, dynamic)
+    finally:
+        for q in per_tensor:
+            q.export_qparams = None
+        for p in grad_params:
+            p.requires_grad_(True)
+    program.save(str(path))
+    onnx.checker.check_model(str(path))
+    return path
+
+
+def _trace(wrapper, tensors, opset, input_names, dynamic):
+    # No torch.no_grad here: under it torch.export decomposes fake-quantize into a cachemask op
+    # that has no export kernel. The export itself computes no gradients.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # exporter chatter about optional packages (torchvision)
+        return torch.onnx.export(
+            wrapper,
+            tensors,
+            dynamo=True,
+            opset_version=opset,
+            input_names=input_names,
+            output_names=["output"],
+            dynamic_shapes=(dynamic,),  # forward(*tensors): one varargs entry
+            verbose=False,
+        )
+

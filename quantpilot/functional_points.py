@@ -1,0 +1,167 @@
+"""Quantization points on functional operations: attention matmuls and residual additions.
+
+Module swapping (`quantpilot.nn`) reaches Linear/Conv layers; the attention products and the
+residual `+` are plain function calls inside `forward`. Two mechanisms, chosen per model family:
+
+* "matmul" on Hugging Face transformers models: quantpilot's attention implementation, registered
+  through transformers' `AttentionInterface` (`quantpilot.nn.attention`), quantizes Q, K, the
+  softmax output and V of every attention module. Works for any model written against that
+  interface (BERT, RoBERTa, GPT-2, Llama, ...), and the model keeps its class and methods.
+* "add" on `torch.fx`-traceable models (CNNs such as EfficientNet-Lite and ResNets): the graph is
+  traced and every addition of two computed tensors becomes a `QuantAdd` module, both inputs
+  quantized (TensorRT's rule for Conv-BN-Add fusion). The model becomes an `fx.GraphModule`
+  with the same submodule names. transformers models do not trace with `torch.fx` and get a
+  clear error instead.
+
+Point names, matched by the recipe's `skip` and `overrides` patterns, are the module path plus
+the op: "encoder.layer.0.attention.self:matmul", "_blocks.2:add" (".1", ".2" for further adds in
+the same module).
+
+Example:
+    >>> import torch, quantpilot as qp
+    >>> class Residual(torch.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__(); self.conv = torch.nn.Conv2d(2, 2, 3, padding=1)
+    ...     def forward(self, x):
+    ...         return x + self.conv(x)
+    >>> qm = qp.quantize(Residual(), qp.Recipe(ops=("add",)))
+    >>> functional_points(qm), [name for name, m in qm.named_modules() if type(m).__name__ == "QuantAdd"]
+    ([':add'], ['residual_add'])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+from fnmatch import fnmatch
+
+import torch
+from torch import fx, nn
+
+from .nn.attention import ATTRIBUTE, AttentionQuantizers, is_attention_module, use_quantized_attention
+from .nn.residual_add import QuantAdd
+from .recipe import Recipe
+
+__all__ = ["install_matmul_points", "install_add_points", "functional_points"]
+
+_ADD_TARGETS = (operator.add, operator.iadd, torch.add)
+
+
+def install_matmul_points(model: nn.Module, recipe: Recipe) -> list[str]:
+    """Give every attention module of a transformers model its matmul quantizers (in place).
+
+    Returns:
+        The point names that got quantizers.
+
+    Raises:
+        ValueError: `model` is not a transformers model, or has no attention module.
+
+    Example:
+        >>> import torch, quantpilot as qp
+        >>> install_matmul_points(torch.nn.Linear(2, 2), qp.Recipe(ops=("matmul",)))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: matmul quantization needs a Hugging Face transformers model ...
+    """
+    attention = [(name, m) for name, m in model.named_modules() if is_attention_module(m)]
+    use_quantized_attention(model)  # raises first for a model without a transformers config
+    if not attention:
+        raise ValueError(
+            f"{type(model).__name__} has no module that calls transformers' attention interface; "
+            "remove 'matmul' from the recipe's ops"
+        )
+    installed = []
+    for name, module in attention:
+        point = f"{name}:matmul"
+        layer = recipe.for_point(point)
+        if layer is None:
+            continue
+        spec = layer.activations
+        if not any("activations" in o for p, o in recipe.overrides.items() if fnmatch(point, p)):
+            # Symmetric unless the recipe says otherwise for this point: OpenVINO runs attention in
+            # int8 (fused MHA) only with zero-point-free matmul inputs. Measured on MiniLM: asymmetric
+            # inputs left 11 of 12 attention MatMuls in f32; symmetric ones fused all 6 blocks in int8.
+            spec = dataclasses.replace(spec, symmetric=True)
+        quantizers = AttentionQuantizers(spec, dynamic=layer.dynamic, calibrator=layer.activation_calibrator)
+        for role, q in quantizers.named_children():
+            q.qualname = f"{name}.{ATTRIBUTE}.{role}" if name else f"{ATTRIBUTE}.{role}"
+        setattr(module, ATTRIBUTE, quantizers)
+        installed.append(point)
+    return installed
+
+
+def _is_tensor_node(arg: object) -> bool:
+    # A computed tensor: not a Python constant, not a parameter/buffer (a bias add is not residual).
+    return isinstance(arg, fx.Node) and arg.op not in ("get_attr",)
+
+
+def install_add_points(model: nn.Module, recipe: Recipe) -> fx.GraphModule:
+    """Trace `model` with torch.fx and put a `QuantAdd` on every addition of two computed tensors.
+
+    Returns:
+        The traced `GraphModule` (submodule names unchanged; the original model is not modified).
+
+    Raises:
+        ValueError: the model cannot be traced by torch.fx (e.g. transformers models).
+
+    Example:
+        >>> import torch, quantpilot as qp
+        >>> gm = install_add_points(torch.nn.Linear(2, 2), qp.Recipe(ops=("add",)))
+        >>> isinstance(gm, torch.fx.GraphModule)
+        True
+    """
+    try:
+        traced = fx.symbolic_trace(model)
+    except Exception as err:  # noqa: BLE001 (fx raises many types; all mean "not traceable")
+        raise ValueError(
+            f"residual-add quantization traces the model with torch.fx, which failed on {type(model).__name__} "
+            f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); remove 'add' from the recipe's ops "
+            "(transformers models: use ops=('matmul',))"
+        ) from None
+    counts: dict[str, int] = {}
+    for node in list(traced.graph.nodes):
+        if node.op != "call_function" or node.target not in _ADD_TARGETS or node.kwargs:
+            continue
+        if len(node.args) != 2 or not all(_is_tensor_node(a) for a in node.args):
+            continue
+        stack = node.meta.get("nn_module_stack") or {}
+        owner = next(reversed(stack.values()))[0] if stack else ""
+        index = counts.get(owner, 0)
+        counts[owner] = index + 1
+        point = f"{owner}:add" + (f".{index}" if index else "")
+        layer = recipe.for_point(point)
+        if layer is None:
+            continue
+        parent = traced.get_submodule(owner) if owner else traced
+        child = "residual_add" + (f"_{index}" if index else "")
+        quant_add = QuantAdd(layer.activations, dynamic=layer.dynamic, calibrator=layer.activation_calibrator)
+        parent.add_module(child, quant_add)
+        qadd = parent.get_submodule(child)
+        qadd.point = point
+        target = f"{owner}.{child}" if owner else child
+        qadd.lhs_quantizer.qualname = f"{target}.lhs_quantizer"
+        qadd.rhs_quantizer.qualname = f"{target}.rhs_quantizer"
+        with traced.graph.inserting_after(node):
+            replacement = traced.graph.call_module(target, tuple(node.args))
+        node.replace_all_uses_with(replacement)
+        traced.graph.erase_node(node)
+    traced.graph.lint()
+    traced.recompile()
+    return traced
+
+
+def functional_points(model: nn.Module) -> list[str]:
+    """Names of the functional quantization points a quantized model holds.
+
+    Example:
+        >>> import torch
+        >>> functional_points(torch.nn.Linear(2, 2))
+        []
+    """
+    out = []
+    for name, module in model.named_modules():
+        if isinstance(module, AttentionQuantizers):
+            out.append(name.rpartition(".")[0] + ":matmul")
+        elif isinstance(module, QuantAdd):
+            out.append(module.point)
+    return out
