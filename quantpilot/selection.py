@@ -3,9 +3,10 @@
 * hybrid: quantize everything the recipe says, then leave the most harmful layers (ranked by a
   sensitivity sweep) in float, one at a time, until the metric is within budget of FP32; then try to
   re-quantize each of them again, so the float set ends up small.
-* selective: first give every layer the activation calibrator (min-max, percentile, entropy, MSE) whose
-  quantized output is closest (least MSE) to the float layer's output on the calibration data; then
-  hybrid on top.
+* selective: first quantize the functional ops the model has (both inputs of residual adds, so that an
+  engine keeps Conv+Add fused in int8; attention matmuls), then give every layer and point the
+  activation calibrator (min-max, percentile, entropy, MSE) whose quantized output is closest (least
+  MSE) to the float one on the calibration data; then hybrid on top.
 
 Calibration runs once; every candidate is frozen from those statistics (`analysis.CalibrationStatistics`).
 The result is a plain `Recipe`: `skip` holds the float layers, `overrides` the calibrators, `notes` why.
@@ -32,11 +33,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .analysis.sensitivity import MODES, check_metric, harm_of, sensitivity, variant
-from .analysis.statistics import CalibrationStatistics, literal_pattern
-from .api import quantized_layers
-from .nn.tensor_quantizer import CalibratorConfig
-from .recipe import Recipe
+from .analysis.sensitivity import MODES, check_metric, harm_of, quantization_units, sensitivity, variant
+from .analysis.statistics import CalibrationStatistics, literal_pattern, point_quantizers
+from .api import quantize, quantized_layers
+from .functional_points import functional_points
+from .nn.tensor_quantizer import CalibratorConfig, TensorQuantizer
+from .recipe import FUNCTIONAL_OPS, Recipe
 from .spec import PerTensor
 
 __all__ = ["select", "choose_calibrators", "calibrator_label", "CANDIDATE_CALIBRATORS", "STRATEGIES"]
@@ -104,24 +106,61 @@ def choose_calibrators(
             continue
         reference = stats.model.get_submodule(name)
         expected = [reference(x) for x in inputs]
-        kept_scale, kept_zero_point = q.scale, q.zero_point
-        errors: dict[str, float] = {}
-        best: tuple[float, CalibratorConfig] | None = None
-        # The layer's current calibrator first, so that a tie keeps it.
-        for config in sorted(configs, key=lambda c: c != q.calibrator_config):
+
+        def layer_error(layer=layer, inputs=inputs, expected=expected) -> float:
+            pairs = zip(inputs, expected, strict=True)
+            return sum(float((layer(x) - y).double().pow(2).mean()) for x, y in pairs) / len(inputs)
+
+        best = _best_calibrator(stats, [q], configs, layer_error)
+        if best is not None:
+            choices[name] = best
+    for point, quantizers in point_quantizers(qmodel).items():
+        static = [q for q in quantizers if q.needs_calibration and isinstance(q.spec.granularity, PerTensor)]
+        if not static or not all(stats.inputs.get(q.qualname) for q in static):
+            continue
+
+        # A point has no weight: its output error is the sum of its inputs' quantization errors (an add
+        # adds them; a matmul scales them by the other operand), so the inputs' MSE ranks the candidates.
+        def point_error(static=static) -> float:
+            total = 0.0
+            for q in static:
+                kept = stats.inputs[q.qualname]
+                total += sum(float((q(x) - x).double().pow(2).mean()) for x in kept) / len(kept)
+            return total
+
+        best = _best_calibrator(stats, static, configs, point_error)
+        if best is not None:
+            choices[point] = best
+    return choices
+
+
+def _best_calibrator(
+    stats: CalibrationStatistics,
+    quantizers: list[TensorQuantizer],
+    configs: list[CalibratorConfig],
+    error: Callable[[], float],
+) -> tuple[CalibratorConfig, dict[str, float]] | None:
+    """Set each candidate's qparams on `quantizers` (all share one calibrator), score with `error()`, restore."""
+    kept = [(q.scale, q.zero_point) for q in quantizers]
+    current = quantizers[0].calibrator_config
+    errors: dict[str, float] = {}
+    best: tuple[float, CalibratorConfig] | None = None
+    try:
+        # The current calibrator first, so that a tie keeps it.
+        for config in sorted(configs, key=lambda c: c != current):
             try:
-                calibrator = stats.calibrator_for(q.qualname, config, q.spec)
+                qparams = [stats.calibrator_for(q.qualname, config, q.spec).qparams() for q in quantizers]
             except ValueError:
                 continue  # e.g. entropy on fp8: not a candidate for this spec
-            q.scale, q.zero_point = calibrator.qparams()
-            mse = sum(float((layer(x) - y).double().pow(2).mean()) for x, y in zip(inputs, expected, strict=True))
-            errors[calibrator_label(config)] = mse / len(inputs)
+            for q, (scale, zero_point) in zip(quantizers, qparams, strict=True):
+                q.scale, q.zero_point = scale, zero_point
+            errors[calibrator_label(config)] = error()
             if best is None or errors[calibrator_label(config)] < best[0]:
                 best = (errors[calibrator_label(config)], config)
-        q.scale, q.zero_point = kept_scale, kept_zero_point
-        if best is not None:
-            choices[name] = (best[1], errors)
-    return choices
+    finally:
+        for q, (scale, zero_point) in zip(quantizers, kept, strict=True):
+            q.scale, q.zero_point = scale, zero_point
+    return None if best is None else (best[1], errors)
 
 
 def _with_calibrators(
@@ -131,6 +170,7 @@ def _with_calibrators(
     overrides = dict(recipe.overrides)
     notes = {}
     current = {name: layer.input_quantizer.calibrator_config for name, layer in quantized_layers(stats.quantized)}
+    current.update({point: qs[0].calibrator_config for point, qs in point_quantizers(stats.quantized).items()})
     for name, (config, errors) in choices.items():
         if config == current.get(name):
             continue
@@ -140,6 +180,36 @@ def _with_calibrators(
             f"activation calibrator {calibrator_label(config)}: least output MSE on calibration data ({ranked})"
         )
     return recipe.replace(overrides=overrides), notes
+
+
+def with_functional_ops(model: nn.Module, recipe: Recipe) -> tuple[Recipe, dict[str, str]]:
+    """`recipe` plus every functional op ("add", "matmul") the model supports, and a note per op.
+
+    Quantizing both inputs of a residual add lets an engine keep Conv+Add (or MatMul) in int8 instead of
+    falling back to float around it; an op the model cannot take (a transformers model does not trace for
+    "add", a CNN has no attention for "matmul") is left out, and the note says why.
+
+    Example:
+        >>> import torch, quantpilot as qp
+        >>> recipe, notes = with_functional_ops(torch.nn.Sequential(torch.nn.Linear(2, 2)), qp.Recipe())
+        >>> recipe.ops, notes["ops:add"]
+        ((), 'not quantized: the model has no add to quantize')
+    """
+    ops, notes = list(recipe.ops), {}
+    for op in FUNCTIONAL_OPS:
+        if op in ops:
+            continue
+        try:
+            points = functional_points(quantize(model, recipe.replace(ops=(*ops, op))))
+        except ValueError as err:
+            notes[f"ops:{op}"] = f"not quantized: {str(err).splitlines()[0][:160]}"
+            continue
+        if not any(p.rpartition(":")[2].startswith(op) for p in points):
+            notes[f"ops:{op}"] = f"not quantized: the model has no {op} to quantize"
+            continue
+        ops.append(op)
+        notes[f"ops:{op}"] = "quantized (engines keep the surrounding ops in int8 instead of converting back to float)"
+    return recipe.replace(ops=tuple(ops)), notes
 
 
 def select(
@@ -152,7 +222,7 @@ def select(
     strategy: str = "selective",
     lower_is_better: bool = False,
     relative: bool = True,
-    rank_by: str = "one-at-a-time",
+    rank_by: str = "leave-one-out",
     top_k: int | None = None,
     candidates: Sequence[CalibratorConfig | dict | str] = CANDIDATE_CALIBRATORS,
     progress: bool | None = None,
@@ -202,7 +272,11 @@ def select(
     if not isinstance(recipe, Recipe):
         raise TypeError(f"recipe must be a quantpilot.Recipe or a preset name, got {type(recipe).__name__}")
     batches = list(calib_batches)
-    stats = CalibrationStatistics(model, recipe, batches, keep_inputs=strategy == "selective")
+    notes: dict[str, str] = {}
+    quantized = recipe
+    if strategy == "selective":
+        quantized, notes = with_functional_ops(model, recipe)
+    stats = CalibrationStatistics(model, quantized, batches, keep_inputs=strategy == "selective")
     float_metric = check_metric(eval_fn(model), "eval_fn(float model)")
     allowed = budget * abs(float_metric) if relative else float(budget)
 
@@ -212,10 +286,11 @@ def select(
     def measure(floats: Sequence[str]) -> float:
         return check_metric(eval_fn(stats.build(variant(base, floats))), "eval_fn(quantized model)")
 
-    base, notes = recipe, {}
+    base = quantized
     if strategy == "selective":
-        base, notes = _with_calibrators(recipe, choose_calibrators(stats, recipe, candidates), stats)
-    units = [name for name, _ in quantized_layers(stats.quantized)]
+        base, calibrator_notes = _with_calibrators(quantized, choose_calibrators(stats, quantized, candidates), stats)
+        notes.update(calibrator_notes)
+    units = quantization_units(stats.quantized)
     floats: list[str] = []
     harm: dict[str, float] = {}
     metric = measure(floats)

@@ -4,6 +4,7 @@ import yaml
 
 import quantpilot as qp
 from quantpilot.models.digits_cnn import accuracy, digits_splits, train_digits_cnn
+from quantpilot.models.resnet import ResNet
 from quantpilot.selection import calibrator_label, choose_calibrators
 
 
@@ -95,3 +96,25 @@ def test_bad_arguments(kwargs, error):
     net = torch.nn.Sequential(torch.nn.Linear(2, 2))
     with pytest.raises(error):
         qp.select(net, qp.Recipe(), [torch.randn(2, 2)], lambda m: 1.0, **kwargs)
+
+
+def test_selective_quantizes_residual_adds_and_tunes_their_calibrators(tmp_path):
+    torch.manual_seed(0)
+    net = qp.fold_batchnorm(ResNet(in_channels=1, num_classes=4, widths=(4, 8), blocks_per_stage=1).eval())
+    data = [torch.randn(16, 1, 8, 8)]
+    with torch.no_grad():
+        reference = net(data[0])
+
+    def closeness(m):
+        with torch.no_grad():
+            return -float((m(data[0]) - reference).pow(2).mean())
+
+    recipe = qp.select(net, qp.Recipe(activation_calibrator="minmax"), data, closeness, budget=1.0, relative=False)
+    assert "add" in recipe.ops and recipe.notes["ops:add"].startswith("quantized")
+    assert recipe.notes["ops:matmul"].startswith("not quantized")  # a CNN has no attention
+    stats = qp.analysis.CalibrationStatistics(net, recipe.replace(overrides={}), data, keep_inputs=True)
+    assert {"blocks.0:add", "blocks.1:add"} <= set(choose_calibrators(stats, recipe))
+    assert qp.Recipe.from_yaml(recipe.to_yaml(tmp_path / "r.yaml")) == recipe
+    # The add points are units of the sweep, ranked like layers.
+    report = qp.analysis.sensitivity(net, recipe, data, closeness, mode="leave-one-out")
+    assert {"blocks.0:add", "blocks.1:add"} <= set(report.names())

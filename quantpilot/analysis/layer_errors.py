@@ -34,6 +34,7 @@ from torch import nn
 from ..api import freeze, is_frozen, quantized_layers
 from ..batches import call_model, eval_mode
 from ..nn import QuantModule, TensorQuantizer
+from .statistics import point_quantizers
 
 __all__ = ["LayerError", "LayerErrorReport", "layer_errors"]
 
@@ -256,18 +257,15 @@ def layer_errors(
             weight_db = _db(float((weight.double() ** 2).sum()), float(((weight.double() - deq) ** 2).sum()))
         rows.append(LayerError(name, type(layer).__name__, weight_db, act[name].db(), out[name].db()))
     for name in points:
-        module_type = type(work.get_submodule(name)).__name__ if name else type(work).__name__
-        rows.append(LayerError(name, module_type, math.inf, point_act[name].db(), math.nan))
+        rows.append(LayerError(name, name.rpartition(":")[2], math.inf, point_act[name].db(), math.nan))
     return LayerErrorReport(rows)
 
 
 def _functional_points(model: nn.Module) -> dict[str, list[TensorQuantizer]]:
-    """Modules other than quantized layers that hold enabled quantizers (residual adds, attention matmuls)."""
+    """Enabled quantizers of each functional point (residual adds, attention matmuls), by point name."""
     points = {}
-    for name, module in model.named_modules():
-        if isinstance(module, QuantModule | TensorQuantizer):
-            continue
-        quantizers = [q for q in module.children() if isinstance(q, TensorQuantizer) and q.spec is not None]
-        if quantizers:
-            points[name] = quantizers
+    for point, quantizers in point_quantizers(model).items():
+        enabled = [q for q in quantizers if q.spec is not None]
+        if enabled:
+            points[point] = enabled
     return points

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import math
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..api import _show_progress, quantized_layers
+from ..functional_points import functional_points
 from ..recipe import Recipe
 from .layer_errors import layer_errors
 from .statistics import CalibrationStatistics, literal_pattern
@@ -188,7 +190,7 @@ def sweep_units(
         >>> sweep_units(stats, [torch.ones(1, 2)], None, None)
         ['0']
     """
-    names = [name for name, _ in quantized_layers(stats.quantized)]
+    names = quantization_units(stats.quantized)
     if layers is not None:
         if isinstance(layers, str):
             raise TypeError("layers must be a list of layer names, not one string")
@@ -203,6 +205,17 @@ def sweep_units(
         worst = [row.name for row in errors.worst() if row.name in names]
         names = [n for n in names if n in set(worst[:top_k])]
     return names
+
+
+def quantization_units(qmodel: nn.Module) -> list[str]:
+    """What a sweep can leave in float: the quantized layers, then the functional points ("blocks.0:add").
+
+    Example:
+        >>> import torch, quantpilot as qp
+        >>> quantization_units(qp.quantize(torch.nn.Sequential(torch.nn.Linear(2, 2))))
+        ['0']
+    """
+    return [name for name, _ in quantized_layers(qmodel)] + functional_points(qmodel)
 
 
 def variant(recipe: Recipe, float_layers: Iterable[str]) -> Recipe:
@@ -271,26 +284,37 @@ def sensitivity(
     batches = list(calib_batches)
     stats = statistics if statistics is not None else CalibrationStatistics(model, recipe, batches)
     units = sweep_units(stats, batches, top_k, layers, recipe)
-    all_units = [name for name, _ in quantized_layers(stats.quantized)]
+    all_units = quantization_units(stats.quantized)
     if reference_metrics is not None:
         float_metric, quantized_metric = (check_metric(v, "reference_metrics") for v in reference_metrics)
     else:
         float_metric = check_metric(eval_fn(model), "eval_fn(float model)")
         quantized_metric = check_metric(eval_fn(stats.build(recipe)), "eval_fn(quantized model)")
     reference = float_metric if mode == MODES[0] else quantized_metric
-    rows = []
+    rows, refused = [], []
     show = _show_progress() if progress is None else progress
     for name in tqdm(units, desc=f"sensitivity ({mode})", unit="layer", disable=not show):
         floats = [n for n in all_units if n != name] if mode == MODES[0] else [name]
         if set(floats) >= set(all_units):
             metric = float_metric  # nothing left to quantize: the variant is the float model
         else:
-            metric = check_metric(eval_fn(stats.build(variant(recipe, floats))), f"eval_fn(variant for '{name}')")
+            try:
+                qmodel = stats.build(variant(recipe, floats))
+            except ValueError:
+                refused.append(name)  # e.g. a residual add alone: quantize needs at least one layer
+                continue
+            metric = check_metric(eval_fn(qmodel), f"eval_fn(variant for '{name}')")
         # one-at-a-time: the drop from FP32; leave-one-out: what leaving it float recovers over all-int8.
         if mode == MODES[0]:
             harm = harm_of(metric, reference, lower_is_better)
         else:
             harm = harm_of(reference, metric, lower_is_better)
         rows.append(SensitivityRow(name, metric, harm))
+    if refused:
+        warnings.warn(
+            f"sensitivity: {refused[:5]} could not be quantized on their own ({mode}) and are not ranked; "
+            "use mode='leave-one-out' to rank them",
+            stacklevel=2,
+        )
     rows.sort(key=lambda r: r.harm, reverse=True)
     return SensitivityReport(mode, rows, float_metric, quantized_metric, lower_is_better)

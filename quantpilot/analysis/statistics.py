@@ -29,11 +29,13 @@ from ..api import calibrate, freeze, quantize, quantized_layers
 from ..batches import call_model
 from ..calibrators import Calibrator, Histogram, MinMax
 from ..nn import TensorQuantizer
+from ..nn.attention import AttentionQuantizers
+from ..nn.residual_add import QuantAdd
 from ..nn.tensor_quantizer import CalibratorConfig
 from ..recipe import Recipe
 from ..spec import PerTensor, QuantSpec
 
-__all__ = ["CalibrationStatistics", "literal_pattern"]
+__all__ = ["CalibrationStatistics", "literal_pattern", "point_quantizers"]
 
 # Bound on the calibration inputs kept per layer for output-error measurements (float32 values):
 # 2**20 values = 4 MiB, a few batches of a BERT layer or the whole calibration set of a small CNN.
@@ -49,6 +51,23 @@ def literal_pattern(name: str) -> str:
         (True, False)
     """
     return "".join(f"[{c}]" if c in "*?[]" else c for c in name)
+
+
+def point_quantizers(qmodel: nn.Module) -> dict[str, list[TensorQuantizer]]:
+    """The quantizers of each functional point, by point name ("blocks.0:add", "encoder.layer.0.attention.self:matmul").
+
+    Example:
+        >>> import torch
+        >>> point_quantizers(torch.nn.Linear(2, 2))
+        {}
+    """
+    out = {}
+    for name, module in qmodel.named_modules():
+        if isinstance(module, QuantAdd):
+            out[module.point] = [module.lhs_quantizer, module.rhs_quantizer]
+        elif isinstance(module, AttentionQuantizers):
+            out[name.rpartition(".")[0] + ":matmul"] = [q for q in module.children() if isinstance(q, TensorQuantizer)]
+    return out
 
 
 def _static_quantizers(model: nn.Module) -> dict[str, TensorQuantizer]:
@@ -71,7 +90,8 @@ class CalibrationStatistics:
         model: the float model.
         recipe: the calibrated recipe.
         quantized: the quantized, calibrated, *unfrozen* model the statistics came from.
-        inputs: `{layer name: [float input tensors]}` when `keep_inputs`.
+        inputs: `{layer name: [float input tensors]}` when `keep_inputs`; functional points (residual
+            adds, attention matmuls) are kept per quantizer, under the quantizer's qualified name.
 
     Example:
         >>> import torch, quantpilot as qp
@@ -106,9 +126,15 @@ class CalibrationStatistics:
                 self._histograms[name] = Histogram(q.spec, method="mse")
                 hooks.append(q.register_forward_pre_hook(self._feeder(name, q)))
         if keep_inputs:
+            layer_quantizers = set()
             for name, layer in quantized_layers(self.quantized):
                 self.inputs[name] = []
+                layer_quantizers.add(layer.input_quantizer.qualname)
                 hooks.append(layer.register_forward_pre_hook(self._keeper(name, input_budget)))
+            for name, q in quantizers.items():
+                if name not in layer_quantizers:
+                    self.inputs[name] = []
+                    hooks.append(q.register_forward_pre_hook(self._keeper(name, input_budget)))
         seen = 0
         try:
             with calibrate(self.quantized, progress=False):

@@ -77,3 +77,15 @@ def test_bad_inputs():
     net = nn.Sequential(nn.Linear(2, 2))
     with pytest.raises(ValueError, match="empty"):
         layer_errors(_calibrated(net, [torch.randn(3, 2)]), [])
+
+
+def test_residual_add_points_get_rows_named_by_point():
+    from quantpilot.models.resnet import ResNet
+
+    torch.manual_seed(0)
+    net = qp.fold_batchnorm(ResNet(in_channels=1, widths=(4,), blocks_per_stage=2).eval())
+    data = [torch.randn(8, 1, 8, 8)]
+    report = layer_errors(_calibrated(net, data, qp.Recipe(ops=("add",))), data)
+    rows = {r.name: r for r in report.rows}
+    assert {"blocks.0:add", "blocks.1:add"} <= set(rows)
+    assert 20 < rows["blocks.0:add"].activation_sqnr_db < math.inf and rows["blocks.0:add"].type == "add"
