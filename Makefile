@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo demo-core test lint bench-core bench-torch-int8 bench-llm-outliers bench-selective clean
+.PHONY: demo demo-core test lint bench-core bench-torch-int8 bench-llm bench-llm-outliers bench-selective clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,3 +47,9 @@ bench-selective: $(VENV)/.installed-bench
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache build *.egg-info
+
+# LLM weight methods on the WikiText-2 testbed GPT-2 (trained and cached on first use), then the
+# outlier-injected LLM.int8()/SmoothQuant experiment where it exists.
+bench-llm: $(VENV)/.installed-bench
+	$(BIN)/python benchmarks/bench_llm.py
+	@if [ -f benchmarks/bench_llm_outliers.py ]; then $(BIN)/python benchmarks/bench_llm_outliers.py; fi
