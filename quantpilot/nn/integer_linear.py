@@ -32,7 +32,9 @@ every partial sum is an integer far below 2**53.
 `Int8WeightOnlyLinear` (W8A16) keeps activations float and dequantizes the int8 weight per call.
 `torch.ops.aten._weight_int8pack_mm` exists on this build but measured 20-40x slower than a float
 matmul at BERT shapes (4096 rows) on this CPU (AVX-512 VNNI, no AMX), and slower still at 8 rows,
-so it is not used.
+so it is not used here. With bf16 activations and one row (LLM decode) it is ~2.5x faster than a
+bf16 matmul, so `weight_only_kernels.WeightOnlyKernelLinear` (packed RTN / GPTQ / AWQ layers) uses
+it for decode-sized batches; `to_integer` dispatches those layers there.
 
 Example:
     >>> import torch, quantpilot as qp
