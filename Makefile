@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo demo-core test lint bench-core bench-torch-int8 bench-llm bench-llm-outliers bench-selective clean
+.PHONY: demo demo-core test lint bench-core bench-torch-int8 bench-llm bench-llm-outliers bench-selective bench-qat clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ bench-llm-outliers: $(VENV)/.installed-dev
 
 bench-selective: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/bench_selective.py
+
+# QAT on the digits CNN: FP32 / PTQ / QAT accuracy at W8A8, W4A8, W4A4, ORT check, QAT time share.
+bench-qat: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/bench_qat.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache build *.egg-info

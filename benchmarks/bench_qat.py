@@ -1,0 +1,189 @@
+"""bench-qat: what quantization-aware training recovers on the digits CNN, and what it costs.
+
+For W8A8, W4A8 and W4A4 (int8 / int4 symmetric per-channel weights, asymmetric per-tensor
+activations with the default histogram-MSE range) this measures, in one run:
+
+* FP32 test accuracy of the digits CNN trained with its original schedule (30 epochs, SGD);
+* PTQ accuracy: BatchNorm folded into the convolutions (as every deployment does), calibrated on
+  512 training images, frozen;
+* QAT accuracy: the calibrated PTQ model prepared with learned ranges (LSQ) and fine-tuned with
+  the rules-of-thumb schedule `adapt_schedule(original)` (10 % of the epochs, 1 % of the LR,
+  cosine with warm-up, SGD + momentum, half the batch size), then frozen, no re-calibration;
+* QAT wall time as a fraction of the original training's wall time (medians of `--repeats` runs);
+* for schemes with an ONNX QDQ form (int8), the frozen QAT model exported with
+  `quantpilot.export_onnx` and run on ONNX Runtime: its accuracy must equal the PyTorch one.
+
+The CPU is shared with other work while this runs: times are medians, and the ratio is the number
+to quote. Results also go to bench-out/bench_qat.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
+
+import quantpilot as qp  # noqa: E402
+from quantpilot.models.digits_cnn import TRAINING_SCHEDULE, accuracy, digits_splits, train_digits_cnn  # noqa: E402
+from quantpilot.transforms import fold_batchnorm  # noqa: E402
+
+FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16")
+SCHEMES = {"W8A8": (8, 8), "W4A8": (4, 8), "W4A4": (4, 4)}
+CALIBRATION_IMAGES = 512
+
+
+def cpu_info() -> dict[str, Any]:
+    """CPU model and the ISA flags that matter for int8 kernels, from /proc/cpuinfo."""
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    return {"model": model, "cores": os.cpu_count(), "flags": {f: f in flags for f in FLAGS}}
+
+
+def recipe(weight_bits: int, activation_bits: int) -> qp.Recipe:
+    return qp.Recipe(
+        weights=qp.QuantSpec(f"int{weight_bits}", symmetric=True, narrow_range=True, granularity=qp.PerChannel(0)),
+        activations=qp.QuantSpec(f"int{activation_bits}", symmetric=False, granularity=qp.PerTensor()),
+        name=f"w{weight_bits}a{activation_bits}",
+    )
+
+
+def shuffled_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int = 0) -> list:
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    return [(x[order[i : i + batch_size]], y[order[i : i + batch_size]]) for i in range(0, len(y), batch_size)]
+
+
+def ort_accuracy(frozen: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float | None:
+    """Accuracy of the model exported as QDQ ONNX and run by ONNX Runtime (None: no export available)."""
+    export = getattr(qp, "export_onnx", None)
+    if export is None:
+        from quantpilot.export import export_onnx as export
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export(frozen, (x[:2],), Path(tmp) / "qat.onnx")
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        logits = session.run(None, {name: x.numpy()})[0]
+    return float((np.argmax(logits, axis=1) == y.numpy()).mean())
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of training and of each QAT (median)")
+    parser.add_argument("--width", type=int, default=16, help="channel width of the digits CNN (4: a fragile model)")
+    parser.add_argument("--out", default="bench-out/bench_qat.json")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    out = Path(args.out)
+
+    cpu = cpu_info()
+    print(f"CPU: {cpu['model']} ({cpu['cores']} cores, shared with other work: quote medians and ratios)")
+    print("ISA: " + ", ".join(f"{f} {'yes' if on else 'no'}" for f, on in cpu["flags"].items()))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+    splits = digits_splits(seed=0)
+    original = qp.qat.Schedule(**TRAINING_SCHEDULE)
+    schedule = qp.qat.adapt_schedule(original)
+    print(f"original schedule: {original}\nQAT schedule:      {schedule}")
+
+    train_times, model = [], None
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        model = train_digits_cnn(splits, epochs=original.epochs, seed=0, width=args.width)
+        train_times.append(time.perf_counter() - start)
+    train_time = statistics.median(train_times)
+    fp32 = accuracy(model, splits.test_x, splits.test_y)
+    folded = fold_batchnorm(model)
+    calibration = splits.train_x[:CALIBRATION_IMAGES]
+    batches = shuffled_batches(splits.train_x, splits.train_y, schedule.batch_size)
+
+    rows = []
+    for name, bits in SCHEMES.items():
+        qmodel = qp.quantize(folded, recipe(*bits))
+        with qp.calibrate(qmodel):
+            for chunk in calibration.split(64):
+                qmodel(chunk)
+        ptq = accuracy(qp.freeze(copy.deepcopy(qmodel)), splits.test_x, splits.test_y)
+        qat_times, qat_model = [], None
+        for _ in range(args.repeats):
+            qat_model = qp.qat.prepare(qmodel, learn_ranges=True)
+            start = time.perf_counter()
+            qp.qat.finetune(qat_model, batches, F.cross_entropy, schedule, progress=False)
+            qat_times.append(time.perf_counter() - start)
+        qp.freeze(qat_model.eval())
+        qat = accuracy(qat_model, splits.test_x, splits.test_y)
+        ort = None
+        if bits == (8, 8):
+            ort = ort_accuracy(qat_model, splits.test_x, splits.test_y)
+        qat_time = statistics.median(qat_times)
+        rows.append(
+            {
+                "scheme": name,
+                "fp32_accuracy": fp32,
+                "ptq_accuracy": ptq,
+                "qat_accuracy": qat,
+                "qat_onnxruntime_accuracy": ort,
+                "ptq_loss_points": 100 * (fp32 - ptq),
+                "qat_loss_points": 100 * (fp32 - qat),
+                "qat_seconds_median": qat_time,
+                "qat_time_fraction": qat_time / train_time,
+            }
+        )
+
+    print(
+        f"\ndigits CNN width {args.width}; test images: {len(splits.test_y)}; "
+        f"original training: {train_time:.2f} s (median of {args.repeats})"
+    )
+    columns = ("FP32", "PTQ", "QAT", "QAT ORT", "PTQ drop", "QAT drop", "QAT time")
+    print(f"{'scheme':<6} " + " ".join(f"{c:>9}" for c in columns))
+    for r in rows:
+        ort = "-" if r["qat_onnxruntime_accuracy"] is None else f"{100 * r['qat_onnxruntime_accuracy']:.2f}%"
+        print(
+            f"{r['scheme']:<6} {100 * r['fp32_accuracy']:8.2f}% {100 * r['ptq_accuracy']:8.2f}% "
+            f"{100 * r['qat_accuracy']:8.2f}% {ort:>9} {r['ptq_loss_points']:7.2f}pt {r['qat_loss_points']:7.2f}pt "
+            f"{100 * r['qat_time_fraction']:8.1f}%"
+        )
+    print("(drops: accuracy points vs FP32; QAT time: share of the original training's; '-': no int4 QDQ in ONNX)")
+    result = {
+        "cpu": cpu,
+        "torch": torch.__version__,
+        "repeats": args.repeats,
+        "width": args.width,
+        "original_schedule": dataclasses.asdict(original),
+        "qat_schedule": dataclasses.asdict(schedule),
+        "train_seconds_median": train_time,
+        "rows": rows,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str))
+    print(f"wrote {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
