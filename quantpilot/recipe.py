@@ -395,6 +395,14 @@ PRESETS: dict[str, Callable[[], Recipe]] = {
     # sym+entropy 0.9595.
     "int8-static": lambda: Recipe(name="int8-static"),
     "int8-dynamic": lambda: Recipe(activations="dynamic", name="int8-dynamic"),
+    # What TensorRT's explicit quantization fuses: symmetric int8 everywhere (zero point 0), weights
+    # in the restricted range, Q/DQ on the attention matmuls and on both inputs of residual adds.
+    # "add" needs a torch.fx-traceable model (CNNs); use .replace(ops=("matmul",)) for transformers.
+    "int8-tensorrt": lambda: Recipe(
+        activations=QuantSpec("int8", symmetric=True, granularity=PerTensor()),
+        ops=("matmul", "add"),
+        name="int8-tensorrt",
+    ),
     "w8a16": lambda: Recipe(weights=_INT8_WEIGHTS, activations=None, name="w8a16"),
     # Asymmetric groups of 128 with a zero point, as the AWQ/GPTQ reference code stores W4.
     "w4a16-g128": lambda: Recipe(

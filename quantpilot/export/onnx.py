@@ -31,9 +31,10 @@ import torch.ao.quantization.fx._decomposed  # noqa: F401
 from torch import nn
 
 from ..api import quantized_layers
-from ..batches import first_tensor
+from ..batches import eval_mode, first_tensor
 from ..nn import QuantModule, TensorQuantizer
 from ..spec import PerChannel, PerTensor, QuantSpec
+from .tensorrt_rules import tensorrt_violations
 
 __all__ = ["export_onnx", "TARGETS"]
 
@@ -48,9 +49,28 @@ class _NamedInputs(nn.Module):
         self.model = model
         self.names = names
 
-    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        out = self.model(**dict(zip(self.names, tensors, strict=True))) if self.names else self.model(*tensors)
-        return first_tensor(out)
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = _call(self.model, self.names, tensors)
+        return tuple(t for _, t in _tensor_outputs(out))
+
+
+def _tensor_outputs(out: Any) -> list[tuple[str, torch.Tensor]]:
+    """The tensors a model returns at the top level, named (Hugging Face outputs keep their field names).
+
+    Every output is exported, so no quantized branch (a BERT pooler) is pruned from the graph; the
+    first one is the main output (`last_hidden_state`, `logits`).
+    """
+    if isinstance(out, torch.Tensor):
+        return [("output", out)]
+    if isinstance(out, Mapping):  # transformers' ModelOutput is an ordered mapping
+        named = [(str(k), v) for k, v in out.items() if isinstance(v, torch.Tensor)]
+    elif isinstance(out, tuple | list):
+        named = [(f"output_{i}", v) for i, v in enumerate(out) if isinstance(v, torch.Tensor)]
+    else:
+        named = []
+    if not named:
+        return [("output", first_tensor(out))]
+    return named
 
 
 def _check_spec(spec: QuantSpec | None, where: str, target: str, role: str) -> None:
@@ -105,14 +125,22 @@ def _validate(model: nn.Module, target: str) -> None:
 
 
 def _inputs(example_inputs: Any) -> tuple[list[str] | None, tuple[torch.Tensor, ...]]:
+    names = None
     if isinstance(example_inputs, Mapping):
         names = list(example_inputs)
-        return names, tuple(example_inputs[n] for n in names)
-    if isinstance(example_inputs, torch.Tensor):
-        return None, (example_inputs,)
-    if isinstance(example_inputs, tuple | list):
-        return None, tuple(example_inputs)
-    raise TypeError("example_inputs must be a tensor, a tuple of tensors or a dict of named tensors")
+        tensors = tuple(example_inputs[n] for n in names)
+    elif isinstance(example_inputs, torch.Tensor):
+        tensors = (example_inputs,)
+    elif isinstance(example_inputs, tuple | list):
+        tensors = tuple(example_inputs)
+    else:
+        tensors = ()
+    if not tensors or not all(isinstance(t, torch.Tensor) for t in tensors):
+        raise TypeError(
+            "example_inputs must be a tensor, a tuple of tensors or a dict of named tensors (what a tokenizer "
+            f"returns with return_tensors='pt'), got {type(example_inputs).__name__}"
+        )
+    return names, tensors
 
 
 def export_onnx(
@@ -120,7 +148,7 @@ def export_onnx(
     example_inputs: Any,
     path: str | Path,
     target: str = "generic",
-    opset: int = 17,
+    opset: int = 18,
 ) -> Path:
     """Write a frozen quantized model as a QDQ ONNX file.
 
@@ -161,35 +189,47 @@ def export_onnx(
         {0: batch, 1: seq} if t.dim() == 2 and not t.is_floating_point() else ({0: batch} if t.dim() else {})
         for t in tensors
     )
-    wrapper = _NamedInputs(qmodel, names).eval()
+    wrapper = _NamedInputs(qmodel, names)
     path.parent.mkdir(parents=True, exist_ok=True)
     per_tensor = [
         m
         for m in qmodel.modules()
         if isinstance(m, TensorQuantizer) and m.scale is not None and isinstance(m.spec.granularity, PerTensor)
     ]
-    # With gradients on, torch.export decomposes fake-quantize into a cachemask op that has no
-    # export kernel; the trace needs none, so they are switched off and restored afterwards.
+    # The trace needs no gradients (autograd-tracked fake-quantize decomposes into ops without
+    # export kernels): they are switched off and restored afterwards, as is every module's mode.
     grad_params = [p for p in qmodel.parameters() if p.requires_grad]
     try:
         for q in per_tensor:
             q.export_qparams = (float(q.scale), int(q.zero_point))
         for p in grad_params:
             p.requires_grad_(False)
-        program = _trace(wrapper, tensors, opset, input_names, dynamic)
+        with torch.no_grad(), eval_mode(qmodel):
+            output_names = [name for name, _ in _tensor_outputs(_call(qmodel, names, tensors))]
+            with eval_mode(qmodel):
+                program = _trace(wrapper, tensors, opset, input_names, output_names, dynamic)
     finally:
         for q in per_tensor:
             q.export_qparams = None
         for p in grad_params:
             p.requires_grad_(True)
+    if target == "tensorrt":
+        problems = tensorrt_violations(program.model_proto)
+        if problems:
+            raise ValueError(
+                f"the graph breaks {len(problems)} TensorRT QDQ rule(s), e.g. {problems[:3]}; quantize with the "
+                "'int8-tensorrt' preset (symmetric int8, matmul and add points) and export again"
+            )
     program.save(str(path))
     onnx.checker.check_model(str(path))
     return path
 
 
-def _trace(wrapper, tensors, opset, input_names, dynamic):
-    # No torch.no_grad here: under it torch.export decomposes fake-quantize into a cachemask op
-    # that has no export kernel. The export itself computes no gradients.
+def _call(model: nn.Module, names: list[str] | None, tensors: tuple[torch.Tensor, ...]) -> Any:
+    return model(**dict(zip(names, tensors, strict=True))) if names else model(*tensors)
+
+
+def _trace(wrapper, tensors, opset, input_names, output_names, dynamic):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # exporter chatter about optional packages (torchvision)
         return torch.onnx.export(
@@ -198,7 +238,7 @@ def _trace(wrapper, tensors, opset, input_names, dynamic):
             dynamo=True,
             opset_version=opset,
             input_names=input_names,
-            output_names=["output"],
+            output_names=output_names,
             dynamic_shapes=(dynamic,),  # forward(*tensors): one varargs entry
             verbose=False,
         )
