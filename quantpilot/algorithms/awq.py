@@ -350,10 +350,10 @@ def _search_clip(w: torch.Tensor, x: torch.Tensor, spec: QuantSpec) -> torch.Ten
     return best_max
 
 
-def _check_args(bits, group_size, calib_batches, n_grid_tokens) -> list[Any]:
+def _check_args(bits, group_size, calib_batches, search_tokens) -> list[Any]:
     weight_spec(bits, group_size)
-    if isinstance(n_grid_tokens, bool) or not isinstance(n_grid_tokens, int) or n_grid_tokens < 1:
-        raise ValueError(f"search_tokens must be a positive int, got {n_grid_tokens!r}")
+    if isinstance(search_tokens, bool) or not isinstance(search_tokens, int) or search_tokens < 1:
+        raise ValueError(f"search_tokens must be a positive int, got {search_tokens!r}")
     if isinstance(calib_batches, torch.Tensor | dict | str):
         raise TypeError("calib_batches must be an iterable of batches (e.g. a list of {'input_ids': ...} dicts)")
     return list(calib_batches)
