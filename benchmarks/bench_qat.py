@@ -95,11 +95,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of training and of each QAT (median)")
     parser.add_argument("--width", type=int, default=16, help="channel width of the digits CNN (4: a fragile model)")
+    # The digits CNN's ops are too small to gain from splitting across threads; one thread also
+    # keeps the timings steadier on a shared CPU.
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--out", default="bench-out/bench_qat.json")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
     out = Path(args.out)
+    torch.set_num_threads(args.threads)
 
     cpu = cpu_info()
     print(f"CPU: {cpu['model']} ({cpu['cores']} cores, shared with other work: quote medians and ratios)")
@@ -173,6 +177,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "cpu": cpu,
         "torch": torch.__version__,
         "repeats": args.repeats,
+        "threads": args.threads,
         "width": args.width,
         "original_schedule": dataclasses.asdict(original),
         "qat_schedule": dataclasses.asdict(schedule),
