@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo demo-core test lint bench-core bench-torch-int8 bench-llm bench-llm-outliers bench-selective bench-qat clean
+.PHONY: demo demo-core test lint bench bench-core bench-torch-int8 bench-llm bench-llm-outliers bench-selective bench-qat clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ test: $(VENV)/.installed-dev
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check quantpilot tests benchmarks
+
+# quantpilot on OpenVINO / ONNX Runtime / torch-int8 against FP32, bf16, torch.ao, torchao, ORT's
+# quantizers and NNCF, on MiniLM and EfficientNet-Lite0, in one run.
+bench: $(VENV)/.installed-bench
+	$(BIN)/python benchmarks/bench_engines.py
 
 bench-core: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/bench_core.py

@@ -40,10 +40,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_torch_int8 import cpu_report, torch_ao_survives  # noqa: E402
+from bench_torch_int8 import torch_ao_survives  # noqa: E402
 
 import quantpilot as qp  # noqa: E402
 from quantpilot import datasets  # noqa: E402
+from quantpilot.machine import cpu_header, cpu_report  # noqa: E402
 from quantpilot.models import load  # noqa: E402
 from quantpilot.tasks.sentence_embedding import mean_pool, token_batches  # noqa: E402
 from quantpilot.timing import interleaved_latency  # noqa: E402
@@ -367,9 +368,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     cpu = cpu_report()
-    print(f"CPU: {cpu['model']} ({cpu['cores']} cores), torch {cpu['torch']} ({cpu['torch_cpu_capability']})")
-    print("ISA: " + ", ".join(f"{f} {'yes' if on else 'no'}" for f, on in cpu["flags"].items()))
-    print(f"load average at start: {os.getloadavg()[0]:.2f} (other processes may share these cores)")
+    print(cpu_header(cpu))
     torch.set_num_threads(args.threads)
     workdir = Path(tempfile.mkdtemp(prefix="qp-bench-"))
 

@@ -24,11 +24,9 @@ Run: .venv/bin/python benchmarks/bench_torch_int8.py
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ctypes
 import json
 import os
-import platform
 import subprocess
 import sys
 import warnings
@@ -39,12 +37,12 @@ import torch
 
 import quantpilot as qp
 from quantpilot import datasets
+from quantpilot.machine import cpu_header, cpu_report
 from quantpilot.models import load
 from quantpilot.tasks.sentence_embedding import embed, token_batches
 from quantpilot.timing import interleaved_latency
 
 BATCH, TOKENS = 32, 128
-FLAGS = ("avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
 FP32, BF16, AO = "FP32 eager", "bf16 eager", "torch.ao quantize_dynamic"
 FAKE, INT8_DYN, INT8_STATIC = "qp fake-quant int8-dynamic", "qp torch-int8 int8-dynamic", "qp torch-int8 int8-static"
 
@@ -62,23 +60,6 @@ batch = tok(datasets.sentences("eval")[:32], padding="max_length", truncation=Tr
 with torch.inference_mode():
     ao(**batch)
 """
-
-
-def cpu_report() -> dict[str, Any]:
-    """CPU model and the int8 / bf16 ISA flags that decide which kernels can be fast, from /proc/cpuinfo."""
-    model, flags = platform.processor() or "unknown", set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            model = value.strip() if key.strip() == "model name" else model
-            flags = set(value.split()) if key.strip() == "flags" else flags
-    return {
-        "model": model,
-        "cores": os.cpu_count(),
-        "flags": {f: f in flags for f in FLAGS},
-        "torch": torch.__version__,
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-    }
 
 
 def torch_ao_survives(threads: int) -> str | None:
@@ -203,8 +184,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
 
     cpu = cpu_report()
-    print(f"CPU: {cpu['model']} ({cpu['cores']} cores), torch {cpu['torch']} ({cpu['torch_cpu_capability']})")
-    print("ISA: " + ", ".join(f"{f} {'yes' if on else 'no'}" for f, on in cpu["flags"].items()))
+    print(cpu_header(cpu))
     loads = {"start": os.getloadavg()[0]}
     print(f"load average at start: {loads['start']:.2f} (other processes may share these {cpu['cores']} cores)")
     torch.set_num_threads(args.threads)
