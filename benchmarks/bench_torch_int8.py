@@ -186,7 +186,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cpu = cpu_report()
     print(cpu_header(cpu))
     loads = {"start": os.getloadavg()[0]}
-    print(f"load average at start: {loads['start']:.2f} (other processes may share these {cpu['cores']} cores)")
     torch.set_num_threads(args.threads)
 
     model, tok = load("minilm")
