@@ -53,7 +53,8 @@ def test_select_meets_the_budget_on_digits(digits):
 
 def test_selective_recipe_serialises_calibrator_choices(digits, tmp_path):
     model, calib, eval_fn = digits
-    recipe = qp.select(model, POOR, calib, eval_fn, budget=0.005)
+    # A loose budget: no float layers needed, so the test checks the calibrator choices alone (and stays fast).
+    recipe = qp.select(model, POOR, calib, eval_fn, budget=1.0)
     reloaded = qp.Recipe.from_yaml(recipe.to_yaml(tmp_path / "selected.yaml"))
     assert reloaded == recipe
     data = yaml.safe_load((tmp_path / "selected.yaml").read_text())
@@ -116,5 +117,7 @@ def test_selective_quantizes_residual_adds_and_tunes_their_calibrators(tmp_path)
     assert {"blocks.0:add", "blocks.1:add"} <= set(choose_calibrators(stats, recipe))
     assert qp.Recipe.from_yaml(recipe.to_yaml(tmp_path / "r.yaml")) == recipe
     # The add points are units of the sweep, ranked like layers.
-    report = qp.analysis.sensitivity(net, recipe, data, closeness, mode="leave-one-out")
-    assert {"blocks.0:add", "blocks.1:add"} <= set(report.names())
+    report = qp.analysis.sensitivity(
+        net, recipe, data, closeness, mode="leave-one-out", layers=["blocks.0:add", "head"]
+    )
+    assert sorted(report.names()) == ["blocks.0:add", "head"]
