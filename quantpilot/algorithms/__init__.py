@@ -7,7 +7,6 @@ Example:
 """
 
 from .awq import awq, awq_fold_scales, find_scale_groups
-from .bias_correction import bias_correction
 from .gptq import gptq
 from .llm_int8 import llm_int8, outlier_fraction, reset_outlier_stats
 from .rtn import rtn
@@ -15,7 +14,6 @@ from .smoothquant import smoothquant
 
 __all__ = [
     "smoothquant",
-    "bias_correction",
     "llm_int8",
     "outlier_fraction",
     "reset_outlier_stats",
