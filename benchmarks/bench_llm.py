@@ -27,7 +27,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -43,6 +42,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
+from quantpilot.machine import cpu_header, cpu_report  # noqa: E402
+
 VARIANTS = [
     "FP32",
     "bf16",
@@ -55,24 +56,8 @@ VARIANTS = [
     "torchao int8 weight-only",
     "torchao int4 weight-only g128 (Intx)",
 ]
-FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
 QUANTPILOT_ROWS = {"RTN W8A16", "RTN W4A16 g128", "AWQ W4 g128", "GPTQ W4 g128", "SmoothQuant W8A8", "LLM.int8()"}
 WEIGHT_ONLY_ROWS = {"RTN W8A16", "RTN W4A16 g128", "AWQ W4 g128", "GPTQ W4 g128"}
-
-
-def cpu_report() -> dict[str, Any]:
-    """CPU model name and the ISA flags that decide which int8 / bf16 kernels can be fast."""
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    except OSError:
-        pass
-    return {"model": model, "cores": os.cpu_count(), "flags": {f: f in flags for f in FLAGS}}
 
 
 def slug(name: str) -> str:
@@ -349,8 +334,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         child_main(args)
         return {}
     cpu = cpu_report()
-    print(f"CPU: {cpu['model']} ({cpu['cores']} logical cores, shared with other jobs: medians and ratios only)")
-    print("ISA: " + ", ".join(f"{f} {'yes' if on else 'no'}" for f, on in cpu["flags"].items()))
+    print(cpu_header(cpu))
     print(f"torch {torch.__version__}, {args.threads} thread(s) per process")
     from quantpilot.tasks.language_model import default_cache_dir, load_testbed
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import torch  # noqa: E402
 
 import quantpilot as qp  # noqa: E402
+from quantpilot.machine import cpu_header, cpu_report  # noqa: E402
 from quantpilot.tasks.language_model import (  # noqa: E402
     calibration_batches,
     load_testbed,
@@ -48,28 +48,11 @@ from quantpilot.tasks.language_model import (  # noqa: E402
 )
 from quantpilot.tasks.outlier_injection import inject_outlier_channels  # noqa: E402
 
-ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
 WINDOW = 256  # the testbed context, as the GPTQ/AWQ papers evaluate (their models: 2048)
 # The preset's per-tensor static activations (asymmetric, range from the histogram with the lowest MSE) on
 # every Linear / Conv1D but the head; and the same with plain min-max ranges, the papers' naive W8A8 baseline.
 DECODER_W8A8 = qp.Recipe.preset("int8-static").replace(module_types=("Linear", "Conv1D"), skip=("lm_head",))
 MINMAX = DECODER_W8A8.replace(activation_calibrator={"kind": "minmax"})
-
-
-def cpu_description() -> tuple[str, list[str]]:
-    """The CPU model name and which of the ISA flags that matter for int8/bf16 kernels it has."""
-    name, flags = platform.processor() or "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                name = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
-    except OSError:
-        pass
-    return name, [f for f in ISA_FLAGS if f in flags]
 
 
 def per_tensor_w8a8(model: torch.nn.Module, calib: list[dict], recipe: qp.Recipe) -> torch.nn.Module:
@@ -131,11 +114,9 @@ def main() -> None:
     args = parser.parse_args()
     args.max_windows = args.max_windows or None
     torch.set_num_threads(args.threads)
-    cpu, flags = cpu_description()
-    print(
-        f"CPU: {cpu}; ISA: {' '.join(flags) or 'none of ' + ', '.join(ISA_FLAGS)}; torch {torch.__version__}, "
-        f"{args.threads} threads (shared machine: perplexities are exact, build times are not)"
-    )
+    cpu = cpu_report()
+    print(cpu_header(cpu))
+    print(f"{args.threads} threads (shared machine: perplexities are exact, build times are not)")
 
     model, tokenizer = load_testbed()
     tokens = wikitext_tokens("test", tokenizer)
@@ -182,7 +163,7 @@ def main() -> None:
         json.dumps(
             {
                 "cpu": cpu,
-                "isa_flags": flags,
+                "isa_flags": [f for f, on in cpu["flags"].items() if on],
                 "torch": torch.__version__,
                 "threads": args.threads,
                 "injection": info,
