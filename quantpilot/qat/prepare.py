@@ -24,7 +24,7 @@ from torch import nn
 
 from ..api import quantized_layers
 from ..nn import TensorQuantizer
-from .learned_scale import learn_activation_scale, learn_weight_scale
+from .learned_scale import WEIGHT_INITS, learn_activation_scale, learn_weight_scale
 
 __all__ = ["prepare"]
 
@@ -33,7 +33,9 @@ def _static_quantizers(model: nn.Module) -> list[TensorQuantizer]:
     return [m for m in model.modules() if isinstance(m, TensorQuantizer) and m.needs_calibration]
 
 
-def prepare(model: nn.Module, learn_ranges: bool = False, *, inplace: bool = False) -> nn.Module:
+def prepare(
+    model: nn.Module, learn_ranges: bool = False, *, weight_init: str = "calibrator", inplace: bool = False
+) -> nn.Module:
     """Fix the calibrated activation ranges and keep the weights float, fake-quantized in forward.
 
     Args:
@@ -42,6 +44,11 @@ def prepare(model: nn.Module, learn_ranges: bool = False, *, inplace: bool = Fal
         learn_ranges: make the activation scales and the weight scales `nn.Parameter`s trained
             with LSQ's gradient (weight scales start from the weight calibrator's). Without it,
             activation ranges stay fixed and weight ranges follow the weights (min/max each step).
+        weight_init: where learned weight scales start (needs ``learn_ranges=True``):
+            "calibrator", the recipe's weight calibrator, so QAT starts exactly from the PTQ
+            model; or "mse", each channel's range shrunk to the least squared quantization error
+            (`quantpilot.qat.learned_scale.mse_weight_qparams`), which at 4 bits gives QAT a
+            finer grid to start from.
         inplace: change `model` itself instead of a deep copy.
 
     Returns:
@@ -49,7 +56,8 @@ def prepare(model: nn.Module, learn_ranges: bool = False, *, inplace: bool = Fal
 
     Raises:
         TypeError: `model` is not an `nn.Module`.
-        ValueError: the model is not quantized, is frozen, or a static input was never calibrated.
+        ValueError: the model is not quantized, is frozen, or a static input was never calibrated; an
+            unknown `weight_init`, or "mse" without ``learn_ranges=True``.
 
     Example:
         >>> import torch, quantpilot as qp
@@ -64,6 +72,13 @@ def prepare(model: nn.Module, learn_ranges: bool = False, *, inplace: bool = Fal
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(learn_ranges, bool):
         raise TypeError(f"learn_ranges must be True or False, got {learn_ranges!r}")
+    if weight_init not in WEIGHT_INITS:
+        raise ValueError(f"weight_init must be one of {', '.join(WEIGHT_INITS)}, got {weight_init!r}")
+    if weight_init != "calibrator" and not learn_ranges:
+        raise ValueError(
+            f"weight_init={weight_init!r} sets learned weight scales: pass learn_ranges=True (without it the "
+            "weight range follows the weights' min/max at every step)"
+        )
     layers = quantized_layers(model)
     if not layers:
         raise ValueError("this model is not quantized: call quantpilot.quantize(model, recipe) and calibrate it first")
@@ -91,5 +106,5 @@ def prepare(model: nn.Module, learn_ranges: bool = False, *, inplace: bool = Fal
             learn_activation_scale(q)
     if learn_ranges:
         for _, layer in quantized_layers(target):
-            learn_weight_scale(layer)
+            learn_weight_scale(layer, init=weight_init)
     return target.train()

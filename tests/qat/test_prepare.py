@@ -124,3 +124,64 @@ def test_uncalibrated_frozen_or_float_models_are_rejected():
         qp.qat.prepare("model")
     with pytest.raises(TypeError, match="learn_ranges"):
         qp.qat.prepare(_calibrated(), learn_ranges="yes")
+
+
+def _int4_per_channel_layer(seed=0):
+    from quantpilot.nn import QuantLinear
+
+    torch.manual_seed(seed)
+    spec = qp.QuantSpec("int4", symmetric=True, narrow_range=True, granularity=qp.PerChannel(0))
+    return QuantLinear.from_float(nn.Linear(64, 16), weight_spec=spec)
+
+
+def _squared_error_per_channel(layer, scale, zero_point):
+    from quantpilot.primitives import fake_quantize
+
+    w = layer.weight.detach()
+    return ((fake_quantize(w, scale, zero_point, layer.weight_spec) - w) ** 2).sum(dim=1)
+
+
+def test_mse_weight_init_lowers_every_channels_error_at_4_bits():
+    from quantpilot.qat.learned_scale import mse_weight_qparams
+
+    layer = _int4_per_channel_layer()
+    minmax = layer.weight_qparams()
+    mse = mse_weight_qparams(layer)
+    err_minmax, err_mse = _squared_error_per_channel(layer, *minmax), _squared_error_per_channel(layer, *mse)
+    assert bool((err_mse <= err_minmax).all())
+    # Uniform-initialised weights at 4 bits: shrinking the range pays off in total.
+    assert err_mse.sum() < 0.9 * err_minmax.sum()
+    assert bool((mse[0] <= minmax[0]).all()) and bool((mse[0] >= 0.3 * minmax[0] - 1e-9).all())
+
+
+def test_mse_weight_init_also_works_per_group_and_asymmetric():
+    from quantpilot.nn import QuantLinear
+    from quantpilot.qat.learned_scale import mse_weight_qparams
+
+    torch.manual_seed(1)
+    spec = qp.QuantSpec("int4", symmetric=False, granularity=qp.PerGroup(16))
+    layer = QuantLinear.from_float(nn.Linear(64, 4), weight_spec=spec)
+    scale, zero_point = mse_weight_qparams(layer)
+    ref_scale, ref_zero_point = layer.weight_qparams()
+    assert scale.shape == ref_scale.shape and zero_point.shape == ref_zero_point.shape
+
+
+def test_prepare_with_mse_weight_init_starts_from_the_smaller_error_scales():
+    from quantpilot.qat.learned_scale import mse_weight_qparams
+
+    torch.manual_seed(0)
+    int4 = qp.QuantSpec("int4", symmetric=True, narrow_range=True, granularity=qp.PerChannel(0))
+    qmodel = qp.quantize(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)), qp.Recipe(weights=int4))
+    with qp.calibrate(qmodel):
+        qmodel(torch.randn(64, 4))
+    expected = mse_weight_qparams(qmodel[2])[0]
+    qat = qp.qat.prepare(qmodel, learn_ranges=True, weight_init="mse")
+    assert isinstance(qat[2].weight_scale, nn.Parameter) and torch.equal(qat[2].weight_scale.detach(), expected)
+    assert not isinstance(qmodel[2]._parameters.get("weight_scale"), nn.Parameter)  # the user's model is untouched
+
+
+def test_weight_init_errors_say_what_to_change():
+    with pytest.raises(ValueError, match="learn_ranges=True"):
+        qp.qat.prepare(_calibrated(), weight_init="mse")
+    with pytest.raises(ValueError, match="calibrator, mse"):
+        qp.qat.prepare(_calibrated(), learn_ranges=True, weight_init="percentile")
