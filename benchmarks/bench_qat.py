@@ -30,7 +30,6 @@ import copy
 import dataclasses
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -46,27 +45,12 @@ import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 import quantpilot as qp  # noqa: E402
+from quantpilot.machine import cpu_header, cpu_report  # noqa: E402
 from quantpilot.models.digits_cnn import TRAINING_SCHEDULE, accuracy, digits_splits, train_digits_cnn  # noqa: E402
 from quantpilot.transforms import fold_batchnorm  # noqa: E402
 
-FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16")
 SCHEMES = {"W8A8": (8, 8), "W4A8": (4, 8), "W4A4": (4, 4)}
 CALIBRATION_IMAGES = 512
-
-
-def cpu_info() -> dict[str, Any]:
-    """CPU model and the ISA flags that matter for int8 kernels, from /proc/cpuinfo."""
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    except OSError:
-        pass
-    return {"model": model, "cores": os.cpu_count(), "flags": {f: f in flags for f in FLAGS}}
 
 
 def recipe(weight_bits: int, activation_bits: int) -> qp.Recipe:
@@ -119,9 +103,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(args.out)
     torch.set_num_threads(args.threads)
 
-    cpu = cpu_info()
-    print(f"CPU: {cpu['model']} ({cpu['cores']} cores, shared with other work: quote medians and ratios)")
-    print("ISA: " + ", ".join(f"{f} {'yes' if on else 'no'}" for f, on in cpu["flags"].items()))
+    cpu = cpu_report()
+    print(cpu_header(cpu))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
     splits = digits_splits(seed=0)
