@@ -331,8 +331,19 @@ def check(name: str, ok: bool | None, detail: str) -> dict:
     return {"target": name, "pass": ok, "detail": detail}
 
 
-def targets(minilm: dict, cos: dict, effnet: dict | None) -> list[dict]:
-    lat = minilm["latency"]
+def targets(minilm: dict | None, cos: dict | None, effnet: dict | None) -> list[dict]:
+    results = []
+    if minilm is not None:
+        results += minilm_targets(minilm["latency"], cos)
+    if effnet is not None:
+        lat = effnet["latency"]
+        for ours in ("qp int8-static+add on OpenVINO", "qp int8-static on OpenVINO"):
+            ratio = lat["OpenVINO bf16"] / lat[ours]
+            results.append(check(f"EfficientNet {ours} >= 1.5x OpenVINO bf16", ratio >= 1.5, f"{ratio:.2f}x"))
+    return results
+
+
+def minilm_targets(lat: dict, cos: dict) -> list[dict]:
     ours = "qp int8-static+matmul on OpenVINO"
     results = []
     nncf = [n for n in ("NNCF int8 TRANSFORMER", "NNCF int8 default preset") if n in lat]
@@ -350,11 +361,6 @@ def targets(minilm: dict, cos: dict, effnet: dict | None) -> list[dict]:
                 results.append(check(f"{row} faster than {peer}", lat[peer] > lat[row], f"{lat[peer] / lat[row]:.2f}x"))
             else:
                 results.append(check(f"{row} faster than {peer}", None, f"{peer} did not run"))
-    if effnet is not None:
-        lat = effnet["latency"]
-        for ours in ("qp int8-static+add on OpenVINO", "qp int8-static on OpenVINO"):
-            ratio = lat["OpenVINO bf16"] / lat[ours]
-            results.append(check(f"EfficientNet {ours} >= 1.5x OpenVINO bf16", ratio >= 1.5, f"{ratio:.2f}x"))
     return results
 
 
@@ -363,7 +369,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
-    parser.add_argument("--skip-cnn", action="store_true", help="MiniLM rows only")
+    parser.add_argument("--models", default="minilm,efficientnet", help="comma-separated: minilm, efficientnet")
     parser.add_argument("--out", default="bench-out/bench_engines.json")
     args = parser.parse_args(argv)
 
@@ -372,14 +378,15 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     workdir = Path(tempfile.mkdtemp(prefix="qp-bench-"))
 
-    model, tok = load("minilm")
-    rows, example = minilm_rows(model, tok, args.threads, workdir)
-    cos = embedding_cosines(rows, tok)
-    setting = f"batch {BATCH} x {TOKENS} tokens, {args.threads} threads, median of {args.iters} interleaved calls"
-    minilm = table(f"all-MiniLM-L6-v2, {setting}", rows, example, cos, "cosine", args)
-
-    effnet = None
-    if not args.skip_cnn:
+    models = set(args.models.split(","))
+    minilm = cos = effnet = None
+    if "minilm" in models:
+        model, tok = load("minilm")
+        rows, example = minilm_rows(model, tok, args.threads, workdir)
+        cos = embedding_cosines(rows, tok)
+        setting = f"batch {BATCH} x {TOKENS} tokens, {args.threads} threads, median of {args.iters} interleaved calls"
+        minilm = table(f"all-MiniLM-L6-v2, {setting}", rows, example, cos, "cosine", args)
+    if "efficientnet" in models:
         cnn_rows, cnn_example, data = efficientnet_rows(args.threads, workdir)
         accuracy = top1(cnn_rows, data)
         title = f"EfficientNet-Lite0, batch {IMAGE_BATCH} x 224², {args.threads} threads, top-1 on 400 photos"
