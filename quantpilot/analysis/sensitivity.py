@@ -44,11 +44,6 @@ __all__ = ["SensitivityRow", "SensitivityReport", "sensitivity", "MODES"]
 
 MODES = ("one-at-a-time", "leave-one-out")
 
-# The top_k ranking measures each layer's local output SQNR, which settles on little data: the first
-# few calibration batches serve it at a fraction of the cost of all of them (on MiniLM, 2 of 4 batches
-# halve the ranking's cost and choose the same layers).
-RANK_BATCHES = 2
-
 
 @dataclass(frozen=True)
 class SensitivityRow:
@@ -187,7 +182,7 @@ def sweep_units(
     recipe: Recipe | None = None,
 ) -> list[str]:
     """The layers a sweep visits: `layers`, else every quantized layer, or the `top_k` worst by output SQNR
-    (measured on the first `RANK_BATCHES` of `batches` with `recipe`, default the statistics' own).
+    (measured on `batches` with `recipe`, default the statistics' own).
 
     Example:
         >>> import torch, quantpilot as qp
@@ -206,7 +201,7 @@ def sweep_units(
     if top_k is not None:
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f"top_k must be a positive int (or None for every layer), got {top_k!r}")
-        errors = layer_errors(stats.build(recipe), list(batches)[:RANK_BATCHES], float_model=stats.model)
+        errors = layer_errors(stats.build(recipe), batches, float_model=stats.model)
         worst = [row.name for row in errors.worst() if row.name in names]
         names = [n for n in names if n in set(worst[:top_k])]
     return names
@@ -261,8 +256,8 @@ def sensitivity(
         eval_fn: `eval_fn(model) -> float`, higher is better unless `lower_is_better`.
         mode: "one-at-a-time" (only this layer quantized) or "leave-one-out" (only this layer float).
         lower_is_better: the metric is a loss or error rate.
-        top_k: sweep only the `top_k` layers with the lowest output SQNR (`layer_errors` on the first
-            `RANK_BATCHES` calibration batches), to stay cheap on big models.
+        top_k: sweep only the `top_k` layers with the lowest output SQNR (`layer_errors`), to stay cheap
+            on big models.
         layers: sweep exactly these layer names instead.
         progress: show a progress bar (default: on an interactive terminal outside CI).
         statistics: reuse statistics gathered for the same model and recipe.
