@@ -102,7 +102,13 @@ def compile(model: Any, engine: str = "torch", **options: Any) -> CompiledModel:
 
 
 class TorchModel(CompiledModel):
-    """The PyTorch model itself (the fake-quant reference, or a float model), optionally cast to bf16."""
+    """The PyTorch model itself (the fake-quant reference, or a float model), optionally cast to bf16.
+
+    Example:
+        >>> import torch
+        >>> TorchModel(torch.nn.Conv2d(3, 2, 1), dtype="bfloat16")(torch.ones(1, 3, 4, 4)).dtype
+        torch.bfloat16
+    """
 
     engine = "torch"
 
@@ -121,6 +127,15 @@ class TorchModel(CompiledModel):
     def run(self, batch: Any) -> Any:
         import torch
 
+        if self.dtype is not None:
+            # Float inputs (images) follow the model's dtype; integer inputs (token ids) stay as they are.
+            cast = lambda t: t.to(self.dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t  # noqa: E731
+            if isinstance(batch, dict):
+                batch = {k: cast(v) for k, v in batch.items()}
+            elif isinstance(batch, tuple | list):
+                batch = type(batch)(cast(v) for v in batch)
+            else:
+                batch = cast(batch)
         with torch.inference_mode():
             return call_model(self.model, batch)
 
