@@ -359,7 +359,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--engine", default="openvino")
     parser.add_argument("--iters", type=int, default=30, help="timed runs per variant (fewer on a busy machine)")
     parser.add_argument("--quick", action="store_true", help="fewer epochs and evaluation items (a smoke run)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 wastes less CPU on a crowded machine)")
+    # One torch thread by default: on the shared 2-core machine the MiniLM sweep took 24 s CPU / 71 s wall with
+    # one thread against 86 s CPU / 286 s wall with two (the second thread mostly waits for a core).
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for the search and eager timings")
     parser.add_argument("--top-k", type=int, default=None, help="sweep this many layers (default: per model)")
     parser.add_argument("--sweep-only", action="store_true", help="time the sensitivity sweep only, then stop")
     args = parser.parse_args(argv)
