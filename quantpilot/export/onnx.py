@@ -34,6 +34,7 @@ from ..api import quantized_layers
 from ..batches import eval_mode, first_tensor
 from ..nn import QuantModule, TensorQuantizer
 from ..spec import PerChannel, PerTensor, QuantSpec
+from .graph_passes import hoist_qdq_above_zero_pads
 from .tensorrt_rules import tensorrt_violations
 
 __all__ = ["export_onnx", "TARGETS"]
@@ -220,7 +221,9 @@ def export_onnx(
                 f"the graph breaks {len(problems)} TensorRT QDQ rule(s), e.g. {problems[:3]}; quantize with the "
                 "'int8-tensorrt' preset (symmetric int8, matmul and add points) and export again"
             )
-    program.save(str(path))
+    proto = program.model_proto
+    hoist_qdq_above_zero_pads(proto)
+    onnx.save(proto, str(path))
     onnx.checker.check_model(str(path))
     return path
 

@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,8 +73,28 @@ def _constant(model, name: str) -> np.ndarray:
     raise ValueError(f"QuantizeLinear parameter {name!r} is not a constant; cannot match it to a quantizer")
 
 
-def _key(scale: float, zero_point: int, shape: tuple[int, ...]) -> tuple:
-    return (np.float32(scale).tobytes(), int(zero_point), tuple(shape))
+def _key(scale: float, zero_point: int) -> tuple:
+    return (np.float32(scale).tobytes(), int(zero_point))
+
+
+def _aligned(codes: np.ndarray, shape: tuple[int, ...], zero_point: int) -> list[torch.Tensor]:
+    """ONNX Runtime's codes placed in a tensor of PyTorch's shape, for every possible offset.
+
+    Equal shapes give one candidate. The export moves Q/DQ above zero Pads (exact: padding is the
+    zero point's code), so there a point's codes are the unpadded tensor and the padding is added back.
+    """
+    if codes.shape == shape:
+        return [torch.from_numpy(codes.astype(np.int32))]
+    if codes.ndim != len(shape) or any(c > s for c, s in zip(codes.shape, shape, strict=True)):
+        return []
+    out = []
+    for offset in itertools.product(*(range(s - c + 1) for c, s in zip(codes.shape, shape, strict=True))):
+        full = torch.full(shape, zero_point, dtype=torch.int32)
+        full[tuple(slice(o, o + c) for o, c in zip(offset, codes.shape, strict=True))] = torch.from_numpy(
+            codes.astype(np.int32)
+        )
+        out.append(full)
+    return out
 
 
 def _onnx_codes(path: Path, feeds: dict[str, np.ndarray]) -> tuple[dict[tuple, list[np.ndarray]], np.ndarray]:
@@ -97,7 +118,7 @@ def _onnx_codes(path: Path, feeds: dict[str, np.ndarray]) -> tuple[dict[tuple, l
     results = session.run(None, {n: feeds[n] for n in names})
     codes: dict[tuple, list[np.ndarray]] = defaultdict(list)
     for (_, scale, zero_point), value in zip(outputs, results[-len(outputs) :] if outputs else [], strict=True):
-        codes[_key(scale, zero_point, value.shape)].append(value)
+        codes[_key(scale, zero_point)].append(value)
     return codes, results[0]
 
 
@@ -127,7 +148,6 @@ def compare_with_onnxruntime(qmodel: nn.Module, path: str | Path, inputs: Any) -
         tensors = {f"input_{i}": t for i, t in enumerate(inputs)}
     feeds = {k: v.detach().cpu().numpy() for k, v in tensors.items()}
     onnx_codes, onnx_output = _onnx_codes(Path(path), feeds)
-    used: dict[tuple, int] = defaultdict(int)
     stats = {"points": 0, "max": 0, "differing": 0, "total": 0}
 
     def teacher_force(module: TensorQuantizer, args: tuple, output: torch.Tensor) -> torch.Tensor:
@@ -135,14 +155,18 @@ def compare_with_onnxruntime(qmodel: nn.Module, path: str | Path, inputs: Any) -
             return output
         x = args[0]
         scale, zero_point = float(module.scale), int(module.zero_point)
-        candidates = onnx_codes.get(_key(scale, zero_point, tuple(x.shape)))
+        key = _key(scale, zero_point)
+        ours = quantize(x.float(), module.scale, module.zero_point, module.spec).to(torch.int32)
+        candidates = [
+            (int((c - ours).abs().max()), i, c)
+            for i, codes in enumerate(onnx_codes.get(key, []))
+            for c in _aligned(codes, tuple(x.shape), zero_point)
+        ]
         if not candidates:
             raise ValueError(f"'{module.qualname}' has no QuantizeLinear in {path}; was it exported from this model?")
-        # The exporter may merge identical Q nodes (e.g. query/key/value of one input): reuse the last.
-        index = min(used[_key(scale, zero_point, tuple(x.shape))], len(candidates) - 1)
-        used[_key(scale, zero_point, tuple(x.shape))] += 1
-        reference = torch.from_numpy(candidates[index].astype(np.int32))
-        ours = quantize(x.float(), module.scale, module.zero_point, module.spec).to(torch.int32)
+        # The same (scale, zero point) can label several points (query/key/value share an input, and the
+        # exporter may merge their Q nodes): the closest codes are this point's.
+        _, _, reference = min(candidates, key=lambda c: (c[0], c[1]))
         diff = (reference - ours).abs()
         stats["points"] += 1
         stats["max"] = max(stats["max"], int(diff.max()))

@@ -216,3 +216,31 @@ def test_minilm_export_is_four_times_smaller_and_agrees(tmp_path):
     report = compare_with_onnxruntime(qmodel, quantized, held_out)
     assert report.points >= 6 * (6 + 4) and report.max_code_difference <= 1
     assert np.isfinite(report.max_output_error) and report.max_output_error < 1e-3 * report.output_scale
+
+
+class PaddedStrideTwo(nn.Module):
+    """TF-"SAME" on an even input: an explicit asymmetric zero Pad before a stride-2 convolution."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pad = nn.ZeroPad2d((0, 1, 0, 1))
+        self.conv = nn.Conv2d(3, 4, 3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.pad(x))
+
+
+def test_quantize_dequantize_moves_above_zero_pads_and_still_agrees(tmp_path):
+    torch.manual_seed(0)
+    qmodel = _calibrated(PaddedStrideTwo().eval(), qp.Recipe.preset("int8-static"), [torch.randn(4, 3, 8, 8)])
+    path = qp.export_onnx(qmodel, torch.randn(2, 3, 8, 8), tmp_path / "m.onnx")
+    graph = onnx.load(str(path)).graph
+    producer = {out: node for node in graph.node for out in node.output}
+    pad = next(n for n in graph.node if n.op_type == "Pad")
+    conv = next(n for n in graph.node if n.op_type == "Conv")
+    # Q -> DQ -> Pad -> Conv: the engine can fold the Pad into its int8 convolution.
+    assert producer[pad.input[0]].op_type == "DequantizeLinear"
+    assert producer[conv.input[0]] is pad or producer[conv.input[0]].op_type == "Pad"
+    report = compare_with_onnxruntime(qmodel, path, torch.randn(3, 3, 8, 8))
+    assert report.points == 1 and report.max_code_difference == 0
+    assert report.max_output_error < 1e-5
