@@ -29,7 +29,6 @@ import contextlib
 import io
 import json
 import os
-import platform
 import statistics
 import time
 import warnings
@@ -41,6 +40,7 @@ import torch
 
 from quantpilot import QuantSpec, datasets
 from quantpilot.calibrators import build_calibrator
+from quantpilot.machine import cpu_report
 from quantpilot.metrics import sqnr_db
 from quantpilot.primitives import choose_qparams, dequantize, quantize
 
@@ -60,17 +60,10 @@ ISA_FLAGS = {
 
 
 def cpu_info() -> dict:
-    """CPU model and the ISA extensions int8/bf16 kernels care about, from /proc/cpuinfo."""
-    model, flags = platform.processor() or "unknown", set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    isa = {name: all(f in flags for f in needed) for name, needed in ISA_FLAGS.items()}
-    return {"model": model, "cores": os.cpu_count(), "isa": isa}
+    """CPU model and the ISA extensions int8/bf16 kernels care about, grouped as ISA_FLAGS names them."""
+    report = cpu_report()
+    isa = {name: all(report["flags"].get(f, False) for f in needed) for name, needed in ISA_FLAGS.items()}
+    return {"model": report["model"], "cores": report["cores"], "isa": isa}
 
 
 def minilm_activation() -> tuple[torch.Tensor, str]:
