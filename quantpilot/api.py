@@ -43,6 +43,7 @@ __all__ = [
     "quantized_layers",
     "is_frozen",
     "unfrozen_parts",
+    "uncalibrated_quantizers",
     "RECIPE_ATTR",
 ]
 
@@ -231,11 +232,7 @@ def freeze(model: nn.Module) -> nn.Module:
     layers = quantized_layers(model)
     if not layers:
         raise ValueError("this model is not quantized: call quantpilot.quantize(model, recipe) first")
-    missing = [
-        q.qualname
-        for q in _static_quantizers(model)
-        if q.scale is None and (q.calibrator is None or not q.calibrator.has_data)
-    ]
+    missing = uncalibrated_quantizers(model)
     if missing:
         raise ValueError(
             f"{len(missing)} static layer input(s) saw no calibration data (e.g. {missing[:3]}): run batches through "
@@ -246,6 +243,21 @@ def freeze(model: nn.Module) -> nn.Module:
     for q in _static_quantizers(model):  # functional points (matmul, add) sit outside the layers
         q.fix_qparams()
     return model
+
+
+def uncalibrated_quantizers(model: nn.Module) -> list[str]:
+    """Names of static quantizers with neither a fixed range nor calibration statistics.
+
+    Example:
+        >>> import torch, quantpilot as qp
+        >>> qp.api.uncalibrated_quantizers(qp.quantize(torch.nn.Sequential(torch.nn.Linear(2, 2))))
+        ['0.input_quantizer']
+    """
+    return [
+        q.qualname or "?"
+        for q in _static_quantizers(model)
+        if q.scale is None and (q.calibrator is None or not q.calibrator.has_data)
+    ]
 
 
 def unfrozen_parts(model: nn.Module) -> list[str]:

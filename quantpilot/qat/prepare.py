@@ -22,15 +22,10 @@ import copy
 
 from torch import nn
 
-from ..api import quantized_layers
-from ..nn import TensorQuantizer
+from ..api import _static_quantizers, quantized_layers, uncalibrated_quantizers
 from .learned_scale import WEIGHT_INITS, learn_activation_scale, learn_weight_scale
 
 __all__ = ["prepare"]
-
-
-def _static_quantizers(model: nn.Module) -> list[TensorQuantizer]:
-    return [m for m in model.modules() if isinstance(m, TensorQuantizer) and m.needs_calibration]
 
 
 def prepare(
@@ -88,11 +83,7 @@ def prepare(
             f"layers {frozen[:3]} are frozen (weights stored as integers): QAT needs the float weights, so "
             "prepare the calibrated model before quantpilot.freeze"
         )
-    uncalibrated = [
-        q.qualname or "?"
-        for q in _static_quantizers(model)
-        if q.scale is None and (q.calibrator is None or not q.calibrator.has_data)
-    ]
+    uncalibrated = uncalibrated_quantizers(model)
     if uncalibrated:
         raise ValueError(
             f"{len(uncalibrated)} static layer input(s) were never calibrated (e.g. {uncalibrated[:3]}): run data "
