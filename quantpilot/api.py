@@ -309,7 +309,8 @@ def _rebuildable_layer_types() -> dict[str, type[QuantModule]]:
     recipe put at that name, `entry` the layer's saved map entry) and a method `saved_config()`
     (a JSON-ready dict stored in that entry under "config"). Found by walking the subclasses, so a
     new type needs no registration here; it only has to be imported (quantpilot imports its
-    algorithms, which import their layers).
+    algorithms, which import their layers). A layer that shares another's tensors also defines
+    `restore_ties(root)`, called once every saved layer is back in place.
     """
     found: dict[str, type[QuantModule]] = {}
     stack = list(QuantModule.__subclasses__())
@@ -324,6 +325,7 @@ def _rebuildable_layer_types() -> dict[str, type[QuantModule]]:
 def _rebuild_algorithm_layers(qmodel: nn.Module, saved_layers: dict[str, Any]) -> nn.Module:
     """Swap in, at each saved name whose type rebuilds itself, an empty layer of that type."""
     types = _rebuildable_layer_types()
+    rebuilt = []
     for name, entry in saved_layers.items():
         cls = types.get((entry or {}).get("type")) if isinstance(entry, dict) else None
         if cls is None:
@@ -336,11 +338,17 @@ def _rebuild_algorithm_layers(qmodel: nn.Module, saved_layers: dict[str, Any]) -
                 "it was saved from"
             ) from None
         layer = cls.from_saved(current, entry)
+        rebuilt.append(layer)
         if name == "":
             qmodel = layer
         else:
             parent, _, child = name.rpartition(".")
             setattr(qmodel.get_submodule(parent), child, layer)
+    for layer in rebuilt:
+        # A layer reading another's tensors (a head tied to the token table) shares them again, so
+        # the file's single copy fills both.
+        if callable(getattr(layer, "restore_ties", None)):
+            layer.restore_ties(qmodel)
     return qmodel
 
 

@@ -7,6 +7,7 @@ Example:
 """
 
 from .awq import awq, awq_fold_scales, find_scale_groups
+from .embeddings import quantize_embeddings
 from .gptq import gptq
 from .llm_int8 import llm_int8, outlier_fraction, reset_outlier_stats
 from .rtn import rtn
@@ -22,4 +23,5 @@ __all__ = [
     "find_scale_groups",
     "rtn",
     "gptq",
+    "quantize_embeddings",
 ]

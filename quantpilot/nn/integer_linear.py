@@ -53,7 +53,7 @@ from torch.nn import functional as F
 from ..primitives import choose_qparams, dequantize, min_max, quantize
 from ..spec import PerChannel, PerTensor, PerToken, QuantDtype, QuantSpec
 from .linear import QuantLinear
-from .packed import WeightOnlyLinear
+from .packed import WeightOnlyEmbedding, WeightOnlyLinear
 from .weight_only_kernels import WeightOnlyKernelLinear, kernel_problem
 
 __all__ = [
@@ -203,6 +203,8 @@ def unsupported_reason(layer: nn.Module) -> str | None:
     """
     if isinstance(layer, WeightOnlyLinear):
         return kernel_problem(layer)  # packed int8 / int4 from RTN, GPTQ, AWQ
+    if isinstance(layer, WeightOnlyEmbedding):
+        return "a packed embedding is a lookup, no matmul: it runs as is, dequantizing only the rows it gathers"
     if type(layer) is not QuantLinear:
         return f"{type(layer).__name__}: the integer path serves QuantLinear and WeightOnlyLinear layers only"
     if not layer.is_frozen and layer.weight_spec is not None:

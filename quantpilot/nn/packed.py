@@ -1,4 +1,4 @@
-"""Weight-only quantized Linear with packed storage: int4 codes two per byte, int8 codes one per byte.
+"""Weight-only quantized Linear and Embedding with packed storage: int4 codes two per byte, int8 one per byte.
 
 `WeightOnlyLinear` is what the LLM weight methods (RTN, GPTQ, AWQ) produce: unsigned codes `q` with
 per-group (or per-output-channel) scale `s` and zero point `z`, the weight being `(q - z) * s`, as
@@ -9,6 +9,8 @@ in fp16 and bf16, so they share the scales' dtype.
 
 The module's own forward dequantizes on the fly (exact reference, any activation dtype); the
 `torch-int8` engine swaps it for PyTorch's packed CPU kernels (`quantpilot.nn.integer_linear`).
+`WeightOnlyEmbedding` stores a token table the same way (in a small LM it is a large share of the
+weights), and a tied output head can read its codes without a second copy.
 
 Example:
     >>> import torch
@@ -29,7 +31,7 @@ from ..spec import PerChannel, PerGroup, QuantSpec
 from .quant_module import QuantModule
 from .tensor_quantizer import TensorQuantizer
 
-__all__ = ["pack_int4", "unpack_int4", "weight_only_spec", "WeightOnlyLinear"]
+__all__ = ["pack_int4", "unpack_int4", "weight_only_spec", "PackedWeight", "WeightOnlyLinear", "WeightOnlyEmbedding"]
 
 _SCALE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -84,10 +86,112 @@ def weight_only_spec(bits: int, group_size: int | None, symmetric: bool = False)
     return QuantSpec("uint4" if bits == 4 else "uint8", symmetric=symmetric, granularity=granularity)
 
 
-class WeightOnlyLinear(QuantModule):
+def _scale_dtype_name(dtype: torch.dtype) -> str:
+    return next(k for k, v in _SCALE_DTYPES.items() if v == dtype)
+
+
+class PackedWeight(QuantModule):
+    """Storage shared by the packed weight-only layers: a (rows, cols) weight as `(q - z) * s`.
+
+    `q` is stored packed (4 bit, two per byte along `cols`) or as bytes (8 bit); `s` and `z` are 16-bit,
+    one per row (per-channel) or per group of `cols`. `WeightOnlyLinear` reads rows as output features
+    and `WeightOnlyEmbedding` as tokens; both layouts are the (out, in) layout a Linear multiplies with.
+
+    Example:
+        >>> issubclass(WeightOnlyLinear, PackedWeight), issubclass(WeightOnlyEmbedding, PackedWeight)
+        (True, True)
+    """
+
+    def _init_storage(self, rows: int, cols: int, spec: QuantSpec, scale_dtype: torch.dtype, what: str) -> None:
+        if spec.dtype.value not in ("uint4", "uint8"):
+            raise ValueError(f"{type(self).__name__} stores uint4 or uint8 codes, got {spec.dtype.value}")
+        if scale_dtype not in _SCALE_DTYPES.values():
+            raise ValueError(f"scale_dtype must be torch.float16 or torch.bfloat16, got {scale_dtype}")
+        g = spec.granularity
+        if isinstance(g, PerGroup):
+            if cols % g.size:
+                raise ValueError(
+                    f"{what}={cols} is not a multiple of group_size={g.size}; pick a group size that "
+                    "divides it (e.g. 32, 64, 128) or group_size=None for per-channel scales"
+                )
+            groups = cols // g.size
+        elif isinstance(g, PerChannel) and g.axis == 0:
+            groups = 1
+        else:
+            raise ValueError(f"weights are quantized per group or per output channel (PerChannel(0)), got {g}")
+        self.bits = 4 if spec.dtype.value == "uint4" else 8
+        if self.bits == 4 and cols % 2:
+            raise ValueError(f"packed int4 needs an even {what}, got {cols}")
+        self.weight_spec = spec
+        self.input_quantizer = TensorQuantizer(None)  # activations stay float (weight-only)
+        stored = cols // 2 if self.bits == 4 else cols
+        self.register_buffer("weight_packed", torch.zeros(rows, stored, dtype=torch.uint8))
+        self.register_buffer("weight_scale", torch.ones(rows, groups, dtype=scale_dtype))
+        self.register_buffer("weight_zero_point", torch.zeros(rows, groups, dtype=scale_dtype))
+
+    def _store_codes(self, codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
+        """Fill the buffers from unpacked codes (rows, cols) and qparams shaped (rows, groups) or (rows,)."""
+        if codes.dim() != 2 or tuple(codes.shape) != (self.weight_packed.shape[0], self.weight_cols):
+            raise ValueError(
+                f"codes must be 2-D shaped {(self.weight_packed.shape[0], self.weight_cols)}, got {tuple(codes.shape)}"
+            )
+        qmax = 15 if self.bits == 4 else 255
+        if codes.numel() and (float(codes.min()) < 0 or float(codes.max()) > qmax):
+            raise ValueError(f"codes must lie in 0..{qmax} for {self.bits}-bit unsigned storage")
+        rows, groups = self.weight_scale.shape
+        scale_dtype = self.weight_scale.dtype
+        codes = codes.detach().round().to(torch.uint8) if codes.dtype.is_floating_point else codes.to(torch.uint8)
+        self.weight_packed = pack_int4(codes) if self.bits == 4 else codes.contiguous()
+        self.weight_scale = scale.detach().reshape(rows, groups).to(scale_dtype).contiguous()
+        self.weight_zero_point = zero_point.detach().reshape(rows, groups).to(scale_dtype).contiguous()
+
+    @property
+    def weight_cols(self) -> int:
+        """Unpacked width of the stored weight (in_features / embedding_dim)."""
+        return self.weight_packed.shape[1] * (2 if self.bits == 4 else 1)
+
+    @property
+    def is_frozen(self) -> bool:
+        """Always True: the weight only ever exists as codes."""
+        return True
+
+    @property
+    def group_size(self) -> int:
+        """Columns sharing one scale (all of them for per-channel scales)."""
+        return self.weight_cols // self.weight_scale.shape[1]
+
+    def weight_codes(self) -> torch.Tensor:
+        """The unpacked codes, uint8 (rows, cols)."""
+        return unpack_int4(self.weight_packed) if self.bits == 4 else self.weight_packed
+
+    def _dequantize_rows(
+        self, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, dtype: torch.dtype
+    ) -> torch.Tensor:
+        codes = unpack_int4(packed) if self.bits == 4 else packed
+        scale, zero = scale.float(), zero.float()
+        if isinstance(self.weight_spec.granularity, PerChannel):
+            scale, zero = scale[:, 0], zero[:, 0]
+        return dequantize(codes, scale, zero, self.weight_spec, dtype)
+
+    def quantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        """The dequantized weight `(q - z) * s` in `dtype`, computed by `quantpilot.primitives.dequantize`."""
+        return self._dequantize_rows(self.weight_packed, self.weight_scale, self.weight_zero_point, dtype)
+
+    def weight_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stored (scale, zero point), shaped (rows, groups)."""
+        return self.weight_scale, self.weight_zero_point
+
+    def _scheme_repr(self) -> str:
+        scheme = "per channel" if isinstance(self.weight_spec.granularity, PerChannel) else f"g{self.group_size}"
+        return f"weight=uint{self.bits} {scheme}, scales={self.weight_scale.dtype}"
+
+
+class WeightOnlyLinear(PackedWeight):
     """`y = x @ ((q - z) * s).T + b` with `q` stored packed (4 bit) or as bytes (8 bit), `s`, `z` in 16 bits.
 
-    Build it with `from_codes`; `quantpilot.load` rebuilds it with `from_saved`.
+    Build it with `from_codes`; `quantpilot.load` rebuilds it with `from_saved`. A head whose weight
+    is the token embedding's (GPT-2's tied `lm_head`) shares the `WeightOnlyEmbedding`'s buffers and
+    records its name in `tied_to`, so the codes exist once in memory and in the saved file.
 
     Args:
         in_features, out_features: the Linear's sizes.
@@ -112,32 +216,9 @@ class WeightOnlyLinear(QuantModule):
         scale_dtype: torch.dtype = torch.float16,
     ) -> None:
         super().__init__()
-        if spec.dtype.value not in ("uint4", "uint8"):
-            raise ValueError(f"WeightOnlyLinear stores uint4 or uint8 codes, got {spec.dtype.value}")
-        if scale_dtype not in _SCALE_DTYPES.values():
-            raise ValueError(f"scale_dtype must be torch.float16 or torch.bfloat16, got {scale_dtype}")
-        g = spec.granularity
-        if isinstance(g, PerGroup):
-            if in_features % g.size:
-                raise ValueError(
-                    f"in_features={in_features} is not a multiple of group_size={g.size}; pick a group size that "
-                    "divides it (e.g. 32, 64, 128) or group_size=None for per-channel scales"
-                )
-            groups = in_features // g.size
-        elif isinstance(g, PerChannel) and g.axis == 0:
-            groups = 1
-        else:
-            raise ValueError(f"weights are quantized per group or per output channel (PerChannel(0)), got {g}")
-        self.bits = 4 if spec.dtype.value == "uint4" else 8
-        if self.bits == 4 and in_features % 2:
-            raise ValueError(f"packed int4 needs an even in_features, got {in_features}")
+        self._init_storage(out_features, in_features, spec, scale_dtype, "in_features")
         self.in_features, self.out_features = in_features, out_features
-        self.weight_spec = spec
-        self.input_quantizer = TensorQuantizer(None)  # activations stay float (W4A16 / W8A16)
-        stored = in_features // 2 if self.bits == 4 else in_features
-        self.register_buffer("weight_packed", torch.zeros(out_features, stored, dtype=torch.uint8))
-        self.register_buffer("weight_scale", torch.ones(out_features, groups, dtype=scale_dtype))
-        self.register_buffer("weight_zero_point", torch.zeros(out_features, groups, dtype=scale_dtype))
+        self.tied_to: str | None = None
         self.register_buffer("bias", torch.zeros(out_features) if has_bias else None)
 
     @classmethod
@@ -164,19 +245,66 @@ class WeightOnlyLinear(QuantModule):
             raise ValueError(f"codes must be 2-D (out_features, in_features), got shape {tuple(codes.shape)}")
         out_features, in_features = codes.shape
         layer = cls(in_features, out_features, spec, bias is not None, scale_dtype)
-        qmax = 15 if layer.bits == 4 else 255
-        if codes.numel() and (float(codes.min()) < 0 or float(codes.max()) > qmax):
-            raise ValueError(f"codes must lie in 0..{qmax} for {layer.bits}-bit unsigned storage")
-        groups = layer.weight_scale.shape[1]
-        scale = scale.detach().reshape(out_features, groups)
-        zero_point = zero_point.detach().reshape(out_features, groups)
-        codes = codes.detach().round().to(torch.uint8) if codes.dtype.is_floating_point else codes.to(torch.uint8)
-        layer.weight_packed = pack_int4(codes) if layer.bits == 4 else codes.contiguous()
-        layer.weight_scale = scale.to(scale_dtype).contiguous()
-        layer.weight_zero_point = zero_point.to(scale_dtype).contiguous()
+        layer._store_codes(codes, scale, zero_point)
         if bias is not None:
             layer.bias = bias.detach().float().clone()
         return layer
+
+    @classmethod
+    def tied_head(cls, embedding: WeightOnlyEmbedding, embedding_name: str, bias: torch.Tensor | None = None):
+        """An output head `x @ E.T` reading the codes of `embedding` (same tensors, nothing copied).
+
+        Example:
+            >>> emb = WeightOnlyEmbedding.from_codes(torch.zeros(5, 4), torch.ones(5), torch.zeros(5),
+            ...                                      weight_only_spec(8, None))
+            >>> head = WeightOnlyLinear.tied_head(emb, "wte")
+            >>> head.weight_packed is emb.weight_packed, head.out_features
+            (True, 5)
+        """
+        if not isinstance(embedding, WeightOnlyEmbedding):
+            raise TypeError(f"tied_head reads a WeightOnlyEmbedding, got {type(embedding).__name__}")
+        layer = cls(
+            embedding.embedding_dim,
+            embedding.num_embeddings,
+            embedding.weight_spec,
+            bias is not None,
+            embedding.weight_scale.dtype,
+        )
+        layer.tie_to(embedding, embedding_name)
+        if bias is not None:
+            layer.bias = bias.detach().float().clone()
+        return layer
+
+    def tie_to(self, embedding: WeightOnlyEmbedding, embedding_name: str) -> None:
+        """Share `embedding`'s code and qparam tensors (after checking they have this layer's shape)."""
+        if (embedding.num_embeddings, embedding.embedding_dim) != (self.out_features, self.in_features):
+            raise ValueError(
+                f"cannot tie a {self.out_features}x{self.in_features} head to the "
+                f"{embedding.num_embeddings}x{embedding.embedding_dim} embedding {embedding_name!r}"
+            )
+        self.weight_packed = embedding.weight_packed
+        self.weight_scale = embedding.weight_scale
+        self.weight_zero_point = embedding.weight_zero_point
+        self.tied_to = embedding_name
+
+    def restore_ties(self, root: torch.nn.Module) -> None:
+        """After `quantpilot.load` rebuilt the layers: share the tied embedding's tensors again.
+
+        Example:
+            >>> WeightOnlyLinear(4, 2, weight_only_spec(8, None)).restore_ties(torch.nn.Module())  # untied: no-op
+        """
+        if self.tied_to is None:
+            return
+        try:
+            embedding = root.get_submodule(self.tied_to)
+        except AttributeError:
+            raise ValueError(f"the head is tied to {self.tied_to!r}, which this model does not have") from None
+        if not isinstance(embedding, WeightOnlyEmbedding):
+            raise ValueError(
+                f"the head is tied to {self.tied_to!r}, which was not rebuilt as a WeightOnlyEmbedding; the saved "
+                "map is damaged"
+            )
+        self.tie_to(embedding, self.tied_to)
 
     def saved_config(self) -> dict[str, Any]:
         """What `from_saved` needs to rebuild the empty layer (stored in the saved layer map).
@@ -185,13 +313,15 @@ class WeightOnlyLinear(QuantModule):
             >>> WeightOnlyLinear(128, 4, weight_only_spec(4, 64)).saved_config()["scale_dtype"]
             'float16'
         """
-        dtype_name = next(k for k, v in _SCALE_DTYPES.items() if v == self.weight_scale.dtype)
-        return {
+        config = {
             "in_features": self.in_features,
             "out_features": self.out_features,
             "has_bias": self.bias is not None,
-            "scale_dtype": dtype_name,
+            "scale_dtype": _scale_dtype_name(self.weight_scale.dtype),
         }
+        if self.tied_to is not None:
+            config["tied_to"] = self.tied_to
+        return config
 
     @classmethod
     def from_saved(cls, module: Any, entry: dict[str, Any]) -> WeightOnlyLinear:
@@ -210,7 +340,7 @@ class WeightOnlyLinear(QuantModule):
         """
         config = entry.get("config") or {}
         try:
-            return cls(
+            layer = cls(
                 int(config["in_features"]),
                 int(config["out_features"]),
                 QuantSpec.from_dict(entry["weights"]),
@@ -219,41 +349,114 @@ class WeightOnlyLinear(QuantModule):
             )
         except (KeyError, TypeError) as err:
             raise ValueError(f"the saved entry of a WeightOnlyLinear lacks {err}; the map file is damaged") from None
-
-    @property
-    def is_frozen(self) -> bool:
-        """Always True: the weight only ever exists as codes."""
-        return True
-
-    @property
-    def group_size(self) -> int:
-        """Input columns sharing one scale (in_features for per-channel scales)."""
-        return self.in_features // self.weight_scale.shape[1]
-
-    def weight_codes(self) -> torch.Tensor:
-        """The unpacked codes, uint8 (out_features, in_features)."""
-        return unpack_int4(self.weight_packed) if self.bits == 4 else self.weight_packed
-
-    def quantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
-        """The dequantized weight `(q - z) * s` in `dtype`, computed by `quantpilot.primitives.dequantize`."""
-        codes = self.weight_codes()
-        scale = self.weight_scale.float()
-        zero = self.weight_zero_point.float()
-        if isinstance(self.weight_spec.granularity, PerChannel):
-            scale, zero = scale[:, 0], zero[:, 0]
-        return dequantize(codes, scale, zero, self.weight_spec, dtype)
-
-    def weight_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stored (scale, zero point), shaped (out_features, groups)."""
-        return self.weight_scale, self.weight_zero_point
+        layer.tied_to = config.get("tied_to")
+        return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, self.quantized_weight(x.dtype), bias)
 
     def extra_repr(self) -> str:
-        scheme = "per channel" if isinstance(self.weight_spec.granularity, PerChannel) else f"g{self.group_size}"
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, weight=uint{self.bits} {scheme}, "
-            f"scales={self.weight_scale.dtype}"
+        tied = f", tied to {self.tied_to}" if self.tied_to else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, {self._scheme_repr()}{tied}"
+
+
+class WeightOnlyEmbedding(PackedWeight):
+    """A token table stored as packed codes; a lookup dequantizes only the rows it gathers.
+
+    The codes are grouped along `embedding_dim`, the same layout a tied output head multiplies
+    with (`WeightOnlyLinear.tied_head`). Outputs are `output_dtype` (float32 unless set, e.g. to
+    bfloat16 when the rest of the model runs in bf16).
+
+    Example:
+        >>> emb = WeightOnlyEmbedding.from_codes(
+        ...     torch.tensor([[0, 15], [15, 0]]), torch.ones(2, 1), torch.zeros(2, 1), weight_only_spec(4, None)
+        ... )
+        >>> emb(torch.tensor([[1, 0]])).tolist()
+        [[[15.0, 0.0], [0.0, 15.0]]]
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        spec: QuantSpec,
+        padding_idx: int | None = None,
+        scale_dtype: torch.dtype = torch.float16,
+    ) -> None:
+        super().__init__()
+        self._init_storage(num_embeddings, embedding_dim, spec, scale_dtype, "embedding_dim")
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.padding_idx = padding_idx
+        self.output_dtype = torch.float32
+
+    @classmethod
+    def from_codes(
+        cls,
+        codes: torch.Tensor,
+        scale: torch.Tensor,
+        zero_point: torch.Tensor,
+        spec: QuantSpec,
+        padding_idx: int | None = None,
+        scale_dtype: torch.dtype = torch.float16,
+    ) -> WeightOnlyEmbedding:
+        """A table holding `codes` (num_embeddings, embedding_dim) with qparams shaped (num, groups) or (num,).
+
+        Example:
+            >>> spec = weight_only_spec(8, None)
+            >>> WeightOnlyEmbedding.from_codes(torch.zeros(3, 2), torch.ones(3), torch.zeros(3), spec).num_embeddings
+            3
+        """
+        if codes.dim() != 2:
+            raise ValueError(f"codes must be 2-D (num_embeddings, embedding_dim), got shape {tuple(codes.shape)}")
+        table = cls(codes.shape[0], codes.shape[1], spec, padding_idx, scale_dtype)
+        table._store_codes(codes, scale, zero_point)
+        return table
+
+    def saved_config(self) -> dict[str, Any]:
+        """What `from_saved` needs to rebuild the empty table.
+
+        Example:
+            >>> WeightOnlyEmbedding(10, 128, weight_only_spec(4, 64)).saved_config()["embedding_dim"]
+            128
+        """
+        return {
+            "num_embeddings": self.num_embeddings,
+            "embedding_dim": self.embedding_dim,
+            "padding_idx": self.padding_idx,
+            "scale_dtype": _scale_dtype_name(self.weight_scale.dtype),
+        }
+
+    @classmethod
+    def from_saved(cls, module: Any, entry: dict[str, Any]) -> WeightOnlyEmbedding:
+        """An empty table shaped as the saved one; `quantpilot.load` then fills it from the file.
+
+        Example:
+            >>> table = WeightOnlyEmbedding(10, 128, weight_only_spec(4, 64))
+            >>> entry = {"weights": table.weight_spec.to_dict(), "config": table.saved_config()}
+            >>> WeightOnlyEmbedding.from_saved(None, entry).weight_scale.shape
+            torch.Size([10, 2])
+        """
+        config = entry.get("config") or {}
+        try:
+            return cls(
+                int(config["num_embeddings"]),
+                int(config["embedding_dim"]),
+                QuantSpec.from_dict(entry["weights"]),
+                config["padding_idx"],
+                _SCALE_DTYPES[config["scale_dtype"]],
+            )
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"the saved entry of a WeightOnlyEmbedding lacks {err}; the map file is damaged") from None
+
+    def forward(self, indices: torch.Tensor) -> torch.Tensor:
+        if indices.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"an embedding looks up integer token ids, got {indices.dtype}")
+        flat = indices.reshape(-1)
+        rows = self._dequantize_rows(
+            self.weight_packed[flat], self.weight_scale[flat], self.weight_zero_point[flat], self.output_dtype
         )
+        return rows.reshape(*indices.shape, self.embedding_dim)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, {self._scheme_repr()}"

@@ -1,0 +1,150 @@
+"""Weight-only quantization of embedding tables (and of an output head tied to one), stored packed.
+
+The LLM weight methods (RTN, AWQ, GPTQ) quantize the Linear layers and keep the token table in
+float, as the papers do; in a 7B model that table is ~2 % of the weights. In a small model it is
+not (8192 x 256 is 40 % of the testbed GPT-2), so the checkpoint only shrinks ~2x unless the table
+is quantized too. `quantize_embeddings` does that with the same round-to-nearest grid as `rtn`,
+one scale and zero point per token row or per group of `group_size` features, and can be applied
+to a float model or after any weight method. A head tied to the table (GPT-2's `lm_head`) becomes
+a `WeightOnlyLinear` reading the same codes: one copy in memory and in the saved file, and the
+logits use the same quantized table as the lookup, as the tie intends.
+
+Example:
+    >>> import torch, quantpilot as qp
+    >>> net = torch.nn.Sequential(torch.nn.Embedding(100, 64), torch.nn.Linear(64, 100, bias=False))
+    >>> net[1].weight = net[0].weight  # a tied head
+    >>> q = qp.algorithms.quantize_embeddings(net, bits=4, group_size=32)
+    >>> type(q[0]).__name__, type(q[1]).__name__, q[1].weight_packed is q[0].weight_packed
+    ('WeightOnlyEmbedding', 'WeightOnlyLinear', True)
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Sequence
+from fnmatch import fnmatch
+
+import torch
+from torch import nn
+
+from ..api import RECIPE_ATTR
+from ..nn.packed import WeightOnlyEmbedding, WeightOnlyLinear, weight_only_spec
+from ..recipe import Recipe
+from .rtn import _is_conv1d, quantize_weight
+
+__all__ = ["quantize_embeddings"]
+
+
+def _set_child(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def _tied_heads(model: nn.Module, weight: torch.Tensor) -> list[tuple[str, nn.Module]]:
+    """Linear / Conv1D layers whose weight is this very tensor (a head tied to the table)."""
+    return [
+        (name, m)
+        for name, m in model.named_modules()
+        if (isinstance(m, nn.Linear) or _is_conv1d(m)) and getattr(m, "weight", None) is weight
+    ]
+
+
+def _scheme_name(bits: int, group_size: int | None) -> str:
+    return f"w{bits}-" + ("per-row" if group_size is None else f"g{group_size}")
+
+
+def quantize_embeddings(
+    model: nn.Module,
+    bits: int = 4,
+    group_size: int | None = 128,
+    *,
+    layers: Sequence[str] = ("*",),
+    skip: Sequence[str] = (),
+    scale_dtype: torch.dtype = torch.float16,
+    inplace: bool = False,
+) -> nn.Module:
+    """Store the model's `nn.Embedding` tables as packed int4 / int8 codes (and tied heads with them).
+
+    Args:
+        model: a float model, or one a weight method (`rtn`, `awq`, `gptq`) already quantized.
+        bits: 4 (two codes per byte) or 8.
+        group_size: features per scale along the embedding dimension (128 default), or None for
+            one scale per token row.
+        layers, skip: fnmatch patterns of embedding names to include / leave in float.
+        scale_dtype: torch.float16 (default) or torch.bfloat16 for scales and zero points.
+        inplace: change `model` itself instead of a copy.
+
+    Returns:
+        The model with `WeightOnlyEmbedding` tables; `quantpilot.save` / `load` round-trip it.
+
+    Raises:
+        TypeError: `model` is not an `nn.Module`.
+        ValueError: no embedding matches, the group size does not divide a table's width, or a
+            table has `max_norm` (renormalised in place, which codes cannot be).
+
+    Example:
+        >>> import torch, quantpilot as qp
+        >>> table = torch.nn.Sequential(torch.nn.Embedding(10, 8))
+        >>> qp.algorithms.quantize_embeddings(table, bits=8, group_size=None)[0].weight_packed.shape
+        torch.Size([10, 8])
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(layers, str) or isinstance(skip, str):
+        raise TypeError("layers and skip are sequences of patterns, e.g. ('*',) and ('wpe',), not one string")
+    spec = weight_only_spec(bits, group_size)
+    targets = [
+        (name, m)
+        for name, m in model.named_modules()
+        if type(m) is nn.Embedding
+        and any(fnmatch(name, p) for p in layers)
+        and not any(fnmatch(name, p) for p in skip)
+    ]
+    if not targets:
+        raise ValueError(
+            f"no nn.Embedding matches layers={tuple(layers)} minus skip={tuple(skip)}; quantized tables "
+            "(WeightOnlyEmbedding) are not quantized twice"
+        )
+    for name, m in targets:
+        if m.max_norm is not None:
+            raise ValueError(f"{name} has max_norm, which renormalises its rows in place; skip it")
+        if group_size is not None and m.embedding_dim % group_size:
+            raise ValueError(
+                f"group_size={group_size} does not divide {name}'s embedding_dim={m.embedding_dim}; choose a "
+                "group size that divides it, group_size=None (one scale per row), or skip it"
+            )
+    target = model if inplace else copy.deepcopy(model)
+    tied_notes = []
+    for name, _ in targets:
+        table = target.get_submodule(name)
+        codes, scale, zero_point = quantize_weight(table.weight, spec, scale_dtype)
+        packed = WeightOnlyEmbedding.from_codes(codes, scale, zero_point, spec, table.padding_idx, scale_dtype)
+        packed.output_dtype = table.weight.dtype
+        for head_name, head in _tied_heads(target, table.weight):
+            bias = getattr(head, "bias", None)
+            tied = WeightOnlyLinear.tied_head(packed, name, bias)
+            tied.train(head.training)
+            _set_child(target, head_name, tied)
+            tied_notes.append(f"{head_name} tied to {name}")
+        packed.train(table.training)
+        _set_child(target, name, packed)
+    scheme = _scheme_name(bits, group_size)
+    note = f"{scheme} ({', '.join(n for n, _ in targets)})" + (f"; {'; '.join(tied_notes)}" if tied_notes else "")
+    recipe = getattr(target, RECIPE_ATTR, None)
+    if recipe is None:
+        # Only tables quantized: the recipe names the same tables (the others in skip), and
+        # `quantpilot.load` swaps in the packed layers from the saved map.
+        float_tables = [n for n, m in target.named_modules() if type(m) is nn.Embedding]
+        recipe = Recipe(
+            weights=spec,
+            activations=None,
+            module_types=("Embedding",),
+            skip=tuple(float_tables),
+            name=f"embeddings-{scheme}",
+            notes={},
+        )
+    else:
+        recipe = dataclasses.replace(recipe, name=f"{recipe.name}+emb-{scheme}")
+    setattr(target, RECIPE_ATTR, dataclasses.replace(recipe, notes={**(recipe.notes or {}), "embeddings": note}))
+    return target
