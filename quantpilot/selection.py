@@ -3,10 +3,12 @@
 * hybrid: quantize everything the recipe says, then leave the most harmful layers (ranked by a
   sensitivity sweep) in float, one at a time, until the metric is within budget of FP32; then try to
   re-quantize each of them again, so the float set ends up small.
-* selective: first quantize the functional ops the model has (both inputs of residual adds, so that an
-  engine keeps Conv+Add fused in int8; attention matmuls), then give every layer and point the
-  activation calibrator (min-max, percentile, entropy, MSE) whose quantized output is closest (least
-  MSE) to the float one on the calibration data; then hybrid on top.
+* selective: int8-preserving fixes before float layers, because every float layer costs an engine its
+  int8 kernel and the fusions around it. First quantize the functional ops the model has (both inputs of
+  residual adds, so that an engine keeps Conv+Add fused in int8; attention matmuls); then give every
+  layer and point the activation calibrator (min-max, percentile, entropy, MSE) whose quantized output
+  is closest (least MSE) to the float one on the calibration data, kept if the task metric agrees; then,
+  most harmful unit first, the candidate calibrator with the best task metric; only then hybrid on top.
 
 Calibration runs once; every candidate is frozen from those statistics (`analysis.CalibrationStatistics`).
 The result is a plain `Recipe`: `skip` holds the float layers, `overrides` the calibrators, `notes` why.
@@ -212,6 +214,106 @@ def with_functional_ops(model: nn.Module, recipe: Recipe) -> tuple[Recipe, dict[
     return recipe.replace(ops=tuple(ops)), notes
 
 
+def _tunable_units(stats: CalibrationStatistics, recipe: Recipe) -> dict[str, CalibratorConfig]:
+    """The units (layers and points) whose activation range is static per tensor, with their current calibrator.
+
+    Only these can take another calibrator from the stored histograms; `recipe`'s overrides for a unit win
+    over the calibrator the statistics were gathered with.
+    """
+    current: dict[str, CalibratorConfig] = {}
+    for name, layer in quantized_layers(stats.quantized):
+        q = layer.input_quantizer
+        if q is not None and q.needs_calibration and isinstance(q.spec.granularity, PerTensor):
+            current[name] = q.calibrator_config
+    for point, quantizers in point_quantizers(stats.quantized).items():
+        if all(q.needs_calibration and isinstance(q.spec.granularity, PerTensor) for q in quantizers):
+            current[point] = quantizers[0].calibrator_config
+    for name in current:
+        chosen = recipe.overrides.get(literal_pattern(name), {}).get("activation_calibrator")
+        if chosen is not None:
+            current[name] = chosen
+    return current
+
+
+def _with_calibrator(recipe: Recipe, name: str, config: CalibratorConfig) -> Recipe:
+    """`recipe` with the unit `name` (exact name) given activation calibrator `config`."""
+    pattern = literal_pattern(name)
+    overrides = {**recipe.overrides, pattern: {**recipe.overrides.get(pattern, {}), "activation_calibrator": config}}
+    return recipe.replace(overrides=overrides)
+
+
+def _repair_calibrators(
+    base: Recipe,
+    metric: float,
+    ranked: list[str],
+    harm: dict[str, float],
+    tunable: dict[str, CalibratorConfig],
+    candidates: Sequence[CalibratorConfig | dict | str],
+    measure: Callable[[Recipe], float],
+    loss: Callable[[float], float],
+    allowed: float,
+) -> tuple[Recipe, float, dict[str, Any]]:
+    """Walk the units most harmful first; give each the candidate calibrator with the best task metric.
+
+    Stops as soon as the loss is within `allowed`. A unit whose sensitivity harm is not positive is passed
+    over: leaving it in float does not help, so neither will another range. Costs one evaluation per unit
+    and candidate.
+
+    Returns:
+        The repaired recipe, its metric, and `{unit: (calibrator, note)}` plus `"tried": [(metric, recipe)]`.
+    """
+    configs = [CalibratorConfig.from_dict(c) for c in candidates]
+    repairs: dict[str, Any] = {"tried": []}
+    for rank, name in enumerate(ranked, 1):
+        if loss(metric) <= allowed + 1e-12:
+            break
+        if harm[name] <= 0 or name not in tunable:
+            continue
+        scores = {calibrator_label(tunable[name]): metric}
+        best: tuple[Recipe, float, CalibratorConfig] | None = None
+        for config in configs:
+            if config == tunable[name]:
+                continue
+            trial = _with_calibrator(base, name, config)
+            try:
+                trial_metric = measure(trial)
+            except ValueError:
+                continue  # the stored statistics cannot give this calibrator for this spec
+            scores[calibrator_label(config)] = trial_metric
+            if loss(trial_metric) < loss(metric if best is None else best[1]):
+                best = (trial, trial_metric, config)
+        if best is None:
+            continue
+        base, metric = best[0], best[1]
+        repairs["tried"].append((metric, base))
+        listed = ", ".join(
+            f"{label} {value:.6g}" for label, value in sorted(scores.items(), key=lambda kv: loss(kv[1]))
+        )
+        repairs[name] = (
+            best[2],
+            f"activation calibrator {calibrator_label(best[2])}: best task metric of the candidates ({listed}; "
+            f"sensitivity rank {rank})",
+        )
+    return base, metric, repairs
+
+
+def _check_statistics(statistics: Any, recipe: Recipe, keep_inputs: bool) -> CalibrationStatistics:
+    """`statistics` if they were gathered for `recipe` (up to name and notes), else a clear error."""
+    if not isinstance(statistics, CalibrationStatistics):
+        kind = type(statistics).__name__
+        raise TypeError(f"statistics must be quantpilot.analysis.CalibrationStatistics, got {kind}")
+    if statistics.recipe.replace(name="", notes={}) != recipe.replace(name="", notes={}):
+        raise ValueError(
+            "statistics were gathered for another recipe than the one select quantizes "
+            f"(ops {list(statistics.recipe.ops)} vs {list(recipe.ops)}); gather them with "
+            "CalibrationStatistics(model, recipe, batches, keep_inputs=True), where for strategy='selective' "
+            "recipe is selection.with_functional_ops(model, recipe)[0]"
+        )
+    if keep_inputs and not statistics.inputs:
+        raise ValueError("strategy='selective' needs statistics gathered with keep_inputs=True (layer inputs)")
+    return statistics
+
+
 def select(
     model: nn.Module,
     recipe: Recipe | str,
@@ -226,8 +328,19 @@ def select(
     top_k: int | None = None,
     candidates: Sequence[CalibratorConfig | dict | str] = CANDIDATE_CALIBRATORS,
     progress: bool | None = None,
+    statistics: CalibrationStatistics | None = None,
 ) -> Recipe:
     """Find a recipe whose quantized model stays within `budget` of the float model's metric.
+
+    hybrid: leave the most harmful layers in float (greedily, in sensitivity order) until the budget is met,
+    then give back to int8 any float layer the budget does not need.
+
+    selective: int8-preserving fixes first, float layers only for what they cannot fix, because a float
+    layer costs an engine its int8 kernel and the fusions around it (on OpenVINO a float layer between
+    int8 ones adds a dequantize and a quantize too). In order: quantize the functional ops the model has
+    (residual adds, attention matmuls); give every layer and point the calibrator with the least output
+    MSE (kept only if the metric agrees); then, for the most harmful units by sensitivity, try every
+    candidate calibrator on the task metric and keep the best; only then hybrid's float layers.
 
     Args:
         model: the float model (not modified).
@@ -236,14 +349,17 @@ def select(
         eval_fn: `eval_fn(model) -> float` on held-out data, higher is better unless `lower_is_better`.
         budget: allowed loss of metric: a fraction of the FP32 metric when `relative` (0.005 = 0.5 %),
             else an absolute amount.
-        strategy: "selective" (per-layer calibrators, then float layers) or "hybrid" (float layers only).
+        strategy: "selective" (functional ops, per-layer calibrators, then float layers) or "hybrid"
+            (float layers only).
         lower_is_better: the metric is a loss or error rate.
         relative: read `budget` as a fraction of |FP32 metric|.
-        rank_by: the sensitivity sweep that orders the float-layer candidates ("one-at-a-time" or
-            "leave-one-out").
-        top_k: consider only the `top_k` layers with the lowest output SQNR as float candidates.
+        rank_by: the sensitivity sweep that orders the units to fix ("one-at-a-time" or "leave-one-out").
+        top_k: consider only the `top_k` layers with the lowest output SQNR for calibrator repair and float.
         candidates: activation calibrators a selective recipe chooses from.
         progress: show progress bars (default: on an interactive terminal outside CI).
+        statistics: `CalibrationStatistics` already gathered on these batches for the recipe select
+            quantizes (for "selective": `with_functional_ops(model, recipe)[0]`, with `keep_inputs=True`);
+            saves the calibration pass, and lets the caller build the result from the same statistics.
 
     Returns:
         A `Recipe` (YAML/JSON-serialisable): the float layers in `skip`, per-layer calibrators in
@@ -251,7 +367,8 @@ def select(
         was met and, when it was not, the best metric found and the gap (a warning says so too).
 
     Raises:
-        ValueError: a negative budget, unknown strategy or rank_by, empty calibration data.
+        ValueError: a negative budget, unknown strategy or rank_by, empty calibration data, statistics
+            gathered for another recipe.
 
     Example:
         >>> import torch, quantpilot as qp
@@ -271,61 +388,87 @@ def select(
     recipe = Recipe.preset(recipe) if isinstance(recipe, str) else recipe
     if not isinstance(recipe, Recipe):
         raise TypeError(f"recipe must be a quantpilot.Recipe or a preset name, got {type(recipe).__name__}")
+    selective = strategy == "selective"
     batches = list(calib_batches)
     notes: dict[str, str] = {}
     quantized = recipe
-    if strategy == "selective":
+    if selective:
         quantized, notes = with_functional_ops(model, recipe)
-    stats = CalibrationStatistics(model, quantized, batches, keep_inputs=strategy == "selective")
+    if statistics is None:
+        stats = CalibrationStatistics(model, quantized, batches, keep_inputs=selective)
+    else:
+        stats = _check_statistics(statistics, quantized, keep_inputs=selective)
     float_metric = check_metric(eval_fn(model), "eval_fn(float model)")
     allowed = budget * abs(float_metric) if relative else float(budget)
 
-    def within(metric: float) -> bool:
-        return harm_of(metric, float_metric, lower_is_better) <= allowed + 1e-12
+    def loss(metric: float) -> float:
+        return harm_of(metric, float_metric, lower_is_better)
 
-    def measure(floats: Sequence[str]) -> float:
-        return check_metric(eval_fn(stats.build(variant(base, floats))), "eval_fn(quantized model)")
+    def within(metric: float) -> bool:
+        return loss(metric) <= allowed + 1e-12
+
+    def measure(candidate: Recipe, floats: Sequence[str] = ()) -> float:
+        return check_metric(eval_fn(stats.build(variant(candidate, floats))), "eval_fn(quantized model)")
 
     base = quantized
-    if strategy == "selective":
-        base, calibrator_notes = _with_calibrators(quantized, choose_calibrators(stats, quantized, candidates), stats)
-        notes.update(calibrator_notes)
-    units = quantization_units(stats.quantized)
+    metric = measure(base)
+    if selective:
+        tuned, calibrator_notes = _with_calibrators(quantized, choose_calibrators(stats, quantized, candidates), stats)
+        if calibrator_notes:
+            tuned_metric = measure(tuned)
+            if loss(tuned_metric) <= loss(metric):
+                base, metric = tuned, tuned_metric
+                notes.update(calibrator_notes)
+            else:
+                notes["calibrators:output-mse"] = (
+                    f"not used: the least-output-MSE calibrators scored {tuned_metric:.6g}, "
+                    f"the recipe's own {metric:.6g}"
+                )
     floats: list[str] = []
     harm: dict[str, float] = {}
-    metric = measure(floats)
-    tried = [(metric, [])]
+    tried = [(metric, [], base)]
+    repairs: dict[str, Any] = {}
     if not within(metric):
         report = sensitivity(
             model, base, batches, eval_fn, mode=rank_by, lower_is_better=lower_is_better,
             top_k=top_k, progress=progress, statistics=stats, reference_metrics=(float_metric, metric),
         )  # fmt: skip
         harm = {row.name: row.harm for row in report.rows}
+        if selective:
+            # Int8-preserving repair first: a unit whose range is poorly chosen may only need another calibrator.
+            base, metric, repairs = _repair_calibrators(
+                base, metric, report.names(), harm, _tunable_units(stats, base), candidates, measure, loss, allowed
+            )
+            tried += [(m, [], r) for m, r in repairs.pop("tried")]
         for name in report.names():
-            if len(floats) + 1 >= len(units):
+            if within(metric) or len(floats) + 1 >= len(quantization_units(stats.quantized)):
                 break  # leaving every layer in float is the float model, not a quantization recipe
             floats.append(name)
-            metric = measure(floats)
-            tried.append((metric, list(floats)))
-            if within(metric):
-                break
+            metric = measure(base, floats)
+            tried.append((metric, list(floats), base))
         if within(metric):
             # Greedy additions can overshoot: give back to int8 any float layer the budget does not need.
             for name in list(floats)[:-1][::-1]:
                 trial = [n for n in floats if n != name]
-                trial_metric = measure(trial)
+                trial_metric = measure(base, trial)
                 if within(trial_metric):
                     floats, metric = trial, trial_metric
     if not within(metric):
-        metric, floats = min(tried, key=lambda t: (harm_of(t[0], float_metric, lower_is_better), len(t[1])))
+        metric, floats, base = min(tried, key=lambda t: (loss(t[0]), len(t[1])))
+    units = quantization_units(stats.quantized)
     ranks = {name: rank for rank, name in enumerate(sorted(harm, key=harm.get, reverse=True), 1)}
     for name in floats:
         notes.pop(name, None)
         notes[name] = f"left in float: sensitivity rank {ranks[name]} ({rank_by} harm {harm[name]:.4g})"
-    gap = harm_of(metric, float_metric, lower_is_better) - allowed
+    repaired = 0
+    for name, (config, note) in repairs.items():
+        if name not in floats and base.overrides.get(literal_pattern(name), {}).get("activation_calibrator") == config:
+            notes[name], repaired = note, repaired + 1  # only repairs the returned recipe really contains
+    gap = loss(metric) - allowed
     summary = (
-        f"FP32 metric {float_metric:.6g}, this recipe {metric:.6g} with {len(floats)} of {len(units)} layers in float "
-        f"(strategy {strategy}, budget {budget:g}{' relative' if relative else ''}, allowed loss {allowed:.4g})"
+        f"FP32 metric {float_metric:.6g}, this recipe {metric:.6g} with {len(floats)} of {len(units)} layers in float"
+        + (f" and {repaired} calibrators chosen by the task metric" if selective else "")
+        + f" (strategy {strategy}, budget {budget:g}{' relative' if relative else ''}, allowed loss {allowed:.4g})"
     )
     if within(metric):
         notes["select"] = "met the budget: " + summary

@@ -5,7 +5,14 @@ import yaml
 import quantpilot as qp
 from quantpilot.models.digits_cnn import accuracy, digits_splits, train_digits_cnn
 from quantpilot.models.resnet import ResNet
-from quantpilot.selection import calibrator_label, choose_calibrators
+from quantpilot.nn.tensor_quantizer import CalibratorConfig
+from quantpilot.selection import (
+    CANDIDATE_CALIBRATORS,
+    _repair_calibrators,
+    calibrator_label,
+    choose_calibrators,
+    with_functional_ops,
+)
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +128,84 @@ def test_selective_quantizes_residual_adds_and_tunes_their_calibrators(tmp_path)
         net, recipe, data, closeness, mode="leave-one-out", layers=["blocks.0:add", "head"]
     )
     assert sorted(report.names()) == ["blocks.0:add", "head"]
+
+
+def _spiky_net():
+    """Layer "2" sees one input channel that is 0 or 10..30 (5 % of rows) beside channels in [0, 3]; the
+    metric reads only the output that channel drives. A clipping calibrator (percentile 99) ruins it; any
+    calibrator keeping the whole range repairs it in int8."""
+    torch.manual_seed(0)
+
+    def data(n):
+        x = torch.randn(n, 16).clamp(-3, 3)
+        x[:, 0] = torch.where(torch.rand(n) < 0.05, 1.5 + 0.5 * torch.rand(n), torch.zeros(n))
+        return x
+
+    net = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2)).eval()
+    with torch.no_grad():
+        net[0].weight.copy_(torch.eye(16))
+        net[0].weight[0, 0], net[0].bias[:] = 40.0, 0.0
+        net[0].bias[0] = -50.0
+        net[2].weight.zero_()
+        net[2].weight[0, 0], net[2].weight[1, 1:], net[2].bias[:] = 1.0, 3.0, 0.0
+        test = data(2048)
+        reference = net(test)[:, 0]
+
+    def score(m):  # higher is better: minus the mean absolute error of output 0
+        with torch.no_grad():
+            return -float((m(test)[:, 0] - reference).abs().mean())
+
+    return net, [data(512)], score
+
+
+CLIPPING = qp.Recipe(activation_calibrator={"kind": "histogram", "method": "percentile", "percentile": 99.0})
+
+
+def test_selective_repairs_in_int8_where_hybrid_leaves_a_layer_float():
+    net, calib, score = _spiky_net()
+    hybrid = qp.select(net, CLIPPING, calib, score, budget=0.02, relative=False, strategy="hybrid")
+    selective = qp.select(net, CLIPPING, calib, score, budget=0.02, relative=False)
+    assert hybrid.skip == ("2",)  # the clipped layer is the one that hurts
+    assert selective.skip == () and selective.notes["select"].startswith("met the budget")
+    assert selective.overrides["2"]["activation_calibrator"] != CLIPPING.activation_calibrator
+    stats = qp.analysis.CalibrationStatistics(net, CLIPPING, calib)
+    assert -score(stats.build(selective)) <= 0.02 < -score(stats.build(CLIPPING))
+
+
+def test_calibrator_repair_goes_by_the_task_metric_most_harmful_first_and_stops_at_the_budget():
+    mse = CalibratorConfig("histogram", {"method": "mse"})
+    good = {"a": CalibratorConfig("minmax"), "b": CalibratorConfig("histogram", {"method": "entropy"})}
+    calls = []
+
+    def measure(recipe):  # one point lost per unit without its good calibrator ("c" has none)
+        calls.append(recipe)
+        chosen = {u: recipe.overrides.get(u, {}).get("activation_calibrator") for u in ("a", "b")}
+        return -float(sum(chosen[u] != good[u] for u in good)) - 1.0
+
+    harm = {"a": 0.5, "b": 0.3, "c": 0.0}
+    tunable = {"a": mse, "b": mse, "c": mse}
+    args = (["a", "b", "c"], harm, tunable, CANDIDATE_CALIBRATORS, measure, lambda m: -m)
+    recipe, metric, repairs = _repair_calibrators(qp.Recipe(), -3.0, *args, allowed=1.0)
+    assert metric == -1.0 and len(calls) == 6  # three other candidates for "a", three for "b", none for "c"
+    assert {u: recipe.overrides[u]["activation_calibrator"] for u in good} == good
+    assert repairs["a"][0] == good["a"] and "best task metric" in repairs["a"][1]
+    calls.clear()
+    _, metric, repairs = _repair_calibrators(qp.Recipe(), -3.0, *args, allowed=2.0)
+    assert metric == -2.0 and len(calls) == 3 and "b" not in repairs  # within budget after "a": stops
+
+
+def test_select_reuses_given_statistics_and_refuses_mismatched_ones():
+    net, calib, score = _spiky_net()
+    quantized, _ = with_functional_ops(net, CLIPPING)
+    stats = qp.analysis.CalibrationStatistics(net, quantized, calib, keep_inputs=True)
+    kwargs = {"budget": 0.02, "relative": False}
+    reused = qp.select(net, CLIPPING, calib, score, statistics=stats, **kwargs)
+    assert reused == qp.select(net, CLIPPING, calib, score, **kwargs)
+    assert -score(stats.build(reused)) <= 0.02  # the final model comes from the same statistics
+    with pytest.raises(ValueError, match="keep_inputs"):
+        qp.select(net, CLIPPING, calib, score, statistics=qp.analysis.CalibrationStatistics(net, quantized, calib))
+    other = qp.analysis.CalibrationStatistics(net, quantized.replace(activation_calibrator="minmax"), calib)
+    with pytest.raises(ValueError, match="another recipe"):
+        qp.select(net, CLIPPING, calib, score, strategy="hybrid", statistics=other)
+    with pytest.raises(TypeError, match="CalibrationStatistics"):
+        qp.select(net, CLIPPING, calib, score, statistics={"not": "statistics"})
