@@ -43,9 +43,21 @@ from .nn.tensor_quantizer import CalibratorConfig, TensorQuantizer
 from .recipe import FUNCTIONAL_OPS, Recipe
 from .spec import PerTensor
 
-__all__ = ["select", "choose_calibrators", "calibrator_label", "CANDIDATE_CALIBRATORS", "STRATEGIES"]
+__all__ = [
+    "select",
+    "choose_calibrators",
+    "calibrator_label",
+    "smoothquant_alpha",
+    "CANDIDATE_CALIBRATORS",
+    "STRATEGIES",
+    "SMOOTHING_ALPHAS",
+]
 
 STRATEGIES = ("hybrid", "selective")
+# The SmoothQuant migration strengths selective tries (0.5: the paper's default; 0.8: all-MiniLM-L6-v2's
+# outlier channels, measured in benchmarks/bench_engines.py), and the note that records the choice.
+SMOOTHING_ALPHAS = (0.5, 0.8)
+SMOOTHQUANT_NOTE = "smoothquant"
 
 # The activation calibrators a selective recipe picks from (all derivable from one histogram pass).
 CANDIDATE_CALIBRATORS = (
@@ -242,6 +254,65 @@ def _with_calibrator(recipe: Recipe, name: str, config: CalibratorConfig) -> Rec
     return recipe.replace(overrides=overrides)
 
 
+def _tuned_start(
+    stats: CalibrationStatistics,
+    quantized: Recipe,
+    candidates: Sequence[CalibratorConfig | dict | str],
+    selective: bool,
+    measure: Callable[..., float],
+    loss: Callable[[float], float],
+) -> tuple[Recipe, float, dict[str, str]]:
+    """The recipe to start from and its metric: for selective, the least-output-MSE calibrators if the task
+    metric agrees they help (they rank ranges by each layer's own output, not by the metric)."""
+    metric = measure(quantized)
+    if not selective:
+        return quantized, metric, {}
+    tuned, notes = _with_calibrators(quantized, choose_calibrators(stats, quantized, candidates), stats)
+    if not notes:
+        return quantized, metric, {}
+    tuned_metric = measure(tuned)
+    if loss(tuned_metric) <= loss(metric):
+        return tuned, tuned_metric, notes
+    why = f"not used: they scored {tuned_metric:.6g}, the recipe's own calibrators {metric:.6g}"
+    return quantized, metric, {"calibrators:output-mse": why}
+
+
+def _smoothing_notes(notes: dict[str, str], alpha: float | None) -> dict[str, str]:
+    """The start notes with the SmoothQuant trials folded into one "smoothquant" note (what to build with)."""
+    trials = {k: v for k, v in notes.items() if k.startswith("smoothquant alpha ")}
+    out = {k: v for k, v in notes.items() if k not in trials}
+    if not trials:
+        return out
+    tried = "; ".join(f"{k.removeprefix('smoothquant ')}: {v}" for k, v in trials.items())
+    if alpha is None:
+        out[SMOOTHQUANT_NOTE] = f"not used: no alpha improved the metric ({tried})"
+    else:
+        out[SMOOTHQUANT_NOTE] = (
+            f"alpha={alpha:g}: build with qp.algorithms.smoothquant(model, calib_batches, alpha={alpha:g}, "
+            f"recipe=this recipe); quantize/calibrate/freeze alone do not smooth ({tried})"
+        )
+    return out
+
+
+def smoothquant_alpha(recipe: Recipe) -> float | None:
+    """The SmoothQuant alpha `select` chose for `recipe` (its "smoothquant" note), or None.
+
+    A `Recipe` has no field for smoothing (`quantize` does not smooth), so `select` records the choice
+    in `notes`; build such a recipe with `qp.algorithms.smoothquant(model, batches, alpha, recipe=recipe)`.
+
+    Example:
+        >>> import quantpilot as qp
+        >>> smoothquant_alpha(qp.Recipe(notes={"smoothquant": "alpha=0.8: build with ..."}))
+        0.8
+        >>> smoothquant_alpha(qp.Recipe()) is None
+        True
+    """
+    note = recipe.notes.get(SMOOTHQUANT_NOTE, "")
+    if not note.startswith("alpha="):
+        return None
+    return float(note.removeprefix("alpha=").split(":", 1)[0])
+
+
 def _repair_calibrators(
     base: Recipe,
     metric: float,
@@ -329,6 +400,7 @@ def select(
     candidates: Sequence[CalibratorConfig | dict | str] = CANDIDATE_CALIBRATORS,
     progress: bool | None = None,
     statistics: CalibrationStatistics | None = None,
+    smoothing: Sequence[float] = SMOOTHING_ALPHAS,
 ) -> Recipe:
     """Find a recipe whose quantized model stays within `budget` of the float model's metric.
 
@@ -360,6 +432,10 @@ def select(
         statistics: `CalibrationStatistics` already gathered on these batches for the recipe select
             quantizes (for "selective": `with_functional_ops(model, recipe)[0]`, with `keep_inputs=True`);
             saves the calibration pass, and lets the caller build the result from the same statistics.
+        smoothing: SmoothQuant alphas a selective search tries (on every Linear with quantized
+            activations) when the calibrators alone miss the budget; () never smooths. The chosen alpha
+            is in `notes["smoothquant"]` (`smoothquant_alpha(recipe)` reads it): build that recipe with
+            `qp.algorithms.smoothquant(model, calib_batches, alpha, recipe=recipe)`.
 
     Returns:
         A `Recipe` (YAML/JSON-serialisable): the float layers in `skip`, per-layer calibrators in
@@ -385,6 +461,10 @@ def select(
         raise ValueError(f"budget must be a finite number >= 0 (e.g. 0.005 for 0.5 %), got {budget!r}")
     if not callable(eval_fn):
         raise TypeError("eval_fn must be a function model -> float")
+    if isinstance(smoothing, str) or any(
+        isinstance(a, bool) or not isinstance(a, int | float) or not 0 <= a <= 1 for a in smoothing
+    ):
+        raise ValueError(f"smoothing must be a list of SmoothQuant alphas in [0, 1] (or ()), got {smoothing!r}")
     recipe = Recipe.preset(recipe) if isinstance(recipe, str) else recipe
     if not isinstance(recipe, Recipe):
         raise TypeError(f"recipe must be a quantpilot.Recipe or a preset name, got {type(recipe).__name__}")
@@ -410,20 +490,23 @@ def select(
     def measure(candidate: Recipe, floats: Sequence[str] = ()) -> float:
         return check_metric(eval_fn(stats.build(variant(candidate, floats))), "eval_fn(quantized model)")
 
-    base = quantized
-    metric = measure(base)
-    if selective:
-        tuned, calibrator_notes = _with_calibrators(quantized, choose_calibrators(stats, quantized, candidates), stats)
-        if calibrator_notes:
-            tuned_metric = measure(tuned)
-            if loss(tuned_metric) <= loss(metric):
-                base, metric = tuned, tuned_metric
-                notes.update(calibrator_notes)
-            else:
-                notes["calibrators:output-mse"] = (
-                    f"not used: the least-output-MSE calibrators scored {tuned_metric:.6g}, "
-                    f"the recipe's own {metric:.6g}"
-                )
+    base, metric, start_notes = _tuned_start(stats, quantized, candidates, selective, measure, loss)
+    if selective and not within(metric):
+        # SmoothQuant keeps every layer int8: try it before anything that costs float layers. Its statistics
+        # are new (the smoothed inputs have other ranges), gathered once per alpha.
+        best, trials, unsmoothed = stats, {}, metric
+        for alpha in smoothing:
+            try:
+                stats = CalibrationStatistics(model, quantized, batches, keep_inputs=True, smoothing=alpha)
+            except ValueError:
+                break  # no Linear with quantized activations: nothing to smooth
+            trial = _tuned_start(stats, quantized, candidates, selective, measure, loss)
+            trials[f"smoothquant alpha {alpha:g}"] = f"{trial[1]:.6g} (without smoothing {unsmoothed:.6g})"
+            if loss(trial[1]) < loss(metric):
+                best, (base, metric, start_notes) = stats, trial
+        stats = best
+        start_notes = {**start_notes, **trials}
+    notes.update(_smoothing_notes(start_notes, stats.alpha))
     floats: list[str] = []
     harm: dict[str, float] = {}
     tried = [(metric, [], base)]
@@ -468,6 +551,7 @@ def select(
     summary = (
         f"FP32 metric {float_metric:.6g}, this recipe {metric:.6g} with {len(floats)} of {len(units)} layers in float"
         + (f" and {repaired} calibrators chosen by the task metric" if selective else "")
+        + (f", SmoothQuant alpha {stats.alpha:g}" if stats.alpha is not None else "")
         + f" (strategy {strategy}, budget {budget:g}{' relative' if relative else ''}, allowed loss {allowed:.4g})"
     )
     if within(metric):

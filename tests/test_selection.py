@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 import yaml
@@ -8,9 +10,11 @@ from quantpilot.models.resnet import ResNet
 from quantpilot.nn.tensor_quantizer import CalibratorConfig
 from quantpilot.selection import (
     CANDIDATE_CALIBRATORS,
+    SMOOTHING_ALPHAS,
     _repair_calibrators,
     calibrator_label,
     choose_calibrators,
+    smoothquant_alpha,
     with_functional_ops,
 )
 
@@ -209,3 +213,34 @@ def test_select_reuses_given_statistics_and_refuses_mismatched_ones():
         qp.select(net, CLIPPING, calib, score, strategy="hybrid", statistics=other)
     with pytest.raises(TypeError, match="CalibrationStatistics"):
         qp.select(net, CLIPPING, calib, score, statistics={"not": "statistics"})
+
+
+def test_selective_smooths_outlier_channels_instead_of_leaving_layers_float():
+    torch.manual_seed(0)
+    scales = torch.ones(32)
+    scales[:2] = 60.0  # two outlier input channels, as a transformer's LayerNorm outputs have
+    net = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.GELU(), torch.nn.Linear(32, 8)).eval()
+    calib = [torch.randn(128, 32) * scales for _ in range(2)]
+    test = torch.randn(512, 32) * scales
+    with torch.no_grad():
+        reference = net(test)
+
+    def score(m):  # minus the relative output MSE against FP32
+        with torch.no_grad():
+            return -float((m(test) - reference).pow(2).mean() / reference.pow(2).mean())
+
+    kwargs = {"budget": 1.3e-3, "relative": False}
+    assert qp.select(net, qp.Recipe(), calib, score, strategy="hybrid", **kwargs).skip != ()
+    recipe = qp.select(net, qp.Recipe(), calib, score, **kwargs)
+    assert recipe.skip == () and recipe.notes["select"].startswith("met the budget")
+    alpha = smoothquant_alpha(recipe)
+    assert alpha in SMOOTHING_ALPHAS and "qp.algorithms.smoothquant" in recipe.notes["smoothquant"]
+    # Built the way the note says, the recipe meets the budget; without smoothing it does not.
+    assert -score(qp.algorithms.smoothquant(net, calib, alpha=alpha, recipe=recipe)) <= 1.3e-3
+    assert -score(qp.analysis.CalibrationStatistics(net, recipe, calib).build(recipe)) > 1.3e-3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # without smoothing the search may miss: that is not the point here
+        unsmoothed = qp.select(net, qp.Recipe(), calib, score, smoothing=(), **kwargs)
+    assert smoothquant_alpha(unsmoothed) is None and "smoothquant" not in unsmoothed.notes
+    with pytest.raises(ValueError, match="alphas"):
+        qp.select(net, qp.Recipe(), calib, score, smoothing=(1.5,))

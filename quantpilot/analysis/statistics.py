@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 from ..api import calibrate, freeze, quantize, quantized_layers
-from ..batches import call_model
+from ..batches import call_model, eval_mode
 from ..calibrators import Calibrator, Histogram, MinMax
-from ..nn import TensorQuantizer
+from ..nn import QuantLinear, TensorQuantizer
 from ..nn.attention import AttentionQuantizers
 from ..nn.residual_add import QuantAdd
 from ..nn.tensor_quantizer import CalibratorConfig
@@ -85,6 +85,11 @@ class CalibrationStatistics:
         keep_inputs: also keep each quantized layer's float input (up to `input_budget` values per
             layer), for output-error measurements such as `select`'s calibrator choice.
         input_budget: values kept per layer when `keep_inputs`.
+        smoothing: a SmoothQuant alpha in [0, 1]: every quantized Linear with quantized activations (and a
+            weight of its own, not tied) gets `QuantLinear.smooth` with the factors
+            `algorithms.smoothquant.smoothing_factors` computes from the float inputs' per-channel max |x|
+            (one extra pass over `batches`), before calibration, in the statistics' model and in every
+            model `build` returns: what `qp.algorithms.smoothquant(model, batches, alpha, recipe)` gives.
 
     Attributes:
         model: the float model.
@@ -92,6 +97,8 @@ class CalibrationStatistics:
         quantized: the quantized, calibrated, *unfrozen* model the statistics came from.
         inputs: `{layer name: [float input tensors]}` when `keep_inputs`; functional points (residual
             adds, attention matmuls) are kept per quantizer, under the quantizer's qualified name.
+        smoothing: `{layer name: smoothing factors}` (empty without `smoothing`).
+        alpha: the SmoothQuant alpha, or None.
 
     Example:
         >>> import torch, quantpilot as qp
@@ -108,14 +115,25 @@ class CalibrationStatistics:
         *,
         keep_inputs: bool = False,
         input_budget: int = DEFAULT_INPUT_BUDGET,
+        smoothing: float | None = None,
     ) -> None:
+        if smoothing is not None and (
+            isinstance(smoothing, bool) or not isinstance(smoothing, int | float) or not 0.0 <= smoothing <= 1.0
+        ):
+            raise ValueError(f"smoothing must be a SmoothQuant alpha in [0, 1] or None, got {smoothing!r}")
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(recipe, Recipe):
             raise TypeError(f"recipe must be a quantpilot.Recipe, got {type(recipe).__name__}")
         self.model = model
         self.recipe = recipe
+        batches = list(batches)
         self.quantized = quantize(model, recipe)
+        self.alpha = None if smoothing is None else float(smoothing)
+        self.smoothing: dict[str, torch.Tensor] = {}
+        if self.alpha is not None:
+            self.smoothing = _smoothing_factors(model, self.quantized, batches, self.alpha)
+            _smooth(self.quantized, self.smoothing)
         quantizers = _static_quantizers(self.quantized)
         self._histograms: dict[str, Histogram] = {}
         self.inputs: dict[str, list[torch.Tensor]] = {}
@@ -243,9 +261,62 @@ class CalibrationStatistics:
         if not isinstance(recipe, Recipe):
             raise TypeError(f"recipe must be a quantpilot.Recipe, got {type(recipe).__name__}")
         qmodel = quantize(self.model, recipe)
+        _smooth(qmodel, self.smoothing)
         for name, q in _static_quantizers(qmodel).items():
             q.calibrator = self.calibrator_for(name, q.calibrator_config, q.spec)
         return freeze(qmodel)
+
+
+def _smoothing_factors(
+    model: nn.Module, qmodel: nn.Module, batches: list[Any], alpha: float
+) -> dict[str, torch.Tensor]:
+    """SmoothQuant factors of every quantized Linear of `qmodel` with quantized activations and an own weight."""
+    from ..algorithms.smoothquant import smoothing_factors
+
+    counts: dict[int, int] = {}
+    for _, p in qmodel.named_parameters(remove_duplicate=False):
+        counts[id(p)] = counts.get(id(p), 0) + 1
+    targets = {
+        name: layer
+        for name, layer in quantized_layers(qmodel)
+        if isinstance(layer, QuantLinear) and _quantizes_input(layer) and counts[id(layer.weight)] == 1
+    }
+    if not targets:
+        raise ValueError("smoothing needs a quantized Linear layer with quantized activations; this recipe has none")
+    amax: dict[str, torch.Tensor] = {}
+
+    def keeper(name: str):
+        def hook(_module, args):
+            x = args[0].detach().float()
+            seen = x.reshape(-1, x.shape[-1]).abs().amax(dim=0)
+            amax[name] = seen if name not in amax else torch.maximum(amax[name], seen)
+
+        return hook
+
+    # The float model's own layers see the same inputs as the quantized model's during calibration.
+    modules = dict(model.named_modules())
+    hooks = [modules[name].register_forward_pre_hook(keeper(name)) for name in targets if name in modules]
+    try:
+        with eval_mode(model), torch.no_grad():
+            for batch in batches:
+                call_model(model, batch)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {name: smoothing_factors(amax[name], layer.weight, alpha) for name, layer in targets.items() if name in amax}
+
+
+def _smooth(qmodel: nn.Module, factors: dict[str, torch.Tensor]) -> None:
+    """Apply stored smoothing factors to the layers of `qmodel` that are quantized Linears with quantized inputs."""
+    if not factors:
+        return
+    for name, layer in quantized_layers(qmodel):
+        if name in factors and isinstance(layer, QuantLinear) and _quantizes_input(layer):
+            layer.smooth(factors[name])
+
+
+def _quantizes_input(layer: nn.Module) -> bool:
+    return getattr(getattr(layer, "input_quantizer", None), "spec", None) is not None
 
 
 def _is_histogram(config: CalibratorConfig) -> bool:

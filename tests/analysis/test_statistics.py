@@ -65,3 +65,24 @@ def test_kept_inputs_respect_the_budget():
     stats = CalibrationStatistics(_net(), qp.Recipe(), _batches(), keep_inputs=True, input_budget=100)
     assert sum(t.numel() for t in stats.inputs["0"]) <= 100 + 6
     assert sum(t.numel() for t in stats.inputs["0"]) >= 6
+
+
+def test_smoothed_statistics_build_what_smoothquant_gives():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+    data = [torch.randn(32, 16) * torch.linspace(0.1, 20, 16) for _ in range(3)]
+    recipe = qp.Recipe(skip=("2",))
+    stats = CalibrationStatistics(net, recipe, data, smoothing=0.8)
+    assert sorted(stats.smoothing) == ["0"] and stats.alpha == 0.8
+    expected = qp.algorithms.smoothquant(net, data, alpha=0.8, recipe=recipe)
+    built = stats.build(recipe)
+    x = torch.randn(64, 16) * 5
+    assert torch.equal(built[0].input_smoothing, expected[0].input_smoothing)
+    assert torch.equal(built(x), expected(x))
+    assert not torch.equal(built(x), CalibrationStatistics(net, recipe, data).build(recipe)(x))
+
+
+@pytest.mark.parametrize("alpha", [1.5, -0.1, True], ids=["above-one", "negative", "bool"])
+def test_smoothing_alpha_is_checked(alpha):
+    with pytest.raises(ValueError, match="alpha"):
+        CalibrationStatistics(_net(), qp.Recipe(), _batches(), smoothing=alpha)
