@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..api import calibrate, freeze, quantize, quantized_layers
-from ..batches import call_model, eval_mode
+from ..batches import call_model
 from ..calibrators import Calibrator, Histogram, MinMax
 from ..nn import QuantLinear, TensorQuantizer
 from ..nn.attention import AttentionQuantizers
@@ -270,39 +270,19 @@ class CalibrationStatistics:
 def _smoothing_factors(
     model: nn.Module, qmodel: nn.Module, batches: list[Any], alpha: float
 ) -> dict[str, torch.Tensor]:
-    """SmoothQuant factors of every quantized Linear of `qmodel` with quantized activations and an own weight."""
-    from ..algorithms.smoothquant import smoothing_factors
+    """SmoothQuant factors of every quantized Linear of `qmodel` with quantized activations and an own weight,
+    from the float model's inputs: the layers and statistics `algorithms.smoothquant` uses."""
+    from ..algorithms.smoothquant import _input_statistics, _shared_parameters, smoothing_factors
 
-    counts: dict[int, int] = {}
-    for _, p in qmodel.named_parameters(remove_duplicate=False):
-        counts[id(p)] = counts.get(id(p), 0) + 1
+    tied = _shared_parameters(qmodel)
     targets = {
         name: layer
         for name, layer in quantized_layers(qmodel)
-        if isinstance(layer, QuantLinear) and _quantizes_input(layer) and counts[id(layer.weight)] == 1
+        if isinstance(layer, QuantLinear) and _quantizes_input(layer) and id(layer.weight) not in tied
     }
     if not targets:
         raise ValueError("smoothing needs a quantized Linear layer with quantized activations; this recipe has none")
-    amax: dict[str, torch.Tensor] = {}
-
-    def keeper(name: str):
-        def hook(_module, args):
-            x = args[0].detach().float()
-            seen = x.reshape(-1, x.shape[-1]).abs().amax(dim=0)
-            amax[name] = seen if name not in amax else torch.maximum(amax[name], seen)
-
-        return hook
-
-    # The float model's own layers see the same inputs as the quantized model's during calibration.
-    modules = dict(model.named_modules())
-    hooks = [modules[name].register_forward_pre_hook(keeper(name)) for name in targets if name in modules]
-    try:
-        with eval_mode(model), torch.no_grad():
-            for batch in batches:
-                call_model(model, batch)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    amax, _ = _input_statistics(model, set(targets), batches)
     return {name: smoothing_factors(amax[name], layer.weight, alpha) for name, layer in targets.items() if name in amax}
 
 
