@@ -1,7 +1,8 @@
 """bench-llm: LLM weight quantization methods on the WikiText-2 testbed GPT-2, in one table.
 
-Rows: FP32, bf16, RTN W8A16, RTN W4A16 g128, AWQ W4 g128, GPTQ W4 g128, SmoothQuant W8A8,
-LLM.int8(), torchao int8 / int4 weight-only. Columns: perplexity on test.txt (non-overlapping
+Rows: FP32, bf16, RTN W8A16, RTN W4A16 g128, AWQ W4 g128, GPTQ W4 g128, RTN W4 g128 with the token
+table (and its tied head) packed W4 g128 too, SmoothQuant W8A8,
+LLM.int8(), torchao int8 / int4 weight-only, optimum-quanto int8 / int4 weight-only. Columns: perplexity on test.txt (non-overlapping
 256-token windows, capped by --windows), size on disk, weight bytes resident, peak RSS of a
 process that only loads and serves the variant, prefill and decode tokens/s.
 
@@ -17,6 +18,8 @@ Quantized weight-only rows are timed on the torch-int8 engine (bf16 activations,
 int8 / int4 kernels for decode, dequantize + bf16 matmul for prefill; the rest of those models in
 bf16 like the bf16 row); their perplexity is that of the stored weights with float32 activations.
 W8A8 and LLM.int8() rows run their own layers in float32.
+
+Quanto rows convert GPT-2's Conv1D layers to nn.Linear first (quanto only quantizes nn.Linear).
 
 Usage: python benchmarks/bench_llm.py [--windows 100] [--calib 128] [--threads 1] [--out bench-out]
 """
@@ -51,13 +54,16 @@ VARIANTS = [
     "RTN W4A16 g128",
     "AWQ W4 g128",
     "GPTQ W4 g128",
+    "RTN W4A16 g128 + table W4 g128",
     "SmoothQuant W8A8",
     "LLM.int8()",
     "torchao int8 weight-only",
     "torchao int4 weight-only g128 (Intx)",
+    "quanto int8 weight-only",
+    "quanto int4 weight-only g128",
 ]
-QUANTPILOT_ROWS = {"RTN W8A16", "RTN W4A16 g128", "AWQ W4 g128", "GPTQ W4 g128", "SmoothQuant W8A8", "LLM.int8()"}
-WEIGHT_ONLY_ROWS = {"RTN W8A16", "RTN W4A16 g128", "AWQ W4 g128", "GPTQ W4 g128"}
+WEIGHT_ONLY_ROWS = {"RTN W8A16", "RTN W4A16 g128", "AWQ W4 g128", "GPTQ W4 g128", "RTN W4A16 g128 + table W4 g128"}
+QUANTPILOT_ROWS = WEIGHT_ONLY_ROWS | {"SmoothQuant W8A8", "LLM.int8()"}
 
 
 def slug(name: str) -> str:
@@ -78,6 +84,11 @@ def build_variant(name: str, model: torch.nn.Module, calib: list[dict]) -> torch
         return algorithms.rtn(model, bits=8, group_size=None)
     if name == "RTN W4A16 g128":
         return algorithms.rtn(model, bits=4, group_size=128)
+    if name == "RTN W4A16 g128 + table W4 g128":
+        # The token table (40 % of this small model's weights) and the head tied to it, packed too;
+        # the 256x256 position table stays float.
+        linear = algorithms.rtn(model, bits=4, group_size=128)
+        return algorithms.quantize_embeddings(linear, bits=4, group_size=128, skip=("transformer.wpe",))
     if name == "GPTQ W4 g128":
         return algorithms.gptq(model, calib, bits=4, group_size=128)
     if name in ("AWQ W4 g128", "LLM.int8()"):
@@ -103,7 +114,28 @@ def build_variant(name: str, model: torch.nn.Module, calib: list[dict]) -> torch
             model = model.to(torch.bfloat16)
             quantize_(model, IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(128)))
         return model
+    if name.startswith("quanto"):
+        from optimum.quanto import freeze, qint4, qint8, quantize
+
+        # quanto quantizes nn.Linear only; GPT-2's transformers Conv1D layers (weight stored transposed)
+        # become equivalent nn.Linear layers first, or quanto would leave every block in float.
+        model = _conv1d_as_linear(model).to(torch.bfloat16)
+        quantize(model, weights=qint8 if "int8" in name else qint4, exclude=["lm_head"])
+        freeze(model)
+        return model
     raise ValueError(f"unknown variant {name!r}")
+
+
+def _conv1d_as_linear(model: torch.nn.Module) -> torch.nn.Module:
+    for name, m in list(model.named_modules()):
+        if type(m).__name__ == "Conv1D":
+            linear = torch.nn.Linear(m.weight.shape[0], m.weight.shape[1])
+            with torch.no_grad():
+                linear.weight.copy_(m.weight.t())
+                linear.bias.copy_(m.bias)
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, linear)
+    return model
 
 
 def save_variant(name: str, model: torch.nn.Module, directory: Path) -> None:
@@ -114,8 +146,8 @@ def save_variant(name: str, model: torch.nn.Module, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     if name in QUANTPILOT_ROWS:
         qp.save(model, directory)
-    elif name.startswith("torchao"):
-        # torchao's tensor subclasses serialise with torch.save (what torchao documents); size only.
+    elif name.startswith(("torchao", "quanto")):
+        # torchao's and quanto's tensor subclasses serialise with torch.save (what they document); size only.
         torch.save(model.state_dict(), directory / "model.pt")
     else:
         safetensors.torch.save_model(model, str(directory / "model.safetensors"))
@@ -124,14 +156,17 @@ def save_variant(name: str, model: torch.nn.Module, directory: Path) -> None:
 def deployable(name: str, model: torch.nn.Module) -> torch.nn.Module:
     """What serves requests: weight-only rows on the torch-int8 engine with the rest in bf16."""
     import quantpilot as qp
+    from quantpilot.nn.packed import PackedWeight, WeightOnlyEmbedding
     from quantpilot.nn.weight_only_kernels import WeightOnlyKernelLinear
 
     if name in WEIGHT_ONLY_ROWS:
         runner = qp.engines.compile(model, engine="torch-int8")
         served = runner.model
         for m in served.modules():
-            if isinstance(m, WeightOnlyKernelLinear):
-                continue  # keeps its exact float32 qparams; computes in bf16 itself
+            if isinstance(m, WeightOnlyEmbedding):
+                m.output_dtype = torch.bfloat16  # its rows feed the bf16 blocks
+            if isinstance(m, WeightOnlyKernelLinear | PackedWeight):
+                continue  # keep their exact qparams; they compute in the activations' dtype
             for key, t in list(m._parameters.items()) + list(m._buffers.items()):
                 if t is not None and t.is_floating_point():
                     (m._parameters if key in m._parameters else m._buffers)[key] = (
@@ -154,7 +189,7 @@ def load_variant(name: str, directory: Path) -> torch.nn.Module:
     from quantpilot.tasks.language_model import default_cache_dir, load_testbed
 
     config_dir = default_cache_dir()
-    if name.startswith("torchao"):
+    if name.startswith(("torchao", "quanto")):
         model, _ = load_testbed(train=False)
         return build_variant(name, model, [])
     skeleton = GPT2LMHeadModel.from_pretrained(config_dir, dtype=torch.float32)  # architecture; weights replaced
@@ -248,7 +283,7 @@ def stage_build(name: str, workdir: Path, args: argparse.Namespace) -> dict[str,
         # The quantized Linear layers alone vs the same layers in FP32 (the embedding stays float, as in the papers).
         from quantpilot.nn.packed import WeightOnlyLinear
 
-        layers = [m for m in variant.modules() if isinstance(m, WeightOnlyLinear)]
+        layers = [m for m in variant.modules() if isinstance(m, WeightOnlyLinear) and m.tied_to is None]
         extra["linear_mb"] = sum(tensor_bytes(m) for m in layers) / 2**20
         fp32_bytes = sum(4 * m.out_features * (m.in_features + (m.bias is not None)) for m in layers)
         extra["linear_fp32_mb"] = fp32_bytes / 2**20
@@ -381,9 +416,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for n in names:
         if "linear_mb" in rows[n]:
             r = rows[n]
+            table = "token table packed too" if "table" in n else "float token table 8192x256"
             print(f"{n}: quantized Linear layers {r['linear_mb']:.2f} MB vs {r['linear_fp32_mb']:.2f} MB in FP32 "
                   f"({r['linear_fp32_mb'] / r['linear_mb']:.2f}x smaller); whole checkpoint "
-                  f"{rows['FP32']['size_mb'] / r['size_mb']:.2f}x smaller (float embedding 8192x256 + positions)"
+                  f"{rows['FP32']['size_mb'] / r['size_mb']:.2f}x smaller ({table}, float positions)"
                   if "size_mb" in rows.get("FP32", {}) else "")
     if "LLM.int8()" in rows and "outlier_fraction" in rows["LLM.int8()"]:
         print(f"LLM.int8() outlier fraction: {rows['LLM.int8()']['outlier_fraction']}")
