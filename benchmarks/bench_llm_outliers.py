@@ -11,17 +11,25 @@ scaled xFACTOR, the Linear layers reading them compensating, so the float model 
   with min-max ranges (the papers' naive baseline) and with the preset's histogram-MSE ranges;
 * W8A8 per-token dynamic, no smoothing;
 * LLM.int8() (threshold 6.0), with the fraction of input columns it ran in float;
-* SmoothQuant W8A8 (alpha 0.5) with per-tensor static and with per-token dynamic activations.
+* SmoothQuant W8A8 (alpha 0.5) with per-tensor static and with per-token dynamic activations;
+* weight-only W4 g128: RTN, AWQ, GPTQ, GPTQ with act-order (the injected channels' weight columns
+  shrink by the factor, the salient-weight case AWQ targets).
+
+Every row also reports the mean per-token KL divergence of its next-token distribution from the
+float model's (first --kl-windows windows), which shows how far a method moved the model even where
+perplexity does not (W4 noise can leave perplexity unchanged or even lower it).
 
 Targets on the injected model: LLM.int8() and SmoothQuant within 1 % of FP32 perplexity, per-tensor
-static W8A8 not. Every row's perplexity is a pure function of the model and data (no timing), so
+static W8A8 not; AWQ and GPTQ closing at least half of RTN's gap (perplexity where RTN has a gap,
+and KL). Every row's perplexity is a pure function of the model and data (no timing), so
 the contended CPU does not affect the numbers, only how long the run takes. Calibration: random
 256-token windows of valid.txt (the testbed's training text); evaluation never sees them.
 
 Results also go to bench-out/bench_llm_outliers.json.
 
-Run: .venv/bin/python benchmarks/bench_llm_outliers.py [--max-windows 100 (0: all 256-token windows)] [--factor 60]
-[--channels 4] [--calib 32]. The defaults keep the run to minutes on a shared 2-core machine.
+Run: .venv/bin/python benchmarks/bench_llm_outliers.py [--max-windows 100 (0: all 256-token windows)] [--factor 100]
+[--channels 4] [--calib 32] [--weight-calib 128] [--kl-windows 40]. The defaults keep the run to minutes on a
+shared 2-core machine.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ import quantpilot as qp  # noqa: E402
 from quantpilot.machine import cpu_header, cpu_report  # noqa: E402
 from quantpilot.tasks.language_model import (  # noqa: E402
     calibration_batches,
+    kl_to_reference,
     load_testbed,
     perplexity,
     wikitext_tokens,
@@ -63,8 +72,9 @@ def per_tensor_w8a8(model: torch.nn.Module, calib: list[dict], recipe: qp.Recipe
     return qp.freeze(qmodel)
 
 
-def variants(model: torch.nn.Module, calib: list[dict]) -> dict[str, Any]:
+def variants(model: torch.nn.Module, calib: list[dict], weight_calib: list[dict]) -> dict[str, Any]:
     """Builders of every row, called one at a time so only one quantized copy is alive."""
+    algorithms = qp.algorithms
     return {
         "FP32": lambda: model,
         "W8A8 per-tensor minmax": lambda: per_tensor_w8a8(model, calib, MINMAX),
@@ -75,30 +85,46 @@ def variants(model: torch.nn.Module, calib: list[dict]) -> dict[str, Any]:
         "LLM.int8() t=6.0": lambda: qp.algorithms.llm_int8(model, threshold=6.0),
         "SmoothQuant a=0.5 static": lambda: qp.algorithms.smoothquant(model, calib, alpha=0.5, activations="static"),
         "SmoothQuant a=0.5 dynamic": lambda: qp.algorithms.smoothquant(model, calib, alpha=0.5, activations="dynamic"),
+        # Weight-only W4 g128: the injected channels' weight columns are 1/FACTOR as large, so
+        # round-to-nearest flattens them, which is the salient-weight case AWQ and GPTQ were built for.
+        "RTN W4 g128": lambda: algorithms.rtn(model, bits=4, group_size=128),
+        "AWQ W4 g128": lambda: algorithms.awq(model, weight_calib, bits=4, group_size=128),
+        "GPTQ W4 g128": lambda: algorithms.gptq(model, weight_calib, bits=4, group_size=128),
+        "GPTQ W4 g128 act-order": lambda: algorithms.gptq(model, weight_calib, bits=4, group_size=128, act_order=True),
     }
 
 
-def measure(label: str, model: torch.nn.Module, calib: list[dict], tokens: torch.Tensor, max_windows) -> list[dict]:
+def measure(
+    label: str, model: torch.nn.Module, calib: list[dict], weight_calib: list[dict], tokens: torch.Tensor, args
+) -> list[dict]:
     rows, fp32 = [], None
-    for name, build in variants(model, calib).items():
+    max_windows = args.max_windows
+    for name, build in variants(model, calib, weight_calib).items():
         start = time.perf_counter()
         qmodel = build()
         built = time.perf_counter() - start
         if name.startswith("LLM.int8"):
             qp.algorithms.reset_outlier_stats(qmodel)
         ppl = perplexity(qmodel, tokens, window=WINDOW, max_windows=max_windows)
+        # Read before the KL pass runs more tokens through the layers.
+        frac = qp.algorithms.outlier_fraction(qmodel) if name.startswith("LLM.int8") else None
+        kl = 0.0
+        if qmodel is not model:
+            kl = kl_to_reference(qmodel, model, tokens, window=WINDOW, max_windows=args.kl_windows)
         fp32 = ppl if fp32 is None else fp32
         row = {
             "model": label,
             "variant": name,
             "perplexity": ppl,
             "delta_pct": 100.0 * (ppl / fp32 - 1.0),
-            "outlier_fraction": qp.algorithms.outlier_fraction(qmodel) if name.startswith("LLM.int8") else None,
+            "kl_to_fp32": kl,
+            "outlier_fraction": frac,
             "build_s": built,
         }
         rows.append(row)
-        frac = "" if row["outlier_fraction"] is None else f"  float columns {100 * row['outlier_fraction']:.2f} %"
-        print(f"  {label:<9} {name:<28} ppl {ppl:9.3f}  {row['delta_pct']:+7.2f} %{frac}", flush=True)
+        frac = "" if frac is None else f"  float columns {100 * frac:.2f} %"
+        print(f"  {label:<9} {name:<28} ppl {ppl:9.3f}  {row['delta_pct']:+7.2f} %  KL {1e3 * kl:7.3f}e-3{frac}",
+              flush=True)
         del qmodel
     return rows
 
@@ -106,9 +132,11 @@ def measure(label: str, model: torch.nn.Module, calib: list[dict], tokens: torch
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-windows", type=int, default=100, help="first N test windows (0: all)")
-    parser.add_argument("--factor", type=float, default=60.0, help="outlier channel multiplier (20-100)")
+    parser.add_argument("--factor", type=float, default=100.0, help="outlier channel multiplier (20-100)")
     parser.add_argument("--channels", type=int, default=4, help="how many hidden channels become outliers")
-    parser.add_argument("--calib", type=int, default=32, help="calibration windows of 256 tokens")
+    parser.add_argument("--calib", type=int, default=32, help="calibration windows of 256 tokens (W8A8 rows)")
+    parser.add_argument("--weight-calib", type=int, default=128, help="calibration windows for AWQ and GPTQ")
+    parser.add_argument("--kl-windows", type=int, default=40, help="test windows for the KL-to-FP32 column")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="bench-out/bench_llm_outliers.json")
     args = parser.parse_args()
@@ -133,8 +161,9 @@ def main() -> None:
         drift = (injected(input_ids=probe).logits - model(input_ids=probe).logits).abs().max().item()
     print(f"float model unchanged by the injection: max |logit difference| {drift:.2e}")
 
-    rows = measure("original", model, calib, tokens, args.max_windows)
-    rows += measure("injected", injected, calib, tokens, args.max_windows)
+    weight_calib = calibration_batches(tokenizer, n=args.weight_calib, seq_len=256, seed=0)
+    rows = measure("original", model, calib, weight_calib, tokens, args)
+    rows += measure("injected", injected, calib, weight_calib, tokens, args)
 
     by = {(r["model"], r["variant"]): r for r in rows}
 
@@ -148,11 +177,27 @@ def main() -> None:
         "per-tensor W8A8 (minmax) NOT within 1 % (injected)": gap("W8A8 per-tensor minmax") > 1.0,
         "per-tensor W8A8 (histogram MSE) NOT within 1 % (injected)": gap("W8A8 per-tensor static") > 1.0,
     }
+
+    def closes_half(model_label: str, method: str, key: str) -> bool:
+        rtn, other = by[(model_label, "RTN W4 g128")][key], by[(model_label, method)][key]
+        return rtn > 0 and other <= rtn / 2
+
+    for label in ("original", "injected"):
+        for method in ("AWQ W4 g128", "GPTQ W4 g128", "GPTQ W4 g128 act-order"):
+            # Perplexity gap: only meaningful where RTN has one (it can be <= 0 when W4 noise is harmless).
+            rtn_gap = by[(label, "RTN W4 g128")]["delta_pct"]
+            if rtn_gap > 0:
+                checks[f"{method} closes >= half of RTN's perplexity gap ({label})"] = closes_half(
+                    label, method, "delta_pct"
+                )
+            checks[f"{method} closes >= half of RTN's KL to FP32 ({label})"] = closes_half(label, method, "kl_to_fp32")
     print()
-    print(f"{'variant':<28} {'original ppl':>13} {'Δ %':>8} {'injected ppl':>13} {'Δ %':>8}")
-    for name in variants(model, calib):
+    print(f"{'variant':<28} {'original ppl':>13} {'Δ %':>8} {'KL·1e3':>8} "
+          f"{'injected ppl':>13} {'Δ %':>8} {'KL·1e3':>8}")
+    for name in variants(model, calib, weight_calib):
         o, i = by[("original", name)], by[("injected", name)]
-        cells = f"{o['perplexity']:13.3f} {o['delta_pct']:+8.2f} {i['perplexity']:13.3f} {i['delta_pct']:+8.2f}"
+        cells = (f"{o['perplexity']:13.3f} {o['delta_pct']:+8.2f} {1e3 * o['kl_to_fp32']:8.3f} "
+                 f"{i['perplexity']:13.3f} {i['delta_pct']:+8.2f} {1e3 * i['kl_to_fp32']:8.3f}")
         print(f"{name:<28} {cells}")
     print()
     for what, ok in checks.items():
@@ -169,6 +214,7 @@ def main() -> None:
                 "injection": info,
                 "max_windows": args.max_windows,
                 "calibration_windows": args.calib,
+                "weight_calibration_windows": args.weight_calib,
                 "float_drift": drift,
                 "rows": rows,
                 "checks": checks,

@@ -104,3 +104,19 @@ def test_learning_rate_warms_up_then_anneals_to_a_tenth():
     assert lm._learning_rate(1.0, 1.0) == pytest.approx(0.1)
     values = [lm._learning_rate(1.0, p / 100) for p in range(5, 101)]
     assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+
+
+def test_kl_to_reference_is_zero_for_the_same_model_and_matches_a_hand_computation():
+    model = lm.tiny_causal_lm("gpt2")
+    tokens = torch.randint(0, 512, (96,), generator=torch.Generator().manual_seed(0))
+    assert lm.kl_to_reference(model, model, tokens, window=32) == pytest.approx(0.0, abs=1e-7)
+    other = lm.tiny_causal_lm("gpt2", seed=3)
+    with torch.no_grad():
+        ids = tokens.view(3, 32)
+        p = torch.log_softmax(model(input_ids=ids).logits, -1)
+        q = torch.log_softmax(other(input_ids=ids).logits, -1)
+        expected = (p.exp() * (p - q)).sum(-1).mean().item()
+    got = lm.kl_to_reference(other, model, tokens, window=32, batch_size=2)
+    assert got == pytest.approx(expected, rel=1e-5) and got > 0
+    with pytest.raises(ValueError, match="window"):
+        lm.kl_to_reference(other, model, tokens, window=1)
