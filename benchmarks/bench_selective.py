@@ -365,7 +365,7 @@ def bench_model(
     variants = {"naive": naive}
     for strategy, r in recipes.items():
         alpha = smoothquant_alpha(r)
-        variants[strategy] = stats.build(r) if alpha is None else qp.algorithms.smoothquant(model, calib, alpha, r)
+        variants[strategy] = stats.build(r) if alpha is None else qp.selection.build(model, r, calib)
     search_s = time.perf_counter() - started
     engine = pick_engine([model, *variants.values()], task["example"], engine)
     example, bf16_example = task["example"], _to_bf16(task["example"])

@@ -48,6 +48,7 @@ __all__ = [
     "choose_calibrators",
     "calibrator_label",
     "smoothquant_alpha",
+    "build",
     "CANDIDATE_CALIBRATORS",
     "STRATEGIES",
     "SMOOTHING_ALPHAS",
@@ -288,8 +289,9 @@ def _smoothing_notes(notes: dict[str, str], alpha: float | None) -> dict[str, st
         out[SMOOTHQUANT_NOTE] = f"not used: no alpha improved the metric ({tried})"
     else:
         out[SMOOTHQUANT_NOTE] = (
-            f"alpha={alpha:g}: build with qp.algorithms.smoothquant(model, calib_batches, alpha={alpha:g}, "
-            f"recipe=this recipe); quantize/calibrate/freeze alone do not smooth ({tried})"
+            f"alpha={alpha:g}: build with qp.selection.build(model, this recipe, calib_batches) (= "
+            f"qp.algorithms.smoothquant(model, calib_batches, alpha={alpha:g}, recipe=this recipe)); "
+            f"quantize/calibrate/freeze alone do not smooth ({tried})"
         )
     return out
 
@@ -298,7 +300,7 @@ def smoothquant_alpha(recipe: Recipe) -> float | None:
     """The SmoothQuant alpha `select` chose for `recipe` (its "smoothquant" note), or None.
 
     A `Recipe` has no field for smoothing (`quantize` does not smooth), so `select` records the choice
-    in `notes`; build such a recipe with `qp.algorithms.smoothquant(model, batches, alpha, recipe=recipe)`.
+    in `notes`; `build(model, recipe, batches)` applies it (`qp.algorithms.smoothquant` with that alpha).
 
     Example:
         >>> import quantpilot as qp
@@ -311,6 +313,46 @@ def smoothquant_alpha(recipe: Recipe) -> float | None:
     if not note.startswith("alpha="):
         return None
     return float(note.removeprefix("alpha=").split(":", 1)[0])
+
+
+def build(model: nn.Module, recipe: Recipe, calib_batches: Iterable[Any]) -> nn.Module:
+    """The frozen quantized model a `select` recipe describes, SmoothQuant included when it chose one.
+
+    A plain `quantize` / `calibrate` / `freeze` of the recipe would miss the smoothing `select`
+    recorded in `notes["smoothquant"]`; this applies it (`qp.algorithms.smoothquant` with that
+    alpha and this recipe), or else quantizes, calibrates on `calib_batches` and freezes.
+
+    Args:
+        model: the float model `select` searched (not modified).
+        recipe: a recipe `select` returned (any Recipe works).
+        calib_batches: calibration inputs, as `select` took them.
+
+    Returns:
+        The calibrated, frozen model, ready to save, export or compile.
+
+    Example:
+        >>> import torch, quantpilot as qp
+        >>> net = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+        >>> qp.selection.build(net, qp.Recipe(), [torch.randn(16, 8)])[0].is_frozen
+        True
+    """
+    from .algorithms.smoothquant import smoothquant
+    from .api import calibrate, freeze
+    from .batches import call_model
+
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"recipe must be a quantpilot.Recipe (what select returns), got {type(recipe).__name__}")
+    batches = list(calib_batches)
+    if not batches:
+        raise ValueError("calib_batches is empty: pass the calibration inputs select used")
+    alpha = smoothquant_alpha(recipe)
+    if alpha is not None:
+        return smoothquant(model, batches, alpha=alpha, recipe=recipe)
+    qmodel = quantize(model, recipe)
+    with calibrate(qmodel), torch.no_grad():
+        for batch in batches:
+            call_model(qmodel, batch)
+    return freeze(qmodel)
 
 
 def _repair_calibrators(

@@ -235,8 +235,13 @@ def test_selective_smooths_outlier_channels_instead_of_leaving_layers_float():
     assert recipe.skip == () and recipe.notes["select"].startswith("met the budget")
     alpha = smoothquant_alpha(recipe)
     assert alpha in SMOOTHING_ALPHAS and "qp.algorithms.smoothquant" in recipe.notes["smoothquant"]
-    # Built the way the note says, the recipe meets the budget; without smoothing it does not.
-    assert -score(qp.algorithms.smoothquant(net, calib, alpha=alpha, recipe=recipe)) <= 1.3e-3
+    # Built the way the note says (qp.selection.build does it), the recipe meets the budget; without
+    # smoothing it does not.
+    assert "qp.selection.build" in recipe.notes["smoothquant"]
+    built = qp.selection.build(net, recipe, calib)
+    assert -score(built) <= 1.3e-3
+    x = calib[0][:8]
+    torch.testing.assert_close(built(x), qp.algorithms.smoothquant(net, calib, alpha=alpha, recipe=recipe)(x))
     assert -score(qp.analysis.CalibrationStatistics(net, recipe, calib).build(recipe)) > 1.3e-3
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # without smoothing the search may miss: that is not the point here
@@ -244,3 +249,22 @@ def test_selective_smooths_outlier_channels_instead_of_leaving_layers_float():
     assert smoothquant_alpha(unsmoothed) is None and "smoothquant" not in unsmoothed.notes
     with pytest.raises(ValueError, match="alphas"):
         qp.select(net, qp.Recipe(), calib, score, smoothing=(1.5,))
+
+
+def test_build_without_smoothing_is_quantize_calibrate_freeze():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)).eval()
+    calib = [torch.randn(32, 16) for _ in range(2)]
+    recipe = qp.Recipe(skip=("2",))
+    built = qp.selection.build(net, recipe, calib)
+    expected = qp.quantize(net, recipe)
+    with qp.calibrate(expected):
+        for batch in calib:
+            expected(batch)
+    qp.freeze(expected)
+    assert qp.is_frozen(built) and type(built[2]) is torch.nn.Linear
+    assert torch.equal(built(calib[0]), expected(calib[0]))
+    with pytest.raises(TypeError, match="Recipe"):
+        qp.selection.build(net, "int8-static", calib)
+    with pytest.raises(ValueError, match="empty"):
+        qp.selection.build(net, recipe, [])
