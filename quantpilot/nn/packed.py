@@ -34,6 +34,7 @@ from .tensor_quantizer import TensorQuantizer
 __all__ = ["pack_int4", "unpack_int4", "weight_only_spec", "PackedWeight", "WeightOnlyLinear", "WeightOnlyEmbedding"]
 
 _SCALE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+_OUTPUT_DTYPES = {"float32": torch.float32, **_SCALE_DTYPES}
 
 
 def pack_int4(codes: torch.Tensor) -> torch.Tensor:
@@ -425,6 +426,7 @@ class WeightOnlyEmbedding(PackedWeight):
             "embedding_dim": self.embedding_dim,
             "padding_idx": self.padding_idx,
             "scale_dtype": _scale_dtype_name(self.weight_scale.dtype),
+            "output_dtype": str(self.output_dtype).removeprefix("torch."),
         }
 
     @classmethod
@@ -439,15 +441,18 @@ class WeightOnlyEmbedding(PackedWeight):
         """
         config = entry.get("config") or {}
         try:
-            return cls(
+            table = cls(
                 int(config["num_embeddings"]),
                 int(config["embedding_dim"]),
                 QuantSpec.from_dict(entry["weights"]),
                 config["padding_idx"],
                 _SCALE_DTYPES[config["scale_dtype"]],
             )
+            # The float dtype the rest of the model runs in (a bf16 model's table must not hand it float32).
+            table.output_dtype = _OUTPUT_DTYPES[config.get("output_dtype", "float32")]
         except (KeyError, TypeError) as err:
             raise ValueError(f"the saved entry of a WeightOnlyEmbedding lacks {err}; the map file is damaged") from None
+        return table
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
         if indices.dtype not in (torch.int32, torch.int64):

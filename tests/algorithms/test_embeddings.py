@@ -104,3 +104,13 @@ def test_bad_input_gets_clear_errors():
     table = WeightOnlyEmbedding(4, 8, weight_only_spec(8, None))
     with pytest.raises(ValueError, match="cannot tie"):
         WeightOnlyLinear(4, 8, weight_only_spec(8, None)).tie_to(table, "t")
+
+
+def test_a_bf16_table_loads_as_bf16(tmp_path):
+    net = torch.nn.Sequential(torch.nn.Embedding(20, 32)).to(torch.bfloat16)
+    q = qp.algorithms.quantize_embeddings(net, bits=8, group_size=None)
+    ids = torch.tensor([[1, 5, 19]])
+    assert q(ids).dtype == torch.bfloat16
+    qp.save(q, tmp_path / "q")
+    loaded = qp.load(torch.nn.Sequential(torch.nn.Embedding(20, 32)).to(torch.bfloat16), tmp_path / "q")
+    assert loaded(ids).dtype == torch.bfloat16 and torch.equal(loaded(ids), q(ids))
