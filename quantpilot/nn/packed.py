@@ -130,6 +130,15 @@ class PackedWeight(QuantModule):
         self.register_buffer("weight_scale", torch.ones(rows, groups, dtype=scale_dtype))
         self.register_buffer("weight_zero_point", torch.zeros(rows, groups, dtype=scale_dtype))
 
+    @classmethod
+    def _from_entry(cls, entry: dict[str, Any], build: Any) -> Any:
+        """`build(config, spec, scale_dtype)` on a saved map entry; a missing or bad field is a damaged map."""
+        config = entry.get("config") or {}
+        try:
+            return build(config, QuantSpec.from_dict(entry["weights"]), _SCALE_DTYPES[config["scale_dtype"]])
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"the saved entry of a {cls.__name__} lacks {err}; the map file is damaged") from None
+
     def _store_codes(self, codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
         """Fill the buffers from unpacked codes (rows, cols) and qparams shaped (rows, groups) or (rows,)."""
         if codes.dim() != 2 or tuple(codes.shape) != (self.weight_packed.shape[0], self.weight_cols):
@@ -339,18 +348,13 @@ class WeightOnlyLinear(PackedWeight):
             >>> WeightOnlyLinear.from_saved(None, entry).weight_scale.shape
             torch.Size([4, 2])
         """
-        config = entry.get("config") or {}
-        try:
-            layer = cls(
-                int(config["in_features"]),
-                int(config["out_features"]),
-                QuantSpec.from_dict(entry["weights"]),
-                bool(config["has_bias"]),
-                _SCALE_DTYPES[config["scale_dtype"]],
-            )
-        except (KeyError, TypeError) as err:
-            raise ValueError(f"the saved entry of a WeightOnlyLinear lacks {err}; the map file is damaged") from None
-        layer.tied_to = config.get("tied_to")
+        layer = cls._from_entry(
+            entry,
+            lambda config, spec, scale_dtype: cls(
+                int(config["in_features"]), int(config["out_features"]), spec, bool(config["has_bias"]), scale_dtype
+            ),
+        )
+        layer.tied_to = (entry.get("config") or {}).get("tied_to")
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -439,19 +443,19 @@ class WeightOnlyEmbedding(PackedWeight):
             >>> WeightOnlyEmbedding.from_saved(None, entry).weight_scale.shape
             torch.Size([10, 2])
         """
-        config = entry.get("config") or {}
-        try:
-            table = cls(
-                int(config["num_embeddings"]),
-                int(config["embedding_dim"]),
-                QuantSpec.from_dict(entry["weights"]),
-                config["padding_idx"],
-                _SCALE_DTYPES[config["scale_dtype"]],
+        table = cls._from_entry(
+            entry,
+            lambda config, spec, scale_dtype: cls(
+                int(config["num_embeddings"]), int(config["embedding_dim"]), spec, config["padding_idx"], scale_dtype
+            ),
+        )
+        # The float dtype the rest of the model runs in (a bf16 model's table must not hand it float32).
+        output_dtype = (entry.get("config") or {}).get("output_dtype", "float32")
+        if output_dtype not in _OUTPUT_DTYPES:
+            raise ValueError(
+                f"the saved WeightOnlyEmbedding has output_dtype {output_dtype!r}; the map file is damaged"
             )
-            # The float dtype the rest of the model runs in (a bf16 model's table must not hand it float32).
-            table.output_dtype = _OUTPUT_DTYPES[config.get("output_dtype", "float32")]
-        except (KeyError, TypeError) as err:
-            raise ValueError(f"the saved entry of a WeightOnlyEmbedding lacks {err}; the map file is damaged") from None
+        table.output_dtype = _OUTPUT_DTYPES[output_dtype]
         return table
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:

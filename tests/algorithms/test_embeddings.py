@@ -114,3 +114,16 @@ def test_a_bf16_table_loads_as_bf16(tmp_path):
     qp.save(q, tmp_path / "q")
     loaded = qp.load(torch.nn.Sequential(torch.nn.Embedding(20, 32)).to(torch.bfloat16), tmp_path / "q")
     assert loaded(ids).dtype == torch.bfloat16 and torch.equal(loaded(ids), q(ids))
+
+
+def test_damaged_saved_entries_get_clear_errors():
+    table = WeightOnlyEmbedding(10, 8, weight_only_spec(8, None))
+    head = WeightOnlyLinear(8, 10, weight_only_spec(8, None))
+    for layer in (table, head):
+        entry = {"weights": layer.weight_spec.to_dict(), "config": layer.saved_config()}
+        del entry["config"]["scale_dtype"]
+        with pytest.raises(ValueError, match=f"{type(layer).__name__} lacks 'scale_dtype'"):
+            type(layer).from_saved(None, entry)
+    entry = {"weights": table.weight_spec.to_dict(), "config": {**table.saved_config(), "output_dtype": "int8"}}
+    with pytest.raises(ValueError, match="output_dtype"):
+        WeightOnlyEmbedding.from_saved(None, entry)
