@@ -1,7 +1,7 @@
 """The language-model testbed: a small GPT-2 trained on WikiText-2, its data and its perplexity.
 
 No small language model ships with weights here, so `load_testbed` trains one once (a byte-level
-BPE tokenizer and a ~5 M parameter GPT-2 on `valid.txt`, a few minutes on two cores) and caches
+BPE tokenizer and a ~14 M parameter GPT-2 on `valid.txt`, ~20 minutes on two idle cores) and caches
 both outside git; later calls load the cache. Perplexity is measured on non-overlapping windows
 of `test.txt`, as the GPTQ and AWQ papers evaluate. Tests use `tiny_causal_lm` (random weights).
 
