@@ -7,9 +7,9 @@ division into the op that produces the input, so the float model is unchanged:
 
 1. per-input-channel activation magnitude `s_x = mean |x|` over the calibration tokens;
 2. `s = s_x^alpha` (normalised so `sqrt(max(s) * min(s)) = 1`), alpha searched over the 20-point
-   grid {0, 0.05, ..., 0.95}; the chosen alpha minimises the MSE of the layer group's output with
-   its weights fake-quantized (W4 g128 by default) against the float output; alpha = 0 is plain
-   RTN, so the search never does worse than RTN on its sample;
+   grid {0, 0.05, ..., 0.95}; the chosen alpha minimises the squared error of the block output
+   with the group's weights fake-quantized (W4 g128 by default) against the float output; alpha = 0
+   is plain RTN, so the search never does worse than RTN on its sample;
 3. fold `1/s` into the previous op (LayerNorm / RMSNorm weight and bias, or the previous Linear's
    output rows) and `s` into the weights of every Linear that reads that input;
 4. clip search: per output channel and group, shrink the weight range to `(1 - i/20)` of its max,
@@ -22,10 +22,12 @@ a Linear whose input is the very tensor a LayerNorm/RMSNorm returned reads that 
 ln_1 or input_layernorm, fc_in / c_fc / gate+up after ln_2 or post_attention_layernorm). Two pairs
 through a Linear follow the reference implementation by name and shape: the attention output
 projection after the value projection (v_proj -> o_proj/out_proj; GPT-2's fused c_attn value
-rows -> attn.c_proj), and down_proj after up_proj. The reference searches q/k/v against the whole
-attention block's output; here every group is scored on its own Linear outputs (the layer-group
-MSE), which needs no knowledge of how to call a block. Clipping skips query/key projections, whose
-errors the softmax amplifies (as the reference does).
+rows -> attn.c_proj), and down_proj after up_proj. As in the reference, a norm-fed group is scored
+on the output of the block its input enters (the whole attention for q/k/v, the whole MLP for
+gate/up; `awq_blocks`): the outermost module called with the norm's output that holds all the
+group's layers, replayed on inputs recorded from the first calibration batches. Linear-fed groups
+(and models where no such module exists) are scored on the group's own Linear outputs. Clipping
+skips query/key projections, whose errors the softmax amplifies (as the reference does).
 
 Example:
     >>> import torch, quantpilot as qp
@@ -54,6 +56,7 @@ from ..nn import lookup
 from ..nn.packed import weight_only_spec
 from ..primitives import choose_qparams, fake_quantize, min_max
 from ..spec import PerGroup, QuantSpec
+from .awq_blocks import Call, block_error, capture_inputs, inspected_module
 from .rtn import rtn
 
 __all__ = ["awq", "awq_fold_scales", "find_scale_groups", "ScaleGroup", "weight_spec", "MIN_CALIBRATION_TOKENS"]
@@ -77,6 +80,8 @@ class ScaleGroup:
         layers: qualified names of the Linear (or GPT-2 Conv1D) layers reading it.
         prev_rows: for a Linear producer, the output rows (start, stop) that feed `layers`
             (GPT-2's fused c_attn feeds attn.c_proj from its value third); None: all rows.
+        inspect: qualified name of the module whose output scores the alpha search (the attention
+            or MLP block the input enters); None: the layers' own outputs.
 
     Example:
         >>> ScaleGroup("ln_1", ("attn.c_attn",)).key
@@ -86,6 +91,7 @@ class ScaleGroup:
     prev: str
     layers: tuple[str, ...]
     prev_rows: tuple[int, int] | None = None
+    inspect: str | None = None
 
     @property
     def key(self) -> str:
@@ -145,6 +151,7 @@ class _Statistics:
         self.seed = seed
         self.batch_index = 0
         self.producer: dict[str, str] = {}  # linear name -> norm whose output tensor it received
+        self.receivers: dict[str, list[str]] = {}  # norm name -> modules called with its output, in call order
 
     def record(self, name: str, x: torch.Tensor) -> None:
         x = x.detach().reshape(-1, x.shape[-1]).float()
@@ -181,8 +188,24 @@ def _collect(model: nn.Module, targets: dict[str, nn.Module], batches: list[Any]
 
         return hook
 
+    def on_module(name):
+        def hook(_module, args, kwargs):
+            if stats.batch_index != 0:
+                return
+            for x in (*args, *kwargs.values()):
+                if isinstance(x, torch.Tensor) and id(x) in norm_outputs and norm_outputs[id(x)][1] is x:
+                    stats.receivers.setdefault(norm_outputs[id(x)][0], []).append(name)
+                    return
+
+        return hook
+
     handles = [m.register_forward_hook(on_norm) for m in norm_names]
     handles += [m.register_forward_pre_hook(on_linear(n)) for n, m in targets.items()]
+    handles += [
+        m.register_forward_pre_hook(on_module(n), with_kwargs=True)
+        for n, m in model.named_modules()
+        if n and m not in norm_names and n not in targets
+    ]
     try:
         with eval_mode(model), torch.no_grad():
             for index, batch in enumerate(batches):
@@ -245,7 +268,10 @@ def _norm_groups(stats: _Statistics, targets: dict[str, nn.Module]) -> list[Scal
     for name in targets:  # named_modules order: q, k, v stay in model order
         if name in stats.producer:
             by_norm.setdefault(stats.producer[name], []).append(name)
-    return [ScaleGroup(norm, tuple(layers)) for norm, layers in by_norm.items()]
+    return [
+        ScaleGroup(norm, tuple(layers), inspect=inspected_module(norm, tuple(layers), stats.receivers.get(norm, [])))
+        for norm, layers in by_norm.items()
+    ]
 
 
 def _explicit_groups(model: nn.Module, pairs: Sequence[Any], targets: dict[str, nn.Module]) -> list[ScaleGroup]:
@@ -272,6 +298,13 @@ def _explicit_groups(model: nn.Module, pairs: Sequence[Any], targets: dict[str, 
             produced = group.prev_rows[1] - group.prev_rows[0]
         if produced != width or any(_weight(targets[n]).shape[1] != width for n in group.layers):
             raise ValueError(f"pair {group.key}: {group.prev!r} produces {produced} channels, the layers read {width}")
+        if group.inspect is not None and (
+            group.inspect not in modules or not all(n.startswith(group.inspect + ".") for n in group.layers)
+        ):
+            raise ValueError(
+                f"pair {group.key}: inspect={group.inspect!r} must name a module of this model that contains "
+                "every layer of the pair (the block whose output scores the search), or be None"
+            )
         groups.append(group)
     return groups
 
@@ -287,10 +320,7 @@ def _search_scale(x: torch.Tensor, x_mean: torch.Tensor, weights: list[torch.Ten
     """The alpha (and scale vector) whose fake-quantized group output is closest to the float one."""
     refs = [x @ w.t() for w in weights]
     best = (math.inf, 0.0, torch.ones_like(x_mean))
-    for i in range(ALPHA_GRID):
-        alpha = i / ALPHA_GRID
-        s = x_mean.pow(alpha).clamp(min=1e-4)
-        s = s / (s.max() * s.min()).sqrt()
+    for alpha, s in _scales(x_mean):
         # W' = Q(W * s) / s is what the layer computes once x / s is folded into the previous op.
         err = sum(
             float((x @ (_fake_quant(w * s, spec) / s).t() - ref).pow(2).sum())
@@ -298,6 +328,35 @@ def _search_scale(x: torch.Tensor, x_mean: torch.Tensor, weights: list[torch.Ten
         )
         if err < best[0]:
             best = (err, alpha, s)
+    return best[1], best[2]
+
+
+def _scales(x_mean: torch.Tensor):
+    """The 20 candidate scale vectors `s_x^alpha`, each normalised so sqrt(max * min) = 1."""
+    for i in range(ALPHA_GRID):
+        alpha = i / ALPHA_GRID
+        s = x_mean.pow(alpha).clamp(min=1e-4)
+        yield alpha, s / (s.max() * s.min()).sqrt()
+
+
+def _search_scale_in_block(block: nn.Module, layers: list[nn.Module], calls: list[Call], x_mean: torch.Tensor,
+                           spec: QuantSpec):
+    """The alpha (and scale vector) whose block output, with the layers fake-quantized, is closest to the float one."""
+    views = [_weight(m) for m in layers]
+    originals = [w.clone() for w in views]
+    with torch.no_grad():
+        reference = [block(*args, **kwargs) for args, kwargs in calls]
+    best = (math.inf, 0.0, torch.ones_like(x_mean))
+    try:
+        for alpha, s in _scales(x_mean):
+            for view, w in zip(views, originals, strict=True):
+                view.copy_((_fake_quant(w.float() * s, spec) / s).to(view.dtype))
+            err = block_error(block, calls, reference)
+            if err < best[0]:
+                best = (err, alpha, s)
+    finally:
+        for view, w in zip(views, originals, strict=True):
+            view.copy_(w)
     return best[1], best[2]
 
 
@@ -393,7 +452,8 @@ def awq_fold_scales(
 
     Returns:
         The float model with AWQ applied; `model.quantpilot_awq` holds the chosen alphas per group,
-        the clipped layers and the layers no group scaled.
+        the block that scored each norm-fed group's search ("inspected"), the clipped layers and the
+        layers no group scaled.
 
     Raises:
         ValueError: bad bits / group size, too little calibration data, or no layer group found.
@@ -450,15 +510,27 @@ def awq_fold_scales(
     # A weight shared with another module (a head tied to the embedding) must not be scaled or clipped in place.
     tied = _tied_layers(target, targets)
     groups = [g for g in groups if not tied.intersection(g.layers) and g.prev not in tied]
+    # Inputs of the blocks that score norm-fed groups, recorded before any fold changes the model. A block
+    # is replayed only while its input is still what was recorded: its group is searched before any other
+    # group folds into the same producer, which holds because norm-fed groups come first.
+    blocks = {g.inspect: target.get_submodule(g.inspect) for g in groups if g.inspect is not None}
+    calls = capture_inputs(target, blocks, batches, search_tokens) if blocks else {}
     input_scale: dict[str, torch.Tensor] = {}
-    alphas = {}
+    alphas, inspected = {}, {}
     with torch.no_grad():
         for group in groups:
             first = group.layers[0]
-            x = stats.sample(first) / input_scale.get(first, 1.0)
             x_mean = stats.mean_abs(first) / input_scale.get(first, 1.0)
-            weights = [_weight(target.get_submodule(n)).float() for n in group.layers]
-            alphas[group.key], s = _search_scale(x, x_mean, weights, spec)
+            if group.inspect is not None and first not in input_scale:
+                layers = [target.get_submodule(n) for n in group.layers]
+                alphas[group.key], s = _search_scale_in_block(
+                    blocks[group.inspect], layers, calls[group.inspect], x_mean, spec
+                )
+                inspected[group.key] = group.inspect
+            else:
+                x = stats.sample(first) / input_scale.get(first, 1.0)
+                weights = [_weight(target.get_submodule(n)).float() for n in group.layers]
+                alphas[group.key], s = _search_scale(x, x_mean, weights, spec)
             _fold(target, group, s)
             for n in group.layers:
                 input_scale[n] = input_scale.get(n, 1.0) * s
@@ -478,6 +550,7 @@ def awq_fold_scales(
     scaled = {n for g in groups for n in g.layers}
     target.quantpilot_awq = {
         "alphas": alphas,
+        "inspected": inspected,
         "clipped": clipped,
         "unscaled": [n for n in targets if n not in scaled],
         "bits": bits,

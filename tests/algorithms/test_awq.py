@@ -56,6 +56,56 @@ def test_groups_of_gpt2_and_llama():
     assert "model.layers.1.mlp.up_proj -> model.layers.1.mlp.down_proj" in llama
 
 
+def test_norm_fed_groups_are_scored_on_the_attention_and_mlp_blocks():
+    # As the reference's module2inspect: q/k/v on the whole attention's output, gate/up (c_fc) on the MLP's.
+    for build, attn, mlp in [(tiny_gpt2, "transformer.h.0.attn", "transformer.h.0.mlp"),
+                             (tiny_llama, "model.layers.0.self_attn", "model.layers.0.mlp")]:
+        groups = find_scale_groups(build(), token_batches(1)[0])
+        assert {attn, mlp} <= {g.inspect for g in groups if "norm" in g.prev or ".ln_" in g.prev}
+        linear_fed = [g for g in groups if g.prev.endswith(("v_proj", "c_attn"))]
+        assert linear_fed and all(g.inspect is None for g in linear_fed)  # those score their own layer's output
+
+
+class _OnlyFirstHeadCounts(nn.Module):
+    """A block reading one input with two layers, where only `a` reaches the output."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(128, 32), nn.Linear(128, 32)
+
+    def forward(self, x):
+        return self.a(x) + 0.0 * self.b(x)
+
+
+class _NormThenBlock(nn.Module):
+    def __init__(self, seed):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.norm, self.block = nn.LayerNorm(128), _OnlyFirstHeadCounts()
+        with torch.no_grad():
+            self.norm.weight.uniform_(0.5, 1.5)
+            self.norm.weight[SALIENT] *= 20.0
+            self.block.b.weight.mul_(50.0)  # b would dominate an error summed over the layers' own outputs
+            self.block.b.weight[:, SALIENT] /= 200.0
+
+    def forward(self, x):
+        return self.block(self.norm(x))
+
+
+def test_alpha_is_chosen_on_the_block_output_not_the_layer_outputs():
+    net, batches = _NormThenBlock(seed=1).eval(), inputs(4, seed=1)
+    every_token = {"group_size": 32, "clip": False, "search_tokens": 10**6}
+    on_block = awq_fold_scales(net, batches, **every_token).quantpilot_awq
+    assert on_block["inspected"] == {"norm -> block.a, block.b": "block"}
+    # The block output is a's output alone, so the block search must choose what a search on a alone chooses...
+    on_a = awq_fold_scales(net, batches, pairs=[("norm", ["block.a"])], **every_token).quantpilot_awq
+    assert on_block["alphas"]["norm -> block.a, block.b"] == on_a["alphas"]["norm -> block.a"]
+    # ... which differs from what summing both layers' output errors would choose.
+    on_layers = awq_fold_scales(net, batches, pairs=[ScaleGroup("norm", ("block.a", "block.b"))], **every_token)
+    assert on_layers.quantpilot_awq["alphas"]["norm -> block.a, block.b"] != on_a["alphas"]["norm -> block.a"]
+    assert on_layers.quantpilot_awq["inspected"] == {}
+
+
 def test_scale_is_the_activation_magnitude_to_the_chosen_alpha():
     block, batches = salient_block(), inputs(4, seed=1)
     folded = awq_fold_scales(block, batches, bits=4, group_size=32, clip=False)
@@ -117,8 +167,11 @@ def test_explicit_pairs_for_an_unrecognised_model():
         ({"pairs": [("nothing", ["1"])]}, ValueError, "'nothing' is not a LayerNorm"),
         ({"pairs": [("1", ["1"])]}, ValueError, "produces 64 channels, the layers read 128"),
         ({"pairs": ["0"]}, TypeError, "each pair"),
+        ({"pairs": [ScaleGroup("0", ("1",), inspect="2")]}, ValueError, "inspect='2' must name a module"),
+        ({"pairs": [ScaleGroup("0", ("1",), inspect="1")]}, ValueError, "contains every layer of the pair"),
     ],
-    ids=["bits", "group-not-dividing", "group-zero", "unknown-layer", "bad-prev", "width-mismatch", "bad-pair-shape"],
+    ids=["bits", "group-not-dividing", "group-zero", "unknown-layer", "bad-prev", "width-mismatch", "bad-pair-shape",
+         "inspect-missing", "inspect-not-containing"],
 )
 def test_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
