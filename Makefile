@@ -13,8 +13,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+# torch first, pinned: the library asks only for torch>=2.4, which on a fresh machine would pull a
+# multi-GB CUDA build; 2.13.0 resolves to the CPU wheel here. Then the library, then its testbed.
+$(VENV)/.installed-dev: pyproject.toml testbed/pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e testbed
 	touch $@
 
 $(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed-dev
@@ -22,16 +26,16 @@ $(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed-dev
 	touch $@
 
 demo: $(VENV)/.installed-dev
-	$(BIN)/python -m quantpilot.demos.ptq_minilm --out demo-out
+	$(BIN)/python -m quantpilot_testbed.demos.ptq_minilm --out demo-out
 
 demo-core: $(VENV)/.installed-dev
-	$(BIN)/python -m quantpilot.demos.calibrators --out demo-out
+	$(BIN)/python -m quantpilot_testbed.demos.calibrators --out demo-out
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -n 2 -q
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check quantpilot tests benchmarks
+	$(BIN)/ruff check quantpilot tests benchmarks testbed scripts
 
 # quantpilot on OpenVINO / ONNX Runtime / torch-int8 against FP32, bf16, torch.ao, torchao, ORT's
 # quantizers and NNCF, on MiniLM and EfficientNet-Lite0, in one run.
@@ -55,7 +59,7 @@ bench-qat: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/bench_qat.py
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache build *.egg-info
+	rm -rf $(VENV) demo-out .pytest_cache build *.egg-info testbed/*.egg-info
 
 # LLM weight methods on the WikiText-2 testbed GPT-2 (trained and cached on first use), then the
 # outlier-injected LLM.int8()/SmoothQuant experiment where it exists.

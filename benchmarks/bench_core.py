@@ -69,7 +69,7 @@ def cpu_info() -> dict:
 def minilm_activation() -> tuple[torch.Tensor, str]:
     """The 32x128x384 input of LAYER on packed bundled sentences, or a Student-t stand-in."""
     try:
-        from quantpilot.demos.calibrators import capture_input, load_minilm
+        from quantpilot_testbed.demos.calibrators import capture_input, load_minilm
 
         with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")

@@ -43,11 +43,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_torch_int8 import torch_ao_survives  # noqa: E402
 
 import quantpilot as qp  # noqa: E402
-from quantpilot import datasets  # noqa: E402
 from quantpilot.machine import cpu_header, cpu_report  # noqa: E402
 from quantpilot.models import load  # noqa: E402
-from quantpilot.tasks.sentence_embedding import mean_pool, token_batches  # noqa: E402
 from quantpilot.timing import interleaved_latency  # noqa: E402
+from quantpilot_testbed import datasets  # noqa: E402
+from quantpilot_testbed.sentence_embedding import mean_pool, token_batches  # noqa: E402
 
 BATCH, TOKENS = 32, 128
 IMAGE_BATCH = 16
@@ -252,7 +252,7 @@ def embedding_cosines(rows: list[Row], tok, reference_name: str = "FP32 eager") 
 def efficientnet_rows(threads: int, workdir: Path) -> tuple[list[Row], torch.Tensor, dict]:
     from PIL import Image
 
-    from quantpilot.models.imagenet_samples import load_samples, split_calibration
+    from quantpilot_testbed.imagenet_samples import load_samples, split_calibration
 
     model, prep = load("efficientnet-lite0")
     calib, evaluation = split_calibration(*load_samples())

@@ -189,7 +189,7 @@ def load_variant(name: str, directory: Path) -> torch.nn.Module:
     from transformers import GPT2LMHeadModel
 
     import quantpilot as qp
-    from quantpilot.tasks.language_model import default_cache_dir, load_testbed
+    from quantpilot_testbed.language_model import default_cache_dir, load_testbed
 
     config_dir = default_cache_dir()
     if name.startswith(("torchao", "quanto")):
@@ -258,7 +258,7 @@ def rss_mb() -> float:
 
 # --------------------------------------------------------------------------- stages (child processes)
 def stage_build(name: str, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from quantpilot.tasks.language_model import (
+    from quantpilot_testbed.language_model import (
         calibration_batches,
         kl_to_reference,
         load_testbed,
@@ -431,7 +431,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cpu = cpu_report()
     print(cpu_header(cpu))
     print(f"torch {torch.__version__}, {args.threads} thread(s) per process")
-    from quantpilot.tasks.language_model import default_cache_dir, load_testbed
+    from quantpilot_testbed.language_model import default_cache_dir, load_testbed
 
     load_testbed()  # trains and caches the testbed on first use (a few minutes)
     log = json.loads((default_cache_dir() / "train_log.json").read_text())

@@ -48,14 +48,14 @@ import torch  # noqa: E402
 
 import quantpilot as qp  # noqa: E402
 from quantpilot.machine import cpu_header, cpu_report  # noqa: E402
-from quantpilot.tasks.language_model import (  # noqa: E402
+from quantpilot_testbed.language_model import (  # noqa: E402
     calibration_batches,
     kl_to_reference,
     load_testbed,
     perplexity,
     wikitext_tokens,
 )
-from quantpilot.tasks.outlier_injection import inject_outlier_channels  # noqa: E402
+from quantpilot_testbed.outlier_injection import inject_outlier_channels  # noqa: E402
 
 WINDOW = 256  # the testbed context, as the GPTQ/AWQ papers evaluate (their models: 2048)
 # The preset's per-tensor static activations (asymmetric, range from the histogram with the lowest MSE) on

@@ -46,8 +46,8 @@ from torch.nn import functional as F  # noqa: E402
 
 import quantpilot as qp  # noqa: E402
 from quantpilot.machine import cpu_header, cpu_report  # noqa: E402
-from quantpilot.models.digits_cnn import TRAINING_SCHEDULE, accuracy, digits_splits, train_digits_cnn  # noqa: E402
 from quantpilot.transforms import fold_batchnorm  # noqa: E402
+from quantpilot_testbed.digits_cnn import TRAINING_SCHEDULE, accuracy, digits_splits, train_digits_cnn  # noqa: E402
 
 SCHEMES = {"W8A8": (8, 8), "W4A8": (4, 8), "W4A4": (4, 4)}
 CALIBRATION_IMAGES = 512

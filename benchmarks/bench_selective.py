@@ -112,8 +112,8 @@ def _train_classifier(model: nn.Module, splits, epochs: int, seed: int = 0) -> n
 
 
 def digits_task(kind: str, quick: bool) -> dict[str, Any]:
-    from quantpilot.models.digits_cnn import DigitsSplits, accuracy, digits_splits, train_digits_cnn
-    from quantpilot.models.resnet import ResNet
+    from quantpilot_testbed.digits_cnn import DigitsSplits, accuracy, digits_splits, train_digits_cnn
+    from quantpilot_testbed.resnet import ResNet
 
     splits = digits_splits(seed=0)
     # 300 training images are held back from training as the search's validation split: select never
@@ -152,8 +152,8 @@ def _views(image) -> list:
 def efficientnet_task(quick: bool, views: int = 2) -> dict[str, Any]:
     from PIL import Image
 
-    from quantpilot.models import imagenet_samples as samples
     from quantpilot.models import load
+    from quantpilot_testbed import imagenet_samples as samples
 
     model, prep = load("efficientnet-lite0")
     paths, labels = samples.load_samples()
@@ -194,9 +194,9 @@ def efficientnet_task(quick: bool, views: int = 2) -> dict[str, Any]:
 
 
 def minilm_task(quick: bool) -> dict[str, Any]:
-    from quantpilot import datasets
     from quantpilot.models import load
-    from quantpilot.tasks.sentence_embedding import embed, retrieval_agreement, token_batches
+    from quantpilot_testbed import datasets
+    from quantpilot_testbed.sentence_embedding import embed, retrieval_agreement, token_batches
 
     model, tok = load("minilm")
 

@@ -36,11 +36,11 @@ from typing import Any
 import torch
 
 import quantpilot as qp
-from quantpilot import datasets
 from quantpilot.machine import cpu_header, cpu_report
 from quantpilot.models import load
-from quantpilot.tasks.sentence_embedding import embed, token_batches
 from quantpilot.timing import interleaved_latency
+from quantpilot_testbed import datasets
+from quantpilot_testbed.sentence_embedding import embed, token_batches
 
 BATCH, TOKENS = 32, 128
 FP32, BF16, AO = "FP32 eager", "bf16 eager", "torch.ao quantize_dynamic"
@@ -51,7 +51,7 @@ AO_PROBE = """
 import sys, warnings, torch
 warnings.simplefilter("ignore")
 torch.set_num_threads(int(sys.argv[1]))
-from quantpilot import datasets
+from quantpilot_testbed import datasets
 from quantpilot.models import load
 model, tok = load("minilm")
 ao = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)

@@ -8,8 +8,18 @@ Example:
 
 __version__ = "0.1.0"
 
-from . import algorithms, analysis, datasets, engines, evaluate, qat, transforms  # noqa: E402
-from .api import calibrate, freeze, is_frozen, load, quantize, quantized_layers, save, unfrozen_parts  # noqa: E402
+from . import algorithms, analysis, engines, evaluate, metrics, qat, steps, transforms  # noqa: E402
+from .api import (  # noqa: E402
+    calibrate,
+    freeze,
+    is_frozen,
+    load,
+    quantize,
+    quantized_layers,
+    recipe_of,
+    save,
+    unfrozen_parts,
+)
 from .export import export_onnx  # noqa: E402
 from .recipe import Recipe  # noqa: E402
 from .selection import select  # noqa: E402
@@ -26,6 +36,8 @@ __all__ = [
     "PerToken",
     "Recipe",
     "quantize",
+    "recipe_of",
+    "steps",
     "calibrate",
     "freeze",
     "save",
@@ -40,9 +52,31 @@ __all__ = [
     "select",
     "fold_batchnorm",
     "transforms",
-    "datasets",
+    "metrics",
+    "models",
     "engines",
     "export_onnx",
     "qat",
     "__version__",
 ]
+
+
+def __getattr__(name: str):
+    """Bind ``qp.models`` on first use, so that ``import quantpilot`` never imports transformers.
+
+    ``qp.datasets`` is the repository testbed's bundled sentences (``quantpilot_testbed.datasets``),
+    kept under its old name for code written before the data left the package.
+    """
+    import importlib
+
+    if name == "models":
+        return importlib.import_module(".models", __name__)
+    if name == "datasets":
+        try:
+            return importlib.import_module("quantpilot_testbed.datasets")
+        except ModuleNotFoundError as err:
+            raise AttributeError(
+                "qp.datasets (the bundled sentences) moved to the repository's testbed: "
+                "pip install -e testbed from a quantpilot checkout"
+            ) from err
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,9 +4,11 @@
     quantpilot presets
 
 `--model` is a bundled model name (`quantpilot.models.available()`) or a local Hugging Face model
-directory; `--recipe` is a preset name or a recipe YAML/JSON file. Text models are calibrated on
-the bundled calibration sentences and checked on the held-out ones; image models on the ImageNet
-sample photos under shared/data (calibration and evaluation images kept apart).
+directory; `--recipe` is a preset name or a recipe YAML/JSON file. `--data` gives the calibration
+data: for a text model a text file with one sentence per line, for an image model a folder of
+images; the first `--calib-size` calibrate and the rest are held out to check the result. Without
+`--data`, the repository's testbed (`pip install -e testbed`) supplies its bundled sentences or the
+ImageNet sample photos under shared/data, calibration and evaluation kept apart.
 
 Example:
     >>> main(["presets"])  # doctest: +ELLIPSIS
@@ -18,12 +20,13 @@ Example:
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
 import torch
 
-from . import api, datasets
+from . import api
 from .evaluate import size_on_disk
 from .recipe import Recipe
 from .summary import summary
@@ -44,6 +47,53 @@ def _is_tokenizer(prep) -> bool:
     return hasattr(prep, "tokenize") and hasattr(prep, "pad_token")
 
 
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+def _testbed(module: str, instead: str):
+    """A module of the repository's testbed, which brings the default calibration data."""
+    try:
+        return importlib.import_module(f"quantpilot_testbed.{module}")
+    except ModuleNotFoundError as err:
+        raise ValueError(
+            f"no calibration data: pass --data {instead}, or install the repository's testbed (pip install -e testbed)"
+        ) from err
+
+
+def _split(items: list, calib_size: int, data: Path) -> tuple[list, list]:
+    if len(items) <= calib_size:
+        raise ValueError(
+            f"--data {data} holds {len(items)} samples: need more than --calib-size {calib_size}, "
+            "the rest being held out to check the quantized model"
+        )
+    return items[:calib_size], items[calib_size:]
+
+
+def _sentences(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """Calibration and held-out sentences: from `--data` (one per line) or the testbed's bundled ones."""
+    if args.data is None:
+        datasets = _testbed("datasets", "FILE (one sentence per line)")
+        return datasets.sentences("calibration")[: args.calib_size], datasets.sentences("eval")
+    path = Path(args.data)
+    if not path.is_file():
+        raise ValueError(f"--data {path} is not a file; a text model needs a text file with one sentence per line")
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return _split(lines, args.calib_size, path)
+
+
+def _images(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
+    """Calibration and held-out image paths: from the `--data` folder or the testbed's ImageNet samples."""
+    if args.data is None:
+        samples = _testbed("imagenet_samples", "DIR (a folder of images)")
+        calib_set, eval_set = samples.split_calibration(*samples.load_samples())
+        return list(calib_set.paths)[: args.calib_size], list(eval_set.paths)
+    folder = Path(args.data)
+    if not folder.is_dir():
+        raise ValueError(f"--data {folder} is not a folder; an image model needs a folder of images")
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+    return _split(paths, args.calib_size, folder)
+
+
 def _quantize(args: argparse.Namespace) -> int:
     from .models import load as load_model
 
@@ -56,37 +106,34 @@ def _quantize(args: argparse.Namespace) -> int:
     qmodel = api.quantize(model, recipe)
     static = any(m.input_quantizer.needs_calibration for _, m in api.quantized_layers(qmodel))
     if _is_tokenizer(prep):
-        from .tasks.sentence_embedding import embed, token_batches
+        from .text import embed, token_batches
 
-        calib = datasets.sentences("calibration")[: args.calib_size]
+        calib, held_out = _sentences(args)
         if static:
             with api.calibrate(qmodel, progress=True):
                 for batch in token_batches(prep, calib, batch_size=32):
                     qmodel(**batch)
         api.freeze(qmodel)
-        held_out = datasets.sentences("eval")
         cos = (embed(model, prep, held_out) * embed(qmodel, prep, held_out)).sum(-1)
         check = (
             f"embedding cosine vs float on {len(held_out)} held-out sentences: "
             f"mean {cos.mean():.4f}, min {cos.min():.4f}"
         )
     else:
-        from PIL import Image
+        from PIL import Image  # Pillow comes with the models extra, as image models do
 
-        from .models.imagenet_samples import load_samples, split_calibration
-
-        calib_set, eval_set = split_calibration(*load_samples())
-        images = lambda subset, n: torch.cat([prep(Image.open(p).convert("RGB")) for p in list(subset.paths)[:n]])  # noqa: E731
+        calib_paths, eval_paths = _images(args)
+        images = lambda paths: torch.cat([prep(Image.open(p).convert("RGB")) for p in paths])  # noqa: E731
         if static:
-            x = images(calib_set, args.calib_size)
+            x = images(calib_paths)
             with api.calibrate(qmodel, progress=True):
                 for chunk in x.split(16):
                     qmodel(chunk)
         api.freeze(qmodel)
-        x = images(eval_set, 64)
+        x = images(eval_paths[:64])
         with torch.no_grad():
             agree = (model(x).argmax(-1) == qmodel(x).argmax(-1)).float().mean()
-        check = f"top-1 agreement with float on 64 held-out photos: {agree:.3f}"
+        check = f"top-1 agreement with float on {len(x)} held-out photos: {agree:.3f}"
     api.save(qmodel, out)
     print(summary(qmodel))
     print(check)
@@ -111,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--model", required=True, help="bundled model name or local Hugging Face model directory")
     q.add_argument("--recipe", default="int8-static", help="preset name or recipe .yaml/.json file")
     q.add_argument("--out", required=True, help="new directory for the quantized model")
+    q.add_argument(
+        "--data",
+        help="calibration data: a text file (one sentence per line) or a folder of images; "
+        "default: the repository testbed's bundled sentences or ImageNet samples",
+    )
     q.add_argument("--calib-size", type=int, default=200, help="calibration samples (sentences or images)")
     q.add_argument("--threads", type=int, default=2)
     q.set_defaults(func=_quantize)

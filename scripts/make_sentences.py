@@ -1,4 +1,4 @@
-"""Regenerate quantpilot/data/sentences.txt: real English sentences for calibration and evaluation.
+"""Regenerate testbed/quantpilot_testbed/data/sentences.txt: real English sentences for calibration and evaluation.
 
 The text comes from the docstrings of Python's standard library (installed with every Python, so
 no network is needed and the provenance is plain). Sentences are cleaned, filtered to 8-40 words,
@@ -79,7 +79,7 @@ def main() -> None:
                     out.append(s)
     random.Random(0).shuffle(out)
     out = out[:360]
-    path = Path(__file__).resolve().parents[1] / "quantpilot" / "data" / "sentences.txt"
+    path = Path(__file__).resolve().parents[1] / "testbed" / "quantpilot_testbed" / "data" / "sentences.txt"
     path.write_text("\n".join(out) + "\n")
     print(f"wrote {len(out)} sentences to {path}")
 

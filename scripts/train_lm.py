@@ -4,7 +4,7 @@ Usage:
     python scripts/train_lm.py [--dir DIR] [--steps N] [--force]
 
 The checkpoint goes to $QUANTPILOT_CACHE/lm-testbed (default ~/.cache/quantpilot/lm-testbed), outside
-git; `quantpilot.tasks.language_model.load_testbed()` loads it. Prints the final train loss and the
+git; `quantpilot_testbed.language_model.load_testbed()` loads it. Prints the final train loss and the
 test perplexity (non-overlapping 256-token windows of test.txt).
 """
 
@@ -20,7 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from quantpilot.tasks.language_model import default_cache_dir, train_testbed  # noqa: E402
+from quantpilot_testbed.language_model import default_cache_dir, train_testbed  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,3 +63,21 @@ def test_presets_lists_every_preset(capsys):
     listed = capsys.readouterr().out.split()
     assert listed == sorted(qp.Recipe.presets())
     assert {"fp8", "int8-dynamic", "int8-static", "int8-tensorrt", "w4a16-g128", "w8a16"} <= set(listed)
+
+
+def test_data_file_gives_the_calibration_and_held_out_sentences(tiny_bert_dir, tmp_path, capsys):
+    data = tmp_path / "sentences.txt"
+    data.write_text("\n".join(f"sentence number {i} is here." for i in range(12)) + "\n\n")
+    code = main(["quantize", "--model", str(tiny_bert_dir), "--data", str(data), "--calib-size", "8",
+                 "--out", str(tmp_path / "q")])
+    assert code == 0
+    assert "on 4 held-out sentences" in capsys.readouterr().out
+
+
+def test_data_file_with_nothing_left_to_hold_out_is_an_error(tiny_bert_dir, tmp_path, capsys):
+    data = tmp_path / "sentences.txt"
+    data.write_text("one.\ntwo.\n")
+    code = main(["quantize", "--model", str(tiny_bert_dir), "--data", str(data), "--calib-size", "2",
+                 "--out", str(tmp_path / "q")])
+    assert code == 2
+    assert "need more than --calib-size 2" in capsys.readouterr().err

@@ -3,8 +3,8 @@ import torch
 from torch import nn
 
 import quantpilot as qp
-from quantpilot.models.resnet import ResNet
 from quantpilot.transforms import fold_batchnorm
+from quantpilot_testbed.resnet import ResNet
 
 
 def _randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:

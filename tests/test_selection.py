@@ -5,8 +5,6 @@ import torch
 import yaml
 
 import quantpilot as qp
-from quantpilot.models.digits_cnn import accuracy, digits_splits, train_digits_cnn
-from quantpilot.models.resnet import ResNet
 from quantpilot.nn.tensor_quantizer import CalibratorConfig
 from quantpilot.selection import (
     CANDIDATE_CALIBRATORS,
@@ -17,6 +15,8 @@ from quantpilot.selection import (
     smoothquant_alpha,
     with_functional_ops,
 )
+from quantpilot_testbed.digits_cnn import accuracy, digits_splits, train_digits_cnn
+from quantpilot_testbed.resnet import ResNet
 
 
 @pytest.fixture(scope="module")

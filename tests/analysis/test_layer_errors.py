@@ -80,7 +80,7 @@ def test_bad_inputs():
 
 
 def test_residual_add_points_get_rows_named_by_point():
-    from quantpilot.models.resnet import ResNet
+    from quantpilot_testbed.resnet import ResNet
 
     torch.manual_seed(0)
     net = qp.fold_batchnorm(ResNet(in_channels=1, widths=(4,), blocks_per_stage=2).eval())

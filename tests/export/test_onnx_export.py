@@ -202,17 +202,18 @@ def test_export_leaves_the_model_as_it_was(tmp_path):
 
 def test_minilm_export_is_four_times_smaller_and_agrees(tmp_path):
     import quantpilot.models
-    from quantpilot.tasks.sentence_embedding import token_batches
+    from quantpilot_testbed.datasets import sentences
+    from quantpilot_testbed.sentence_embedding import token_batches
 
     model, tokenizer = quantpilot.models.load("minilm")
-    batches = [dict(b) for b in token_batches(tokenizer, qp.datasets.sentences("calibration")[:32], batch_size=16)]
+    batches = [dict(b) for b in token_batches(tokenizer, sentences("calibration")[:32], batch_size=16)]
     qmodel = _calibrated(model, qp.Recipe.preset("int8-static").replace(ops=("matmul",)), batches)
     example = dict(batches[0])
     quantized = qp.export_onnx(qmodel, example, tmp_path / "int8.onnx")
     float_bytes = 4 * sum(p.numel() for p in model.parameters())  # what an FP32 export stores
     ratio = float_bytes / quantized.stat().st_size
     assert ratio > 3.5, f"the QDQ file is only {ratio:.2f}x smaller"
-    held_out = dict(next(token_batches(tokenizer, qp.datasets.sentences("eval")[:8], batch_size=8)))
+    held_out = dict(next(token_batches(tokenizer, sentences("eval")[:8], batch_size=8)))
     report = compare_with_onnxruntime(qmodel, quantized, held_out)
     assert report.points >= 6 * (6 + 4) and report.max_code_difference <= 1
     assert np.isfinite(report.max_output_error) and report.max_output_error < 1e-3 * report.output_scale

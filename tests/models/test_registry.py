@@ -6,8 +6,8 @@ from PIL import Image
 
 from quantpilot import models
 from quantpilot.models.efficientnet_lite import efficientnet_lite0, preprocess
-from quantpilot.models.imagenet_samples import load_samples, split_calibration, topk_accuracy
 from quantpilot.models.registry import _efficientnet_lite0_checkpoint
+from quantpilot_testbed.imagenet_samples import load_samples, split_calibration, topk_accuracy
 
 
 def test_available_lists_the_bundled_models():

@@ -10,7 +10,7 @@ The quantpilot rows run the fake-quantized (QDQ) PyTorch model: it shows accurac
 comes from running the export on an integer engine (OpenVINO / ONNX Runtime), so the latency
 column of those rows is not the deployed speed.
 
-Run: python -m quantpilot.demos.ptq_minilm --out demo-out
+Run: python -m quantpilot_testbed.demos.ptq_minilm --out demo-out
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 
 import quantpilot as qp
-from quantpilot import datasets
 from quantpilot.evaluate import size_on_disk
 from quantpilot.models import load as load_model
-from quantpilot.tasks.sentence_embedding import embed, retrieval_agreement, token_batches
 from quantpilot.timing import interleaved_latency
+from quantpilot_testbed import datasets
+from quantpilot_testbed.sentence_embedding import embed, retrieval_agreement, token_batches
 
 __all__ = ["main", "run"]
 
@@ -142,7 +142,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry: `python -m quantpilot.demos.ptq_minilm --out DIR`."""
+    """Command-line entry: `python -m quantpilot_testbed.demos.ptq_minilm --out DIR`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="directory for the saved model and JSON (new run dir)")
     parser.add_argument("--threads", type=int, default=2)

@@ -3,7 +3,8 @@
 No small language model ships with weights here, so `load_testbed` trains one once (a byte-level
 BPE tokenizer and a ~14 M parameter GPT-2 on `valid.txt`, ~20 minutes on two idle cores) and caches
 both outside git; later calls load the cache. Perplexity is measured on non-overlapping windows
-of `test.txt`, as the GPTQ and AWQ papers evaluate. Tests use `tiny_causal_lm` (random weights).
+of `test.txt`, as the GPTQ and AWQ papers evaluate; `perplexity` and `kl_to_reference` are the
+library's (`quantpilot.metrics`), re-exported here. Tests use `tiny_causal_lm` (random weights).
 
 Example:
     >>> import torch
@@ -28,7 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..batches import eval_mode
+# The metrics belong to the library; re-exported so testbed users find them next to the data.
+from quantpilot.metrics import kl_to_reference, perplexity
 
 __all__ = [
     "TESTBED_CONFIG",
@@ -288,114 +290,6 @@ def wikitext_tokens(split: str, tokenizer: Any) -> torch.Tensor:
     """
     ids = tokenizer(_read_split(split), add_special_tokens=False)["input_ids"]
     return torch.as_tensor(ids, dtype=torch.long)
-
-
-def _logits(output: Any) -> torch.Tensor:
-    if isinstance(output, torch.Tensor):
-        return output
-    if hasattr(output, "logits"):
-        return output.logits
-    if isinstance(output, (tuple, list)):
-        return output[0]
-    raise TypeError(f"the model returned {type(output).__name__}; perplexity needs logits (a tensor or .logits)")
-
-
-def _windows(tokens: torch.Tensor, window: int, max_windows: int | None) -> torch.Tensor:
-    """The first `max_windows` non-overlapping windows of `tokens`, shaped (n, window)."""
-    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 1:
-        raise ValueError("tokens must be a 1-D tensor of token ids, e.g. wikitext_tokens('test', tokenizer)")
-    if window < 2:
-        raise ValueError(f"window must be >= 2 tokens (one to predict from, one to predict), got {window}")
-    n = tokens.numel() // window
-    if max_windows is not None:
-        n = min(n, int(max_windows))
-    if n < 1:
-        raise ValueError(f"{tokens.numel()} tokens do not fill one window of {window}; pass a smaller window")
-    return tokens[: n * window].view(n, window).long()
-
-
-def kl_to_reference(
-    model: nn.Module,
-    reference: nn.Module,
-    tokens: torch.Tensor,
-    window: int = 256,
-    max_windows: int | None = None,
-    batch_size: int = 8,
-) -> float:
-    """Mean per-token KL(reference || model) of the next-token distributions, in nats.
-
-    How far a quantized model's predictions moved from the float model's, token by token. It sees
-    differences that perplexity averages away: when quantization noise helps some tokens and hurts
-    others, perplexity can even improve while the model drifts.
-
-    Args:
-        model: the quantized causal LM.
-        reference: the float model it was made from.
-        tokens, window, max_windows, batch_size: as in `perplexity`.
-
-    Returns:
-        The mean KL over every position of every window (0 for an identical model).
-
-    Example:
-        >>> class Fixed(torch.nn.Module):
-        ...     def __init__(self, logits):
-        ...         super().__init__(); self.logits = logits
-        ...     def forward(self, input_ids):
-        ...         return self.logits.expand(*input_ids.shape, 2)
-        >>> p, q = Fixed(torch.tensor([0.0, 0.0])), Fixed(torch.tensor([0.0, math.log(3.0)]))
-        >>> round(kl_to_reference(q, p, torch.arange(8) % 2, window=4), 4)  # KL([.5,.5] || [.25,.75])
-        0.1438
-    """
-    windows = _windows(tokens, window, max_windows)
-    total, count = 0.0, 0
-    with eval_mode(model), eval_mode(reference), torch.no_grad():
-        for start in range(0, len(windows), batch_size):
-            ids = windows[start : start + batch_size]
-            ref = torch.log_softmax(_logits(reference(input_ids=ids)).float(), dim=-1)
-            out = torch.log_softmax(_logits(model(input_ids=ids)).float(), dim=-1)
-            if out.shape != ref.shape:
-                raise ValueError(f"the models disagree on the output shape: {tuple(out.shape)} vs {tuple(ref.shape)}")
-            total += (ref.exp() * (ref - out)).sum().item()
-            count += ids.numel()
-    return total / count
-
-
-def perplexity(
-    model: nn.Module, tokens: torch.Tensor, window: int = 256, max_windows: int | None = None, batch_size: int = 8
-) -> float:
-    """Perplexity over non-overlapping windows of `tokens` (each window predicts its own tokens 2..window).
-
-    The tail shorter than a window is dropped, as the GPTQ and AWQ evaluations do.
-
-    Args:
-        model: a causal LM taking `input_ids` (Hugging Face style) and returning logits.
-        tokens: 1-D LongTensor, e.g. `wikitext_tokens("test", tokenizer)`.
-        window: tokens per window (at most the model's context).
-        max_windows: evaluate only the first this many windows (None: all).
-        batch_size: windows per forward pass.
-
-    Returns:
-        exp(mean negative log-likelihood per predicted token).
-
-    Example:
-        >>> class Uniform(torch.nn.Module):
-        ...     def forward(self, input_ids):
-        ...         return torch.zeros(*input_ids.shape, 50)
-        >>> round(perplexity(Uniform(), torch.arange(40) % 50, window=10), 3)
-        50.0
-    """
-    windows = _windows(tokens, window, max_windows)
-    total, count = 0.0, 0
-    with eval_mode(model), torch.no_grad():
-        for start in range(0, len(windows), batch_size):
-            ids = windows[start : start + batch_size]
-            logits = _logits(model(input_ids=ids)).float()
-            nll = nn.functional.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum"
-            )
-            total += nll.item()
-            count += ids[:, 1:].numel()
-    return math.exp(total / count)
 
 
 def calibration_batches(tokenizer: Any, n: int = 128, seq_len: int = 256, seed: int = 0) -> list[dict]:

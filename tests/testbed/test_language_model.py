@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from quantpilot.tasks import language_model as lm
+from quantpilot_testbed import language_model as lm
 
 
 def byte_tokenizer(text, **kwargs):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from quantpilot.models.digits_cnn import DigitsCNN, accuracy, digits_splits, train_digits_cnn
+from quantpilot_testbed.digits_cnn import DigitsCNN, accuracy, digits_splits, train_digits_cnn
 
 
 @pytest.fixture(scope="module")

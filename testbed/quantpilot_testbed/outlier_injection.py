@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..algorithms.awq import find_scale_groups
+from quantpilot.algorithms.awq import find_scale_groups
 
 __all__ = ["inject_outlier_channels"]
 

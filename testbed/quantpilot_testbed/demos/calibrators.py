@@ -11,7 +11,7 @@ the SQNR of int8 quantize -> dequantize of the whole activation with that range,
 `activation_histogram.png`: the log-count histogram with each range drawn as a vertical
 line, like the figures in NVIDIA's "Integer Quantization for Deep Learning Inference".
 
-Run: python -m quantpilot.demos.calibrators --out demo-out
+Run: python -m quantpilot_testbed.demos.calibrators --out demo-out
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import quantpilot as qp
-from quantpilot.models.resnet import BasicBlock, ResNet
+from quantpilot_testbed.resnet import BasicBlock, ResNet
 
 
 def test_shapes_and_downsampling():

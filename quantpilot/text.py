@@ -1,10 +1,11 @@
-"""Sentence embeddings (mean pooling + L2 normalisation, as all-MiniLM-L6-v2 is used) and their metrics.
+"""Text models: sentences to tokenized batches, and sentence embeddings (mean pooling + L2 norm).
+
+Generic over any Hugging Face tokenizer and encoder; the CLI calibrates and checks text models with them.
 
 Example:
     >>> import torch
-    >>> a = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1)
-    >>> retrieval_agreement(a, a)
-    1.0
+    >>> mean_pool(torch.ones(1, 2, 3), torch.tensor([[1, 0]])).shape
+    torch.Size([1, 3])
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["token_batches", "embed", "mean_pool", "retrieval_agreement"]
+__all__ = ["token_batches", "embed", "mean_pool"]
 
 
 def token_batches(
@@ -59,26 +60,3 @@ def embed(model: nn.Module, tokenizer: Any, sentences: Sequence[str], batch_size
         hidden = model(**batch).last_hidden_state
         rows.append(nn.functional.normalize(mean_pool(hidden, batch["attention_mask"]).float(), dim=-1))
     return torch.cat(rows)
-
-
-def retrieval_agreement(reference: torch.Tensor, candidate: torch.Tensor) -> float:
-    """Share of queries whose nearest neighbour (other than itself) is the same under both embeddings.
-
-    Args:
-        reference, candidate: `(n, d)` unit-norm embeddings of the same n sentences.
-
-    Example:
-        >>> import torch
-        >>> e = torch.eye(3)
-        >>> retrieval_agreement(e, e)
-        1.0
-    """
-    if reference.shape != candidate.shape or reference.dim() != 2 or reference.shape[0] < 2:
-        raise ValueError("need two (n, d) embedding matrices of the same shape with n >= 2")
-
-    def neighbours(e: torch.Tensor) -> torch.Tensor:
-        sim = e @ e.T
-        sim.fill_diagonal_(-float("inf"))
-        return sim.argmax(dim=1)
-
-    return float((neighbours(reference.float()) == neighbours(candidate.float())).float().mean())

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from quantpilot.demos import calibrators as demo
+from quantpilot_testbed.demos import calibrators as demo
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from quantpilot.models.efficientnet_lite import preprocess
-from quantpilot.models.imagenet_samples import (
+from quantpilot_testbed.imagenet_samples import (
     ENV_VAR,
     find_samples_dir,
     load_samples,

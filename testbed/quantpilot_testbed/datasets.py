@@ -1,4 +1,4 @@
-"""Data that ships inside quantpilot, so calibration and evaluation never touch the network.
+"""Sentences that ship with the testbed, so calibration and evaluation never touch the network.
 
 `sentences()` returns real English sentences taken from the docstrings of Python's standard
 library (see scripts/make_sentences.py): the first 200 are the calibration split, the other

@@ -6,7 +6,7 @@ from algorithms._tiny_lms import tiny_gpt2, tiny_llama, token_batches
 from torch import nn
 
 import quantpilot as qp
-from quantpilot.tasks.outlier_injection import inject_outlier_channels
+from quantpilot_testbed.outlier_injection import inject_outlier_channels
 
 
 def norm_output_amax(model, batch, norm_name):

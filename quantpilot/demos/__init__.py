@@ -1,1 +1,0 @@
-"""Small runnable demonstrations (`python -m quantpilot.demos.<name>`)."""

@@ -1,0 +1,1 @@
+"""Small runnable demonstrations (`python -m quantpilot_testbed.demos.<name>`, or `make demo`)."""
