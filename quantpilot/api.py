@@ -32,6 +32,7 @@ from . import __version__
 from .batches import eval_mode
 from .distributed import merged_across_ranks
 from .nn import QuantModule, TensorQuantizer, lookup
+from .nn.registry import warn_unhandled
 from .recipe import FORMAT_VERSION, Recipe
 
 __all__ = [
@@ -132,6 +133,7 @@ def quantize(model: nn.Module, recipe: Recipe | str | None = None, *, inplace: b
             f"(skip={list(recipe.skip)}), the model holds {sorted(seen_types)}; "
             "adjust the recipe's module_types or skip patterns"
         )
+    warn_unhandled(target, recipe.skip, stacklevel=2)  # weights nothing quantizes are named, never skipped silently
     for name, module, entry, layer, has_activation in plan:
         input_quantizer = None
         if has_activation:

@@ -51,6 +51,9 @@ __all__ = [
 ]
 
 
+META_DEVICE_MESSAGE = "calibration needs real data: the model is on the meta device; load its weights first"
+
+
 def _check_batch(x: Any) -> torch.Tensor:
     """Validate one calibration batch and return it detached."""
     if not isinstance(x, torch.Tensor):
@@ -59,6 +62,10 @@ def _check_batch(x: Any) -> torch.Tensor:
         raise TypeError(
             f"calibration data must be a floating-point tensor, got dtype {x.dtype}; convert it with .float()"
         )
+    if x.is_meta:
+        # A meta tensor has a shape and no values (a model built under `torch.device("meta")` or
+        # accelerate's `init_empty_weights`): any range taken from it would be invented.
+        raise ValueError(META_DEVICE_MESSAGE)
     if x.numel() == 0:
         raise ValueError("calibration data is an empty tensor; pass a batch with at least one value")
     return x.detach()

@@ -52,8 +52,8 @@ from torch import nn
 
 from ..api import quantized_layers
 from ..batches import call_model, eval_mode
-from ..nn import lookup
 from ..nn.packed import weight_only_spec
+from ..nn.registry import is_linear
 from ..primitives import choose_qparams, fake_quantize, min_max
 from ..spec import PerGroup, QuantSpec
 from .awq_blocks import Call, block_error, capture_inputs, inspected_module
@@ -118,8 +118,7 @@ def weight_spec(bits: int, group_size: int | None) -> QuantSpec:
 
 
 def _is_linear(module: nn.Module) -> bool:
-    entry = lookup(module)
-    return entry is not None and entry.name in ("Linear", "Conv1D")
+    return is_linear(module)  # the registry's one decision, subclasses included
 
 
 def _is_norm(module: nn.Module) -> bool:

@@ -26,6 +26,7 @@ from torch import nn
 
 from ..api import RECIPE_ATTR, quantized_layers
 from ..nn.packed import WeightOnlyLinear, weight_only_spec
+from ..nn.registry import linear_layers
 from ..primitives import choose_qparams, min_max, quantize
 from ..recipe import Recipe
 from ..spec import PerChannel, QuantSpec
@@ -71,13 +72,8 @@ def weight_only_targets(
     """
     if isinstance(layers, str) or isinstance(skip, str):
         raise TypeError("layers and skip are sequences of patterns, e.g. ('*',) and ('lm_head',), not one string")
-    return [
-        (name, m)
-        for name, m in model.named_modules()
-        if (isinstance(m, nn.Linear) or _is_conv1d(m))
-        and any(fnmatch(name, p) for p in layers)
-        and not any(fnmatch(name, p) for p in skip)
-    ]
+    # The registry's one decision of what is a Linear, so a checkpoint this writes is one `load` rebuilds.
+    return [(name, m) for name, m in linear_layers(model, skip) if any(fnmatch(name, p) for p in layers)]
 
 
 def quantize_weight(
