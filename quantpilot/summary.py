@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .nn import QuantModule
+from .nn import QuantModule, TensorQuantizer
 from .primitives import representable_range
 from .spec import QuantSpec
 
@@ -35,12 +35,29 @@ class LayerRow:
 
 
 class Summary(list):
-    """A list of `LayerRow` that prints as an aligned table with totals.
+    """A list of `LayerRow` that prints as an aligned table with totals and the share of weights quantized.
+
+    Attributes:
+        quantized_weights: weight elements stored quantized (each shared tensor counted once).
+        total_weights: those plus every float parameter element of the model (biases and norms included).
 
     Example:
         >>> print(Summary([]))
         (no quantized layers)
     """
+
+    quantized_weights: int = 0
+    total_weights: int = 0
+
+    @property
+    def quantized_share(self) -> float:
+        """Fraction (0..1) of the model's weight elements that are stored quantized.
+
+        Example:
+            >>> Summary([]).quantized_share
+            0.0
+        """
+        return self.quantized_weights / self.total_weights if self.total_weights else 0.0
 
     def __str__(self) -> str:
         if not self:
@@ -64,7 +81,11 @@ class Summary(list):
         rows.append(["total", "", "", "", "", "", f"{total_q / 1024:.1f}", f"{total_f / 1024:.1f}"])
         widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=True)]
         fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-        return "\n".join(fmt.format(*line).rstrip() for line in [headers, *rows])
+        share = (
+            f"quantized weights: {self.quantized_share:.1%} of the model's "
+            f"({self.quantized_weights:,} of {self.total_weights:,} elements)"
+        )
+        return "\n".join([*(fmt.format(*line).rstrip() for line in [headers, *rows]), share])
 
 
 def _describe(spec: QuantSpec | None, dynamic: bool = False) -> str:
@@ -78,6 +99,10 @@ def _describe(spec: QuantSpec | None, dynamic: bool = False) -> str:
 
 def summary(model: nn.Module) -> Summary:
     """Per-layer table: weight and activation scheme, calibrator, fixed input range, weight size.
+
+    Every layer is read through the storage interface (`stored_weight_bytes`, `weight_numel`), so
+    packed (RTN, GPTQ, AWQ, token tables) and LLM.int8() layers report like recipe layers. The
+    last line gives the share of the model's weights stored quantized (`Summary.quantized_share`).
 
     Args:
         model: a quantized model (frozen or not).
@@ -94,35 +119,40 @@ def summary(model: nn.Module) -> Summary:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     rows = Summary()
+    seen: set[int] = set()
     for name, m in model.named_modules():
         if not isinstance(m, QuantModule):
             continue
-        q = m.input_quantizer
-        if q.spec is None or q.dynamic:
-            calibrator, rng = "-", "-"
-        else:
-            calibrator = ", ".join(f"{v}" for v in q.calibrator_config.to_dict().values())
-            if q.scale is None:
-                rng = "not calibrated"
-            else:
-                lo, hi = representable_range(q.scale, q.zero_point, q.spec)
-                rng = f"[{lo.min().item():.4g}, {hi.max().item():.4g}]"
-        if m.is_frozen:
-            stored = sum(t.numel() * t.element_size() for t in (m.weight_int, m.weight_scale, m.weight_zero_point))
-            numel = m.weight_int.numel()
-        else:
-            numel = m.weight.numel()
-            stored = numel * m.weight.element_size()
+        calibrator, rng = _input_range(m.input_quantizer)
+        numel = m.weight_numel()
+        # A head tied to the token table reads the table's codes: count those elements once.
+        key = id(m.weight_storage()[0])
+        if m.weight_spec is not None and key not in seen:
+            seen.add(key)
+            rows.quantized_weights += numel
         rows.append(
             LayerRow(
                 layer=name,
                 type=type(m).__name__,
                 weights=_describe(m.weight_spec),
-                activations=_describe(q.spec, q.dynamic),
+                activations=_describe(m.input_quantizer.spec, m.input_quantizer.dynamic),
                 calibrator=calibrator,
                 input_range=rng,
-                weight_bytes=stored,
+                weight_bytes=m.stored_weight_bytes(),
                 float_weight_bytes=numel * 4,
             )
         )
+    # Float Parameters, except the weights of un-frozen quantized layers (already counted above).
+    rows.total_weights = rows.quantized_weights + sum(p.numel() for p in model.parameters() if id(p) not in seen)
     return rows
+
+
+def _input_range(q: TensorQuantizer) -> tuple[str, str]:
+    """(calibrator, fixed input range) of a layer's input quantizer, as the table prints them."""
+    if q.spec is None or q.dynamic:
+        return "-", "-"
+    calibrator = ", ".join(f"{v}" for v in q.calibrator_config.to_dict().values())
+    if q.scale is None:
+        return calibrator, "not calibrated"
+    lo, hi = representable_range(q.scale, q.zero_point, q.spec)
+    return calibrator, f"[{lo.min().item():.4g}, {hi.max().item():.4g}]"

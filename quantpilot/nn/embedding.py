@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .packed import WeightOnlyEmbedding
 from .quant_module import QuantModule
 
 __all__ = ["QuantEmbedding"]
@@ -43,13 +44,26 @@ class QuantEmbedding(QuantModule):
         self.num_embeddings, self.embedding_dim = embedding.num_embeddings, embedding.embedding_dim
         self.padding_idx = embedding.padding_idx
         self.scale_grad_by_freq, self.sparse = embedding.scale_grad_by_freq, embedding.sparse
-        self.float_dtype = embedding.weight.dtype
         self._setup_quantization(embedding.weight, input_quantizer=None, **quant)
 
     @classmethod
     def from_float(cls, module: nn.Module, **quant) -> QuantEmbedding:
         """Wrap an `nn.Embedding`, sharing its weight until freeze."""
         return cls(module, **quant)
+
+    def weight_only_form(
+        self, codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, scale_dtype: torch.dtype
+    ) -> WeightOnlyEmbedding:
+        """The packed `WeightOnlyEmbedding` holding these codes (`quantpilot.nn.storage`).
+
+        Example:
+            >>> import torch
+            >>> from quantpilot.nn.packed import weight_only_spec
+            >>> emb = QuantEmbedding(torch.nn.Embedding(3, 4), weight_spec=weight_only_spec(8, None))
+            >>> emb.weight_only_form(torch.zeros(3, 4), torch.ones(3), torch.zeros(3), torch.float16).num_embeddings
+            3
+        """
+        return WeightOnlyEmbedding.from_codes(codes, scale, zero_point, self.weight_spec, self.padding_idx, scale_dtype)
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
         weight = self.quantized_weight(self.float_dtype)

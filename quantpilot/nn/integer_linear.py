@@ -159,7 +159,7 @@ def _weight_problem(layer: QuantLinear) -> str | None:
     if not spec.symmetric or bool(layer.weight_zero_point.ne(0).any()):
         return "weights are asymmetric (zero point != 0): int8 GEMM here needs symmetric weights"
     # |acc - zp_x * R| <= 128 * sum|W| + 128 * |R| <= 256 * sum|W|: int32 must hold that.
-    abs_rows = _abs_row_sum(layer.weight_int)
+    abs_rows = _abs_row_sum(layer.weight_codes())
     if abs_rows.numel() and 2 * _MAX_ACT_CODE * int(abs_rows.max()) > _INT32_MAX:
         return "the int32 accumulator could overflow (very large in_features)"
     return None
@@ -199,7 +199,7 @@ def unsupported_reason(layer: nn.Module) -> str | None:
         >>> import torch, quantpilot as qp
         >>> m = qp.freeze(qp.quantize(torch.nn.Sequential(torch.nn.Linear(128, 8)), "w4a16-g128"))
         >>> unsupported_reason(m[0])
-        'weights are int4: the integer path multiplies int8 weight codes'
+        "out_features=8 is not a multiple of 64 (the CPU int4 pack's row block)"
     """
     if isinstance(layer, WeightOnlyLinear):
         return kernel_problem(layer)  # packed int8 / int4 from RTN, GPTQ, AWQ
@@ -365,9 +365,9 @@ class Int8Linear(nn.Module):
         # Symmetric int8 has zp 0; symmetric uint8 has zp 128, which the shift also turns into 0.
         self.needs_zero_point = not self.input_spec.symmetric
         self.register_buffer("input_smoothing", _input_smoothing(layer))
-        self.register_buffer("weight_int", layer.weight_int)
+        self.register_buffer("weight_int", layer.weight_codes())
         self.register_buffer("weight_scale", _per_channel_weight_scale(layer))
-        row_sum = layer.weight_int.sum(dim=1, dtype=torch.int32)
+        row_sum = self.weight_int.sum(dim=1, dtype=torch.int32)
         self.register_buffer("weight_row_sum", row_sum)
         bias = None if layer.bias is None else layer.bias.detach().float()
         self.register_buffer("offset", None)  # static only: int32 b_q - zp_x * R, per output channel
@@ -484,7 +484,7 @@ class Int8WeightOnlyLinear(nn.Module):
         # The stored codes as dequantize sees them once a per-tensor scale is expanded per row.
         self.weight_spec = QuantSpec("int8", granularity=PerChannel(0))
         self.register_buffer("input_smoothing", _input_smoothing(layer))
-        self.register_buffer("weight_int", layer.weight_int)
+        self.register_buffer("weight_int", layer.weight_codes())
         self.register_buffer("weight_scale", _per_channel_weight_scale(layer))
         self.register_buffer("weight_zero_point", torch.zeros(self.out_features, dtype=torch.int32))
         self.register_buffer("bias", None if layer.bias is None else layer.bias.detach().float())

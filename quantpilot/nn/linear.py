@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..spec import QuantSpec
+from .packed import WeightOnlyLinear
 from .quant_module import DEFAULT_WEIGHT_SPEC, QuantModule
 from .tensor_quantizer import CalibratorConfig, TensorQuantizer
 
@@ -67,6 +68,20 @@ class QuantLinear(QuantModule):
             # transformers' Conv1D computes x @ W + b with W shaped (in, out): a Linear with W.T.
             return cls(nn.Parameter(module.weight.detach().t().contiguous()), module.bias, **quant)
         raise TypeError(f"QuantLinear wraps nn.Linear or transformers' Conv1D, got {type(module).__name__}")
+
+    def weight_only_form(
+        self, codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, scale_dtype: torch.dtype
+    ) -> WeightOnlyLinear:
+        """The packed `WeightOnlyLinear` holding these codes and this layer's bias (`quantpilot.nn.storage`).
+
+        Example:
+            >>> import torch
+            >>> from quantpilot.nn.packed import weight_only_spec
+            >>> layer = QuantLinear(torch.randn(2, 4), None, weight_spec=weight_only_spec(8, None))
+            >>> layer.weight_only_form(torch.zeros(2, 4), torch.ones(2), torch.zeros(2), torch.float16).out_features
+            2
+        """
+        return WeightOnlyLinear.from_codes(codes, scale, zero_point, self.weight_spec, self.bias, scale_dtype)
 
     def smooth(self, factors: torch.Tensor) -> None:
         """Move per-input-channel scale from the activation into the weight: `x / s`, `W * s`.

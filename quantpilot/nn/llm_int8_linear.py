@@ -67,6 +67,7 @@ class LLMInt8Linear(QuantModule):
         self.out_features, self.in_features = weight.shape
         self._setup_quantization(weight.detach().float().clone(), WEIGHT_SPEC)
         self.store_weight_as_integers()
+        self.float_dtype = weight.dtype  # `.weight` answers in the model's dtype, not the float32 copy's
         self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), requires_grad=False)
         # A buffer, so the threshold travels with the weights through safetensors.
         self.register_buffer("threshold", torch.tensor(float(threshold), dtype=torch.float32))
@@ -111,7 +112,7 @@ class LLMInt8Linear(QuantModule):
         """An empty layer shaped as a saved one; `quantpilot.load` then fills it from the safetensors file.
 
         Args:
-            module: what the saved recipe put at this name (unused: the saved config is complete).
+            module: what the saved recipe put at this name (only its weight's dtype is read).
             entry: the layer's entry of the saved map, holding `saved_config()` under "config".
 
         Example:
@@ -125,7 +126,9 @@ class LLMInt8Linear(QuantModule):
             raise ValueError("the saved LLM.int8() layer has no complete config; the quantpilot.json map is damaged")
         out_features, in_features = int(cfg["out_features"]), int(cfg["in_features"])
         bias = torch.zeros(out_features) if cfg["bias"] else None
-        return cls(torch.zeros(out_features, in_features), bias, threshold=float(cfg["threshold"]))
+        weight = getattr(module, "weight", None)
+        dtype = weight.dtype if isinstance(weight, torch.Tensor) and weight.is_floating_point() else torch.float32
+        return cls(torch.zeros(out_features, in_features, dtype=dtype), bias, threshold=float(cfg["threshold"]))
 
     def reset_outlier_stats(self) -> None:
         """Forget the outlier counts (e.g. before measuring on a new data set)."""
@@ -159,12 +162,12 @@ class LLMInt8Linear(QuantModule):
         """Row-wise absmax int8 activations times the per-channel int8 weight, int32 accumulate, rescale."""
         row_scale, row_zero = choose_qparams(*min_max(rows, ROW_SPEC), ROW_SPEC)
         codes = quantize(rows, row_scale, row_zero, ROW_SPEC)
-        acc = int8_matmul(codes, self.weight_int.t())
+        acc = int8_matmul(codes, self.weight_codes().t())
         # The outer product of the two scale vectors, applied in place on the accumulator's float copy.
         return acc.to(torch.float32).mul_(row_scale.unsqueeze(1)).mul_(self.weight_scale.unsqueeze(0))
 
     def _dequantized_columns(self, columns: torch.Tensor | slice) -> torch.Tensor:
-        return dequantize(self.weight_int[:, columns], self.weight_scale, self.weight_zero_point, WEIGHT_SPEC)
+        return dequantize(self.weight_codes()[:, columns], self.weight_scale, self.weight_zero_point, WEIGHT_SPEC)
 
     def extra_repr(self) -> str:
         return (

@@ -26,174 +26,21 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from ..primitives import dequantize
-from ..spec import PerChannel, PerGroup, QuantSpec
-from .quant_module import QuantModule
-from .tensor_quantizer import TensorQuantizer
+from ..spec import QuantSpec
+from .packed_weight import OUTPUT_DTYPES, SCALE_DTYPES, PackedWeight, weight_only_spec
+from .packing import pack_int4, unpack_int4
 
 __all__ = ["pack_int4", "unpack_int4", "weight_only_spec", "PackedWeight", "WeightOnlyLinear", "WeightOnlyEmbedding"]
 
-_SCALE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
-_OUTPUT_DTYPES = {"float32": torch.float32, **_SCALE_DTYPES}
-
-
-def pack_int4(codes: torch.Tensor) -> torch.Tensor:
-    """Pack 4-bit codes (0..15) two per byte along the last axis: column 2j in the low nibble, 2j+1 high.
-
-    Args:
-        codes: integer tensor with values in 0..15 and an even last dimension.
-
-    Returns:
-        uint8 tensor with the last dimension halved.
-
-    Example:
-        >>> pack_int4(torch.tensor([[1, 2, 15, 0]])).tolist()
-        [[33, 15]]
-    """
-    if codes.dtype.is_floating_point or codes.dtype == torch.bool:
-        raise TypeError(f"pack_int4 packs integer codes, got {codes.dtype}")
-    if codes.dim() == 0 or codes.shape[-1] % 2:
-        raise ValueError(f"pack_int4 needs an even last dimension, got shape {tuple(codes.shape)}")
-    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) > 15):
-        raise ValueError("pack_int4 takes codes in 0..15 (unsigned 4-bit); shift signed int4 codes by +8 first")
-    c = codes.to(torch.uint8)
-    return c[..., 0::2] | (c[..., 1::2] << 4)
-
-
-def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
-    """Inverse of `pack_int4`: uint8 bytes to codes 0..15, last dimension doubled.
-
-    Example:
-        >>> unpack_int4(torch.tensor([[33, 15]], dtype=torch.uint8)).tolist()
-        [[1, 2, 15, 0]]
-    """
-    if packed.dtype != torch.uint8:
-        raise TypeError(f"unpack_int4 takes the uint8 bytes pack_int4 returns, got {packed.dtype}")
-    return torch.stack((packed & 0x0F, packed >> 4), dim=-1).reshape(*packed.shape[:-1], packed.shape[-1] * 2)
-
-
-def weight_only_spec(bits: int, group_size: int | None, symmetric: bool = False) -> QuantSpec:
-    """The weight scheme of the LLM weight methods: unsigned codes, per group or per output channel.
-
-    Example:
-        >>> weight_only_spec(4, 128).granularity, weight_only_spec(8, None).dtype.value
-        (PerGroup(size=128), 'uint8')
-    """
-    if bits not in (4, 8):
-        raise ValueError(f"bits must be 4 or 8 (packed int4 / int8 storage), got {bits}")
-    if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2):
-        raise ValueError(f"group_size must be None (per output channel) or an integer >= 2, got {group_size!r}")
-    granularity = PerChannel(0) if group_size is None else PerGroup(group_size)
-    return QuantSpec("uint4" if bits == 4 else "uint8", symmetric=symmetric, granularity=granularity)
-
 
 def _scale_dtype_name(dtype: torch.dtype) -> str:
-    return next(k for k, v in _SCALE_DTYPES.items() if v == dtype)
+    return next(k for k, v in SCALE_DTYPES.items() if v == dtype)
 
 
-class PackedWeight(QuantModule):
-    """Storage shared by the packed weight-only layers: a (rows, cols) weight as `(q - z) * s`.
-
-    `q` is stored packed (4 bit, two per byte along `cols`) or as bytes (8 bit); `s` and `z` are 16-bit,
-    one per row (per-channel) or per group of `cols`. `WeightOnlyLinear` reads rows as output features
-    and `WeightOnlyEmbedding` as tokens; both layouts are the (out, in) layout a Linear multiplies with.
-
-    Example:
-        >>> issubclass(WeightOnlyLinear, PackedWeight), issubclass(WeightOnlyEmbedding, PackedWeight)
-        (True, True)
-    """
-
-    def _init_storage(self, rows: int, cols: int, spec: QuantSpec, scale_dtype: torch.dtype, what: str) -> None:
-        if spec.dtype.value not in ("uint4", "uint8"):
-            raise ValueError(f"{type(self).__name__} stores uint4 or uint8 codes, got {spec.dtype.value}")
-        if scale_dtype not in _SCALE_DTYPES.values():
-            raise ValueError(f"scale_dtype must be torch.float16 or torch.bfloat16, got {scale_dtype}")
-        g = spec.granularity
-        if isinstance(g, PerGroup):
-            if cols % g.size:
-                raise ValueError(
-                    f"{what}={cols} is not a multiple of group_size={g.size}; pick a group size that "
-                    "divides it (e.g. 32, 64, 128) or group_size=None for per-channel scales"
-                )
-            groups = cols // g.size
-        elif isinstance(g, PerChannel) and g.axis == 0:
-            groups = 1
-        else:
-            raise ValueError(f"weights are quantized per group or per output channel (PerChannel(0)), got {g}")
-        self.bits = 4 if spec.dtype.value == "uint4" else 8
-        if self.bits == 4 and cols % 2:
-            raise ValueError(f"packed int4 needs an even {what}, got {cols}")
-        self.weight_spec = spec
-        self.input_quantizer = TensorQuantizer(None)  # activations stay float (weight-only)
-        stored = cols // 2 if self.bits == 4 else cols
-        self.register_buffer("weight_packed", torch.zeros(rows, stored, dtype=torch.uint8))
-        self.register_buffer("weight_scale", torch.ones(rows, groups, dtype=scale_dtype))
-        self.register_buffer("weight_zero_point", torch.zeros(rows, groups, dtype=scale_dtype))
-
-    @classmethod
-    def _from_entry(cls, entry: dict[str, Any], build: Any) -> Any:
-        """`build(config, spec, scale_dtype)` on a saved map entry; a missing or bad field is a damaged map."""
-        config = entry.get("config") or {}
-        try:
-            return build(config, QuantSpec.from_dict(entry["weights"]), _SCALE_DTYPES[config["scale_dtype"]])
-        except (KeyError, TypeError) as err:
-            raise ValueError(f"the saved entry of a {cls.__name__} lacks {err}; the map file is damaged") from None
-
-    def _store_codes(self, codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
-        """Fill the buffers from unpacked codes (rows, cols) and qparams shaped (rows, groups) or (rows,)."""
-        if codes.dim() != 2 or tuple(codes.shape) != (self.weight_packed.shape[0], self.weight_cols):
-            raise ValueError(
-                f"codes must be 2-D shaped {(self.weight_packed.shape[0], self.weight_cols)}, got {tuple(codes.shape)}"
-            )
-        qmax = 15 if self.bits == 4 else 255
-        if codes.numel() and (float(codes.min()) < 0 or float(codes.max()) > qmax):
-            raise ValueError(f"codes must lie in 0..{qmax} for {self.bits}-bit unsigned storage")
-        rows, groups = self.weight_scale.shape
-        scale_dtype = self.weight_scale.dtype
-        codes = codes.detach().round().to(torch.uint8) if codes.dtype.is_floating_point else codes.to(torch.uint8)
-        self.weight_packed = pack_int4(codes) if self.bits == 4 else codes.contiguous()
-        self.weight_scale = scale.detach().reshape(rows, groups).to(scale_dtype).contiguous()
-        self.weight_zero_point = zero_point.detach().reshape(rows, groups).to(scale_dtype).contiguous()
-
-    @property
-    def weight_cols(self) -> int:
-        """Unpacked width of the stored weight (in_features / embedding_dim)."""
-        return self.weight_packed.shape[1] * (2 if self.bits == 4 else 1)
-
-    @property
-    def is_frozen(self) -> bool:
-        """Always True: the weight only ever exists as codes."""
-        return True
-
-    @property
-    def group_size(self) -> int:
-        """Columns sharing one scale (all of them for per-channel scales)."""
-        return self.weight_cols // self.weight_scale.shape[1]
-
-    def weight_codes(self) -> torch.Tensor:
-        """The unpacked codes, uint8 (rows, cols)."""
-        return unpack_int4(self.weight_packed) if self.bits == 4 else self.weight_packed
-
-    def _dequantize_rows(
-        self, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, dtype: torch.dtype
-    ) -> torch.Tensor:
-        codes = unpack_int4(packed) if self.bits == 4 else packed
-        scale, zero = scale.float(), zero.float()
-        if isinstance(self.weight_spec.granularity, PerChannel):
-            scale, zero = scale[:, 0], zero[:, 0]
-        return dequantize(codes, scale, zero, self.weight_spec, dtype)
-
-    def quantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
-        """The dequantized weight `(q - z) * s` in `dtype`, computed by `quantpilot.primitives.dequantize`."""
-        return self._dequantize_rows(self.weight_packed, self.weight_scale, self.weight_zero_point, dtype)
-
-    def weight_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stored (scale, zero point), shaped (rows, groups)."""
-        return self.weight_scale, self.weight_zero_point
-
-    def _scheme_repr(self) -> str:
-        scheme = "per channel" if isinstance(self.weight_spec.granularity, PerChannel) else f"g{self.group_size}"
-        return f"weight=uint{self.bits} {scheme}, scales={self.weight_scale.dtype}"
+def _float_dtype_of(module: Any) -> torch.dtype:
+    """The float dtype of the layer a saved one replaces (what its `.weight` should answer in)."""
+    weight = getattr(module, "weight", None)
+    return weight.dtype if isinstance(weight, torch.Tensor) and weight.is_floating_point() else torch.float32
 
 
 class WeightOnlyLinear(PackedWeight):
@@ -338,8 +185,8 @@ class WeightOnlyLinear(PackedWeight):
         """An empty layer shaped as the saved one; `quantpilot.load` then fills it from the file.
 
         Args:
-            module: the module found at this name in the freshly quantized float model (unused:
-                the entry holds everything).
+            module: the module found at this name in the freshly quantized float model (only its
+                weight's dtype is read: the entry holds everything else).
             entry: the layer's entry of the saved map (`weights` spec and `config`).
 
         Example:
@@ -355,6 +202,7 @@ class WeightOnlyLinear(PackedWeight):
             ),
         )
         layer.tied_to = (entry.get("config") or {}).get("tied_to")
+        layer.float_dtype = _float_dtype_of(module)
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -393,7 +241,6 @@ class WeightOnlyEmbedding(PackedWeight):
         self._init_storage(num_embeddings, embedding_dim, spec, scale_dtype, "embedding_dim")
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.padding_idx = padding_idx
-        self.output_dtype = torch.float32
 
     @classmethod
     def from_codes(
@@ -430,7 +277,7 @@ class WeightOnlyEmbedding(PackedWeight):
             "embedding_dim": self.embedding_dim,
             "padding_idx": self.padding_idx,
             "scale_dtype": _scale_dtype_name(self.weight_scale.dtype),
-            "output_dtype": str(self.output_dtype).removeprefix("torch."),
+            "output_dtype": str(self.float_dtype).removeprefix("torch."),
         }
 
     @classmethod
@@ -451,19 +298,28 @@ class WeightOnlyEmbedding(PackedWeight):
         )
         # The float dtype the rest of the model runs in (a bf16 model's table must not hand it float32).
         output_dtype = (entry.get("config") or {}).get("output_dtype", "float32")
-        if output_dtype not in _OUTPUT_DTYPES:
+        if output_dtype not in OUTPUT_DTYPES:
             raise ValueError(
                 f"the saved WeightOnlyEmbedding has output_dtype {output_dtype!r}; the map file is damaged"
             )
-        table.output_dtype = _OUTPUT_DTYPES[output_dtype]
+        table.float_dtype = OUTPUT_DTYPES[output_dtype]
         return table
+
+    @property
+    def output_dtype(self) -> torch.dtype:
+        """Dtype of the looked-up rows (and of `.weight`): the float dtype the rest of the model runs in."""
+        return self.float_dtype
+
+    @output_dtype.setter
+    def output_dtype(self, dtype: torch.dtype) -> None:
+        self.float_dtype = dtype
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
         if indices.dtype not in (torch.int32, torch.int64):
             raise TypeError(f"an embedding looks up integer token ids, got {indices.dtype}")
         flat = indices.reshape(-1)
         rows = self._dequantize_rows(
-            self.weight_packed[flat], self.weight_scale[flat], self.weight_zero_point[flat], self.output_dtype
+            self.weight_packed[flat], self.weight_scale[flat], self.weight_zero_point[flat], self.float_dtype
         )
         return rows.reshape(*indices.shape, self.embedding_dim)
 
