@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .batches import eval_mode
 from .distributed import merged_across_ranks
+from .meta_device import load_weights_file
 from .nn import QuantModule, TensorQuantizer, lookup
 from .nn.registry import warn_unhandled
 from .recipe import FORMAT_VERSION, Recipe
@@ -409,6 +410,10 @@ def load(float_model: nn.Module, directory: str | Path) -> nn.Module:
     `QuantModule` subclass with `from_saved(module, entry)` and `saved_config()` (see
     `_rebuildable_layer_types`), dispatched on the saved map's "type".
 
+    `float_model` may be built on the meta device (`with torch.device("meta"):` or accelerate's
+    `init_empty_weights()`): only the storage the file fills is allocated, and non-persistent
+    buffers are recomputed by the model's Hugging Face `_init_weights` (see `quantpilot.meta_device`).
+
     Returns:
         The frozen quantized model; its outputs equal the saved model's bit for bit.
 
@@ -461,7 +466,7 @@ def load(float_model: nn.Module, directory: str | Path) -> nn.Module:
             for q in _static_quantizers(qmodel):
                 q.scale = f.get_tensor(f"{q.qualname}.scale")
                 q.zero_point = f.get_tensor(f"{q.qualname}.zero_point")
-        missing, unexpected = safetensors.torch.load_model(qmodel, str(directory / WEIGHTS_FILE), strict=False)
+        missing, unexpected = load_weights_file(qmodel, str(directory / WEIGHTS_FILE))  # meta models: assigned
     except (RuntimeError, OSError, safetensors.SafetensorError) as err:
         raise ValueError(f"{directory / WEIGHTS_FILE} does not fit this model or is damaged: {err}") from None
     if missing or unexpected:
