@@ -39,7 +39,8 @@ class Summary(list):
 
     Attributes:
         quantized_weights: weight elements stored quantized (each shared tensor counted once).
-        total_weights: those plus every float parameter element of the model (biases and norms included).
+        total_weights: those plus the elements of every float weight matrix, stack or kernel left (parameters
+            with two or more dimensions: biases and norms are not weights any method quantizes).
 
     Example:
         >>> print(Summary([]))
@@ -142,8 +143,11 @@ def summary(model: nn.Module) -> Summary:
                 float_weight_bytes=numel * 4,
             )
         )
-    # Float Parameters, except the weights of un-frozen quantized layers (already counted above).
-    rows.total_weights = rows.quantized_weights + sum(p.numel() for p in model.parameters() if id(p) not in seen)
+    # Weight matrices (and stacks, conv kernels) still float, except the un-frozen quantized layers'
+    # (counted above); biases and norms are left out as no method quantizes them, frozen or not.
+    rows.total_weights = rows.quantized_weights + sum(
+        p.numel() for p in model.parameters() if p.dim() >= 2 and id(p) not in seen
+    )
     return rows
 
 
