@@ -224,11 +224,12 @@ def freeze(model: nn.Module) -> nn.Module:
         model: a quantized model (calibrated, for static activations).
 
     Returns:
-        The same model, frozen in place.
+        The same model, frozen in place (weight-only uint4 / uint8 Linear and Embedding layers are
+        replaced by packed `WeightOnlyLinear` / `WeightOnlyEmbedding`, see `quantpilot.nn.storage`).
 
     Example:
         >>> import torch, quantpilot as qp
-        >>> qp.freeze(qp.quantize(torch.nn.Sequential(torch.nn.Linear(4, 4)), "w8a16"))[0].weight_int.dtype
+        >>> qp.freeze(qp.quantize(torch.nn.Sequential(torch.nn.Linear(4, 4)), "w8a16"))[0].weight_codes().dtype
         torch.int8
     """
     _check_model(model)
@@ -241,8 +242,23 @@ def freeze(model: nn.Module) -> nn.Module:
             f"{len(missing)} static layer input(s) saw no calibration data (e.g. {missing[:3]}): run batches through "
             "the model inside `with quantpilot.calibrate(model):` first, or skip those layers in the recipe"
         )
-    for _, module in layers:
-        module.freeze()
+    from .nn.storage import frozen_form
+
+    recipe = getattr(model, RECIPE_ATTR, None)
+    # The packed weight-only layers' scale dtype is the recipe's (float16 unless it says bfloat16).
+    scale_dtype = getattr(torch, getattr(recipe, "scale_dtype", "float16"))
+    for name, module in layers:
+        # The spec picks the storage: weight-only uint4/uint8 Linear/Embedding layers become packed layers.
+        frozen = frozen_form(module, scale_dtype)
+        if frozen is module:
+            continue
+        parent, _, child = name.rpartition(".")
+        if name == "":
+            model = frozen
+        else:
+            setattr(model.get_submodule(parent), child, frozen)
+    if recipe is not None and getattr(model, RECIPE_ATTR, None) is None:
+        setattr(model, RECIPE_ATTR, recipe)  # the root itself was replaced
     for q in _static_quantizers(model):  # functional points (matmul, add) sit outside the layers
         q.fix_qparams()
     return model

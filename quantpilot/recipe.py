@@ -405,10 +405,13 @@ PRESETS: dict[str, Callable[[], Recipe]] = {
     ),
     "w8a16": lambda: Recipe(weights=_INT8_WEIGHTS, activations=None, name="w8a16"),
     # Asymmetric groups of 128 with a zero point, as the AWQ/GPTQ reference code stores W4.
+    # Stored packed (two codes per byte, fp16 scales) like `qp.algorithms.rtn(bits=4)`, which gives
+    # the same codes; the token table is quantized too and the output head stays float, as RTN keeps it.
     "w4a16-g128": lambda: Recipe(
-        weights=QuantSpec("int4", symmetric=False, granularity=PerGroup(128)),
+        weights=QuantSpec("uint4", symmetric=False, granularity=PerGroup(128)),
         activations=None,
-        module_types=("Linear", "Conv1D"),
+        module_types=("Linear", "Conv1D", "Embedding"),
+        skip=("lm_head", "*.lm_head", "score", "classifier"),
         name="w4a16-g128",
     ),
     # fp8 scales to the format's largest value: an amax (min-max) range is the usual choice.
