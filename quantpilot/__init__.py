@@ -8,8 +8,18 @@ Example:
 
 __version__ = "0.1.0"
 
-from . import algorithms, analysis, engines, evaluate, metrics, qat, transforms  # noqa: E402
-from .api import calibrate, freeze, is_frozen, load, quantize, quantized_layers, save, unfrozen_parts  # noqa: E402
+from . import algorithms, analysis, engines, evaluate, metrics, qat, steps, transforms  # noqa: E402
+from .api import (  # noqa: E402
+    calibrate,
+    freeze,
+    is_frozen,
+    load,
+    quantize,
+    quantized_layers,
+    recipe_of,
+    save,
+    unfrozen_parts,
+)
 from .export import export_onnx  # noqa: E402
 from .recipe import Recipe  # noqa: E402
 from .selection import select  # noqa: E402
@@ -26,6 +36,8 @@ __all__ = [
     "PerToken",
     "Recipe",
     "quantize",
+    "recipe_of",
+    "steps",
     "calibrate",
     "freeze",
     "save",

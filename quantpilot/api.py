@@ -30,14 +30,17 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .batches import eval_mode
+from .deferred import BATCHES_ATTR, CHOICES_ATTR, is_pending, mark_pending, recording, run_deferred_steps
 from .distributed import merged_across_ranks
+from .install import install_layers, plan_layers
 from .meta_device import load_weights_file
-from .nn import QuantModule, TensorQuantizer, lookup
+from .nn import QuantModule, TensorQuantizer
 from .nn.registry import warn_unhandled
-from .recipe import FORMAT_VERSION, Recipe
+from .recipe import FORMAT_VERSION, READABLE_VERSIONS, Recipe
 
 __all__ = [
     "quantize",
+    "recipe_of",
     "calibrate",
     "freeze",
     "save",
@@ -109,57 +112,48 @@ def quantize(model: nn.Module, recipe: Recipe | str | None = None, *, inplace: b
     """
     _check_model(model)
     recipe = _as_recipe(recipe)
-    if quantized_layers(model):
+    if quantized_layers(model) or is_pending(model):
         raise ValueError("this model is already quantized; pass the original float model to quantpilot.quantize")
     target = model if inplace else copy.deepcopy(model)
+    for step in recipe.steps:
+        target = step.prepare(target, recipe)
     if "add" in recipe.ops:
         # Traced first, on float modules: the tracer then sees plain Linear/Conv calls.
         from .functional_points import install_add_points
 
         target = install_add_points(target, recipe)
-    plan, seen_types = [], set()
-    for name, module in target.named_modules():
-        entry = lookup(module)
-        seen_types.add(type(module).__name__)
-        if entry is None:
-            continue
-        layer = recipe.for_layer(name, entry.name)
-        has_activation = entry.has_input and layer is not None and layer.activations is not None
-        if layer is None or (layer.weights is None and not has_activation):
-            continue
-        plan.append((name, module, entry, layer, has_activation))
-    if not plan:
+    plan, seen_types = plan_layers(target, recipe)
+    if not plan and not quantized_layers(target) and not any(step.deferred for step in recipe.steps):
         raise ValueError(
             f"the model has no layer this recipe quantizes: it quantizes {list(recipe.module_types)} "
             f"(skip={list(recipe.skip)}), the model holds {sorted(seen_types)}; "
             "adjust the recipe's module_types or skip patterns"
         )
     warn_unhandled(target, recipe.skip, stacklevel=2)  # weights nothing quantizes are named, never skipped silently
-    for name, module, entry, layer, has_activation in plan:
-        input_quantizer = None
-        if has_activation:
-            input_quantizer = TensorQuantizer(
-                layer.activations, dynamic=layer.dynamic, calibrator=layer.activation_calibrator
-            )
-            input_quantizer.qualname = f"{name}.input_quantizer" if name else "input_quantizer"
-        qmodule = entry.factory(
-            module,
-            weight_spec=layer.weights,
-            weight_calibrator=layer.weight_calibrator,
-            input_quantizer=input_quantizer,
-        )
-        qmodule.train(module.training)
-        if name == "":
-            target = qmodule
-        else:
-            parent_name, _, child = name.rpartition(".")
-            setattr(target.get_submodule(parent_name), child, qmodule)
-    if "matmul" in recipe.ops:
-        from .functional_points import install_matmul_points
-
-        install_matmul_points(target, recipe)
+    if any(step.deferred for step in recipe.steps):
+        # Steps that act inside freeze (GPTQ, AWQ, SmoothQuant) see the float model and the batches
+        # calibrate records; the quantizers go in once they ran.
+        mark_pending(target)
+    else:
+        target = install_layers(target, recipe, plan)
     setattr(target, RECIPE_ATTR, recipe)
     return target
+
+
+def recipe_of(model: nn.Module) -> Recipe:
+    """The `Recipe`, steps included, that rebuilds a quantized model through quantize / calibrate / freeze.
+
+    Example:
+        >>> import torch, quantpilot as qp
+        >>> qm = qp.algorithms.rtn(torch.nn.Sequential(torch.nn.Linear(64, 8)), bits=8, group_size=None)
+        >>> qp.recipe_of(qm).name
+        'rtn-w8a16-per-channel'
+    """
+    _check_model(model)
+    recipe = getattr(model, RECIPE_ATTR, None)
+    if not isinstance(recipe, Recipe):
+        raise ValueError("this model was not quantized by quantpilot: it carries no recipe")
+    return recipe
 
 
 def _show_progress() -> bool:
@@ -189,13 +183,20 @@ def calibrate(model: nn.Module, *, progress: bool | None = None) -> Iterator[nn.
         ...     _ = m(torch.randn(2, 4))
     """
     _check_model(model)
+    if is_pending(model):
+        # The recipe's steps run inside freeze, on exactly the batches seen here.
+        with recording(model), eval_mode(model), torch.no_grad():
+            yield model
+        return
     layers = quantized_layers(model)
     if not layers:
         raise ValueError("this model is not quantized: call quantpilot.quantize(model, recipe) first")
-    frozen = [name for name, m in layers if m.is_frozen]
-    if frozen:
-        raise ValueError(f"layers {frozen[:3]} are already frozen: calibrate before quantpilot.freeze, not after")
     quantizers = _static_quantizers(model)
+    # Layers a step stores frozen from the start (LLM.int8(), packed tables) are fine; fixed activation ranges
+    # mean freeze already ran, and more data would change nothing.
+    frozen = [q.qualname or "?" for q in quantizers if q.scale is not None]
+    if frozen:
+        raise ValueError(f"{frozen[:3]} are already frozen: calibrate before quantpilot.freeze, not after")
     if not quantizers:
         warnings.warn("nothing to calibrate: this recipe has dynamic or float activations", stacklevel=3)
     bar = tqdm(desc="calibrating", unit="batch", disable=not (_show_progress() if progress is None else progress))
@@ -233,6 +234,8 @@ def freeze(model: nn.Module) -> nn.Module:
         torch.int8
     """
     _check_model(model)
+    if is_pending(model):
+        model = run_deferred_steps(model, recipe_of(model))
     layers = quantized_layers(model)
     if not layers:
         raise ValueError("this model is not quantized: call quantpilot.quantize(model, recipe) first")
@@ -242,6 +245,7 @@ def freeze(model: nn.Module) -> nn.Module:
             f"{len(missing)} static layer input(s) saw no calibration data (e.g. {missing[:3]}): run batches through "
             "the model inside `with quantpilot.calibrate(model):` first, or skip those layers in the recipe"
         )
+    from .install import replace_module
     from .nn.storage import frozen_form
 
     recipe = getattr(model, RECIPE_ATTR, None)
@@ -250,13 +254,8 @@ def freeze(model: nn.Module) -> nn.Module:
     for name, module in layers:
         # The spec picks the storage: weight-only uint4/uint8 Linear/Embedding layers become packed layers.
         frozen = frozen_form(module, scale_dtype)
-        if frozen is module:
-            continue
-        parent, _, child = name.rpartition(".")
-        if name == "":
-            model = frozen
-        else:
-            setattr(model.get_submodule(parent), child, frozen)
+        if frozen is not module:
+            model = replace_module(model, name, frozen)
     if recipe is not None and getattr(model, RECIPE_ATTR, None) is None:
         setattr(model, RECIPE_ATTR, recipe)  # the root itself was replaced
     for q in _static_quantizers(model):  # functional points (matmul, add) sit outside the layers
@@ -371,6 +370,16 @@ def _rebuild_algorithm_layers(qmodel: nn.Module, saved_layers: dict[str, Any]) -
     return qmodel
 
 
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    return value if isinstance(value, str | int | float | bool) or value is None else str(value)
+
+
 def save(model: nn.Module, directory: str | Path) -> Path:
     """Save a frozen model as safetensors plus a versioned JSON map (no pickle anywhere).
 
@@ -408,6 +417,8 @@ def save(model: nn.Module, directory: str | Path) -> Path:
         "model_class": type(model).__name__,
         "recipe": recipe.to_dict(),
         "layers": _layer_map(model),
+        # What the recipe's steps chose on the calibration data (AWQ alphas, smoothed layers), for the record.
+        "choices": _jsonable(model.__dict__.get(CHOICES_ATTR) or {}),
     }
     (directory / MAP_FILE).write_text(json.dumps(meta, indent=2))
     return directory
@@ -456,12 +467,17 @@ def load(float_model: nn.Module, directory: str | Path) -> nn.Module:
         raise ValueError(f"{directory / MAP_FILE} is not valid JSON ({err}); the file is damaged") from None
     if not isinstance(meta, dict) or meta.get("format") != "quantpilot":
         raise ValueError(f"{directory / MAP_FILE} is not a quantpilot map")
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in READABLE_VERSIONS:
         raise ValueError(
             f"format_version {meta.get('format_version')!r} is not supported by this quantpilot "
-            f"(it reads {FORMAT_VERSION})"
+            f"(it reads {list(READABLE_VERSIONS)}); save the model again with this version"
         )
-    qmodel = quantize(float_model, Recipe.from_dict(meta["recipe"]))
+    recipe = Recipe.from_dict(meta["recipe"])
+    qmodel = quantize(float_model, recipe)
+    if is_pending(qmodel):
+        # Deferred steps (GPTQ, AWQ, SmoothQuant) chose the values the file holds; only the structure is rebuilt.
+        del qmodel.__dict__[BATCHES_ATTR]
+        qmodel = install_layers(qmodel, recipe)
     saved_layers = meta.get("layers") if isinstance(meta.get("layers"), dict) else {}
     qmodel = _rebuild_algorithm_layers(qmodel, saved_layers)
     for name, module in quantized_layers(qmodel):

@@ -28,10 +28,15 @@ import yaml
 from .nn.registry import registered_names
 from .nn.tensor_quantizer import CalibratorConfig
 from .spec import PerChannel, PerGroup, PerTensor, PerToken, QuantSpec
+from .steps.base import Step, as_step
 
 __all__ = ["Recipe", "LayerRecipe", "FORMAT_VERSION", "FUNCTIONAL_OPS"]
 
-FORMAT_VERSION = 1
+# 2: recipes hold `steps` (methods registered by name), `layers` include patterns and the packed `scale_dtype`.
+# Version-1 files have none of them and load unchanged.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+SCALE_DTYPES = ("float16", "bfloat16")
 
 DEFAULT_MODULE_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "Conv1D", "Embedding")
 # Functional operations that can get quantization points besides the module layers: "matmul" (the
@@ -117,6 +122,12 @@ class Recipe:
             `FUNCTIONAL_OPS` ("matmul": attention Q·Kᵀ and P·V; "add": both inputs of residual
             additions). They use the activation scheme and calibrator of the recipe; `skip` and
             `overrides` patterns match their point names (e.g. "encoder.layer.0.attention.self:matmul").
+        layers: fnmatch patterns of qualified names to quantize (default every layer); `skip` wins.
+        steps: ordered methods applied to the model (`quantpilot.steps`: SmoothQuant, AWQ, GPTQ,
+            LLMInt8, FoldBatchNorm, QuantizeEmbeddings), as `Step` objects or `{"name": ..., ...}`
+            mappings. Steps that need data run inside `freeze` on the batches `calibrate` recorded.
+        scale_dtype: "float16" (default) or "bfloat16": the dtype of the scales of packed weight-only
+            layers (uint4 / uint8 weights with float activations), as GPTQ/AWQ checkpoints store them.
         name: a label (presets set it).
         notes: free-text explanations, `{topic or layer: why}`; `quantpilot.select` records there why each
             layer stays in float or got its calibrator. They never change how the model is quantized.
@@ -139,6 +150,9 @@ class Recipe:
     ops: tuple[str, ...] = ()
     name: str = "custom"
     notes: dict[str, str] = field(default_factory=dict)
+    layers: tuple[str, ...] = ("*",)
+    steps: tuple[Step, ...] = ()
+    scale_dtype: str = "float16"
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass normalisation)
@@ -148,7 +162,7 @@ class Recipe:
         set_("dynamic", dynamic)
         set_("weight_calibrator", CalibratorConfig.from_dict(self.weight_calibrator))
         set_("activation_calibrator", CalibratorConfig.from_dict(self.activation_calibrator))
-        for key in ("module_types", "skip", "ops"):
+        for key in ("module_types", "skip", "ops", "layers"):
             value = getattr(self, key)
             if isinstance(value, str) or not all(isinstance(v, str) for v in value):
                 raise TypeError(f"{key} must be a list of strings, got {value!r}")
@@ -170,6 +184,13 @@ class Recipe:
         if not isinstance(self.notes, dict) or not all(isinstance(v, str) for v in self.notes.values()):
             raise TypeError(f"notes must map names to explanation strings, got {self.notes!r}")
         set_("notes", {str(k): v for k, v in self.notes.items()})
+        if isinstance(self.steps, str | dict | Step):
+            raise TypeError(f"steps must be a list of steps, got {self.steps!r}")
+        set_("steps", tuple(as_step(s) for s in self.steps))
+        if self.scale_dtype not in SCALE_DTYPES:
+            raise ValueError(f"scale_dtype={self.scale_dtype!r}: use one of {list(SCALE_DTYPES)}")
+        for step in self.steps:
+            step.check(self)
         _check_layer(
             self.weights, self.activations, self.dynamic, self.weight_calibrator, self.activation_calibrator, "recipe"
         )
@@ -224,6 +245,8 @@ class Recipe:
             True
         """
         if type_name not in self.module_types or any(fnmatch(qualname, p) for p in self.skip):
+            return None
+        if not any(fnmatch(qualname, p) for p in self.layers):
             return None
         return self._resolve(*[p for p in self.overrides if fnmatch(qualname, p)])
 
@@ -283,6 +306,9 @@ class Recipe:
             "overrides": {p: {k: value(v) for k, v in o.items()} for p, o in self.overrides.items()},
             "ops": list(self.ops),
             "notes": dict(self.notes),
+            "layers": list(self.layers),
+            "steps": [step.to_dict() for step in self.steps],
+            "scale_dtype": self.scale_dtype,
         }
 
     @classmethod
@@ -298,9 +324,10 @@ class Recipe:
             raise TypeError(f"a recipe must be a mapping, got {type(data).__name__}")
         data = dict(data)
         version = data.pop("format_version", FORMAT_VERSION)
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise ValueError(
-                f"recipe format_version {version!r} is not supported; this quantpilot reads {FORMAT_VERSION}"
+                f"recipe format_version {version!r} is not supported; this quantpilot reads {list(READABLE_VERSIONS)}"
+                + (": upgrade quantpilot" if isinstance(version, int) and version > FORMAT_VERSION else "")
             )
         allowed = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - allowed

@@ -42,6 +42,7 @@ from .functional_points import functional_points
 from .nn.tensor_quantizer import CalibratorConfig, TensorQuantizer
 from .recipe import FUNCTIONAL_OPS, Recipe
 from .spec import PerTensor
+from .steps import SmoothQuant
 
 __all__ = [
     "select",
@@ -288,27 +289,23 @@ def _smoothing_notes(notes: dict[str, str], alpha: float | None) -> dict[str, st
     if alpha is None:
         out[SMOOTHQUANT_NOTE] = f"not used: no alpha improved the metric ({tried})"
     else:
-        out[SMOOTHQUANT_NOTE] = (
-            f"alpha={alpha:g}: build with qp.selection.build(model, this recipe, calib_batches) (= "
-            f"qp.algorithms.smoothquant(model, calib_batches, alpha={alpha:g}, recipe=this recipe)); "
-            f"quantize/calibrate/freeze alone do not smooth ({tried})"
-        )
+        out[SMOOTHQUANT_NOTE] = f"alpha={alpha:g}: the recipe's SmoothQuant step ({tried})"
     return out
 
 
 def smoothquant_alpha(recipe: Recipe) -> float | None:
-    """The SmoothQuant alpha `select` chose for `recipe` (its "smoothquant" note), or None.
-
-    A `Recipe` has no field for smoothing (`quantize` does not smooth), so `select` records the choice
-    in `notes`; `build(model, recipe, batches)` applies it (`qp.algorithms.smoothquant` with that alpha).
+    """The alpha of the recipe's SmoothQuant step (or, for a recipe written before steps, its note), or None.
 
     Example:
         >>> import quantpilot as qp
-        >>> smoothquant_alpha(qp.Recipe(notes={"smoothquant": "alpha=0.8: build with ..."}))
+        >>> smoothquant_alpha(qp.Recipe(steps=(qp.steps.SmoothQuant(alpha=0.8),)))
         0.8
         >>> smoothquant_alpha(qp.Recipe()) is None
         True
     """
+    for step in recipe.steps:
+        if isinstance(step, SmoothQuant):
+            return step.alpha
     note = recipe.notes.get(SMOOTHQUANT_NOTE, "")
     if not note.startswith("alpha="):
         return None
@@ -316,11 +313,11 @@ def smoothquant_alpha(recipe: Recipe) -> float | None:
 
 
 def build(model: nn.Module, recipe: Recipe, calib_batches: Iterable[Any]) -> nn.Module:
-    """The frozen quantized model a `select` recipe describes, SmoothQuant included when it chose one.
+    """The frozen quantized model a `select` recipe describes: `quantize` / `calibrate` / `freeze` on it.
 
-    A plain `quantize` / `calibrate` / `freeze` of the recipe would miss the smoothing `select`
-    recorded in `notes["smoothquant"]`; this applies it (`qp.algorithms.smoothquant` with that
-    alpha and this recipe), or else quantizes, calibrates on `calib_batches` and freezes.
+    The recipe's steps (SmoothQuant, when `select` chose it) run inside that pipeline. A recipe saved
+    before steps existed, whose SmoothQuant choice lives only in `notes["smoothquant"]`, gets the
+    step added here.
 
     Args:
         model: the float model `select` searched (not modified).
@@ -336,9 +333,7 @@ def build(model: nn.Module, recipe: Recipe, calib_batches: Iterable[Any]) -> nn.
         >>> qp.selection.build(net, qp.Recipe(), [torch.randn(16, 8)])[0].is_frozen
         True
     """
-    from .algorithms.smoothquant import smoothquant
-    from .api import calibrate, freeze
-    from .batches import call_model
+    from .algorithms.rtn import run_pipeline
 
     if not isinstance(recipe, Recipe):
         raise TypeError(f"recipe must be a quantpilot.Recipe (what select returns), got {type(recipe).__name__}")
@@ -346,13 +341,9 @@ def build(model: nn.Module, recipe: Recipe, calib_batches: Iterable[Any]) -> nn.
     if not batches:
         raise ValueError("calib_batches is empty: pass the calibration inputs select used")
     alpha = smoothquant_alpha(recipe)
-    if alpha is not None:
-        return smoothquant(model, batches, alpha=alpha, recipe=recipe)
-    qmodel = quantize(model, recipe)
-    with calibrate(qmodel), torch.no_grad():
-        for batch in batches:
-            call_model(qmodel, batch)
-    return freeze(qmodel)
+    if alpha is not None and not any(isinstance(step, SmoothQuant) for step in recipe.steps):
+        recipe = recipe.replace(steps=(*recipe.steps, SmoothQuant(alpha=alpha)))
+    return run_pipeline(model, recipe, batches)
 
 
 def _repair_calibrators(
@@ -606,4 +597,6 @@ def select(
         p: o for p, o in base.overrides.items() if p in recipe.overrides or p not in map(literal_pattern, floats)
     }
     result = variant(base.replace(overrides=overrides), floats)
+    if stats.alpha is not None:
+        result = result.replace(steps=(*result.steps, SmoothQuant(alpha=stats.alpha)))
     return result.replace(name=f"{recipe.name}-{strategy}", notes={**recipe.notes, **notes})

@@ -182,7 +182,7 @@ def test_save_load_is_bit_exact_and_never_overwrites(mixed, tmp_path):
     qmodel = qp.freeze(calibrated(mixed))
     out_dir = qp.save(qmodel, tmp_path / "q")
     meta = json.loads((out_dir / "quantpilot.json").read_text())
-    assert meta["format_version"] == 1 and set(meta["layers"]) == {"emb", "c1", "c2", "c3", "fc"}
+    assert meta["format_version"] == 2 and set(meta["layers"]) == {"emb", "c1", "c2", "c3", "fc"}
     fresh = Mixed().eval()  # other random weights: all must come from the file
     loaded = qp.load(fresh, out_dir)
     with torch.no_grad():

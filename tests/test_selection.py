@@ -215,7 +215,7 @@ def test_select_reuses_given_statistics_and_refuses_mismatched_ones():
         qp.select(net, CLIPPING, calib, score, statistics={"not": "statistics"})
 
 
-def test_selective_smooths_outlier_channels_instead_of_leaving_layers_float():
+def test_selective_smooths_outlier_channels_instead_of_leaving_layers_float(tmp_path):
     torch.manual_seed(0)
     scales = torch.ones(32)
     scales[:2] = 60.0  # two outlier input channels, as a transformer's LayerNorm outputs have
@@ -234,15 +234,20 @@ def test_selective_smooths_outlier_channels_instead_of_leaving_layers_float():
     recipe = qp.select(net, qp.Recipe(), calib, score, **kwargs)
     assert recipe.skip == () and recipe.notes["select"].startswith("met the budget")
     alpha = smoothquant_alpha(recipe)
-    assert alpha in SMOOTHING_ALPHAS and "qp.algorithms.smoothquant" in recipe.notes["smoothquant"]
-    # Built the way the note says (qp.selection.build does it), the recipe meets the budget; without
-    # smoothing it does not.
-    assert "qp.selection.build" in recipe.notes["smoothquant"]
+    # The choice is a step of the recipe, not prose: saved to YAML and fed to quantize/calibrate/freeze it smooths.
+    assert alpha in SMOOTHING_ALPHAS and recipe.steps == (qp.steps.SmoothQuant(alpha=alpha),)
     built = qp.selection.build(net, recipe, calib)
     assert -score(built) <= 1.3e-3
+    reloaded = qp.Recipe.from_yaml(recipe.to_yaml(tmp_path / "selected.yaml"))
+    plain = qp.quantize(net, reloaded)
+    with qp.calibrate(plain):
+        for batch in calib:
+            plain(batch)
     x = calib[0][:8]
+    torch.testing.assert_close(qp.freeze(plain)(x), built(x), rtol=0, atol=0)
     torch.testing.assert_close(built(x), qp.algorithms.smoothquant(net, calib, alpha=alpha, recipe=recipe)(x))
-    assert -score(qp.analysis.CalibrationStatistics(net, recipe, calib).build(recipe)) > 1.3e-3
+    unsmoothed_recipe = recipe.replace(steps=())
+    assert -score(qp.analysis.CalibrationStatistics(net, unsmoothed_recipe, calib).build(unsmoothed_recipe)) > 1.3e-3
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # without smoothing the search may miss: that is not the point here
         unsmoothed = qp.select(net, qp.Recipe(), calib, score, smoothing=(), **kwargs)

@@ -52,12 +52,13 @@ from torch import nn
 
 from ..api import quantized_layers
 from ..batches import call_model, eval_mode
+from ..deferred import CHOICES_ATTR
 from ..nn.packed import weight_only_spec
 from ..nn.registry import is_linear
 from ..primitives import choose_qparams, fake_quantize, min_max
 from ..spec import PerGroup, QuantSpec
 from .awq_blocks import Call, block_error, capture_inputs, inspected_module
-from .rtn import rtn
+from .rtn import run_pipeline, weight_only_recipe
 
 __all__ = ["awq", "awq_fold_scales", "find_scale_groups", "ScaleGroup", "weight_spec", "MIN_CALIBRATION_TOKENS"]
 
@@ -279,6 +280,10 @@ def _explicit_groups(model: nn.Module, pairs: Sequence[Any], targets: dict[str, 
     for item in pairs:
         if isinstance(item, ScaleGroup):
             group = item
+        elif isinstance(item, dict):
+            rows = item.get("prev_rows")
+            group = ScaleGroup(item["prev"], tuple(item["layers"]), None if rows is None else tuple(rows),
+                               item.get("inspect"))
         elif isinstance(item, tuple | list) and len(item) == 2 and isinstance(item[0], str):
             layers = (item[1],) if isinstance(item[1], str) else tuple(item[1])
             group = ScaleGroup(item[0], layers)
@@ -558,11 +563,6 @@ def awq_fold_scales(
     return target
 
 
-def _round_to_nearest(model: nn.Module, bits: int, group_size: int | None, skip: Sequence[str]) -> nn.Module:
-    """The last step: RTN of every Linear outside `skip`, in place, into packed weight-only layers."""
-    return rtn(model, bits, group_size, skip=tuple(skip), inplace=True)
-
-
 def awq(
     model: nn.Module,
     calib_batches: Iterable[Any],
@@ -578,6 +578,9 @@ def awq(
 ) -> nn.Module:
     """AWQ weight-only quantization: search and fold the activation-aware scales, clip, then RTN.
 
+    A thin wrapper over the pipeline: `quantize` with a weight-only recipe whose steps hold
+    `quantpilot.steps.AWQ(...)`, `calibrate` on `calib_batches`, `freeze`.
+
     Args:
         model: a float model (left unchanged unless `inplace`).
         calib_batches: calibration inputs, at least `MIN_CALIBRATION_TOKENS` tokens (about 128
@@ -589,7 +592,7 @@ def awq(
 
     Returns:
         The frozen weight-only quantized model (activations float); `quantpilot_awq` reports the
-        chosen alpha per layer group.
+        chosen alpha per layer group (also written to the saved map's "choices").
 
     Raises:
         ValueError: see `awq_fold_scales`.
@@ -601,19 +604,28 @@ def awq(
         >>> type(qnet[1]).__name__, qp.is_frozen(qnet)
         ('WeightOnlyLinear', True)
     """
-    scaled = awq_fold_scales(
-        model,
-        calib_batches,
-        bits,
-        group_size,
-        pairs=pairs,
-        clip=clip,
-        skip=skip,
-        search_tokens=search_tokens,
-        seed=seed,
-        inplace=inplace,
-    )
-    report = scaled.quantpilot_awq
-    quantized = _round_to_nearest(scaled, bits, group_size, skip)
-    quantized.quantpilot_awq = report
+    from ..steps import AWQ
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    batches = _check_args(bits, group_size, calib_batches, search_tokens)
+    if quantized_layers(model):
+        raise ValueError("this model is already quantized; pass the original float model to awq")
+    if not batches:
+        raise ValueError(
+            f"awq needs calibration batches: at least {MIN_CALIBRATION_TOKENS} tokens "
+            "(the paper uses 128 sequences of 512 tokens)"
+        )
+    pairs = None if pairs is None else tuple(_as_pair(p) for p in pairs)
+    step = AWQ(clip=clip, search_tokens=search_tokens, seed=seed, pairs=pairs)
+    recipe = weight_only_recipe(bits, group_size, False, ("*",), tuple(skip), torch.float16, "awq", (step,))
+    quantized = run_pipeline(model, recipe, batches, inplace=inplace)
+    quantized.quantpilot_awq = quantized.__dict__.get(CHOICES_ATTR, {}).get("awq")
     return quantized
+
+
+def _as_pair(pair: Any) -> Any:
+    """A `ScaleGroup` or `(prev, [layers])` as the plain data the AWQ step stores (a mapping for a ScaleGroup)."""
+    if isinstance(pair, ScaleGroup):
+        return {"prev": pair.prev, "layers": list(pair.layers), "prev_rows": pair.prev_rows, "inspect": pair.inspect}
+    return pair

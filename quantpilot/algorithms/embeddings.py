@@ -33,7 +33,7 @@ from ..nn.packed import WeightOnlyEmbedding, WeightOnlyLinear, weight_only_spec
 from ..recipe import Recipe
 from .rtn import _is_conv1d, quantize_weight
 
-__all__ = ["quantize_embeddings"]
+__all__ = ["quantize_embeddings", "pack_embeddings"]
 
 
 def _set_child(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -54,6 +54,68 @@ def _scheme_name(bits: int, group_size: int | None) -> str:
     return f"w{bits}-" + ("per-row" if group_size is None else f"g{group_size}")
 
 
+def _targets(model: nn.Module, layers: Sequence[str], skip: Sequence[str]) -> list[tuple[str, nn.Module]]:
+    return [
+        (name, m)
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Embedding)
+        and any(fnmatch(name, p) for p in layers)
+        and not any(fnmatch(name, p) for p in skip)
+    ]
+
+
+def _check_targets(targets: list[tuple[str, nn.Module]], layers, skip, group_size: int | None) -> None:
+    if not targets:
+        raise ValueError(
+            f"no nn.Embedding matches layers={tuple(layers)} minus skip={tuple(skip)}; quantized tables "
+            "(WeightOnlyEmbedding) are not quantized twice"
+        )
+    for name, m in targets:
+        if m.max_norm is not None:
+            raise ValueError(f"{name} has max_norm, which renormalises its rows in place; skip it")
+        if group_size is not None and m.embedding_dim % group_size:
+            raise ValueError(
+                f"group_size={group_size} does not divide {name}'s embedding_dim={m.embedding_dim}; choose a "
+                "group size that divides it, group_size=None (one scale per row), or skip it"
+            )
+
+
+def pack_embeddings(
+    model: nn.Module,
+    bits: int,
+    group_size: int | None,
+    layers: Sequence[str] = ("*",),
+    skip: Sequence[str] = (),
+    scale_dtype: torch.dtype | str = torch.float16,
+) -> nn.Module:
+    """Replace the matching `nn.Embedding` tables of `model` (in place) by packed `WeightOnlyEmbedding`s.
+
+    The `QuantizeEmbeddings` recipe step runs this; a head tied to a table becomes a `WeightOnlyLinear`
+    reading the same codes.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Embedding(10, 8))
+        >>> type(pack_embeddings(net, 8, None)[0]).__name__
+        'WeightOnlyEmbedding'
+    """
+    scale_dtype = getattr(torch, scale_dtype) if isinstance(scale_dtype, str) else scale_dtype
+    spec = weight_only_spec(bits, group_size)
+    targets = _targets(model, layers, skip)
+    _check_targets(targets, layers, skip, group_size)
+    for name, _ in targets:
+        table = model.get_submodule(name)
+        codes, scale, zero_point = quantize_weight(table.weight, spec, scale_dtype)
+        packed = WeightOnlyEmbedding.from_codes(codes, scale, zero_point, spec, table.padding_idx, scale_dtype)
+        packed.output_dtype = table.weight.dtype
+        for head_name, head in _tied_heads(model, table.weight):
+            tied = WeightOnlyLinear.tied_head(packed, name, getattr(head, "bias", None))
+            tied.train(head.training)
+            _set_child(model, head_name, tied)
+        packed.train(table.training)
+        _set_child(model, name, packed)
+    return model
+
+
 def quantize_embeddings(
     model: nn.Module,
     bits: int = 4,
@@ -65,6 +127,10 @@ def quantize_embeddings(
     inplace: bool = False,
 ) -> nn.Module:
     """Store the model's `nn.Embedding` tables as packed int4 / int8 codes (and tied heads with them).
+
+    A thin wrapper over the `QuantizeEmbeddings` recipe step: on a float model it runs `quantize` +
+    `freeze` with a recipe holding only that step; on a model a weight method already quantized it
+    applies the step and appends it to the model's recipe (`qp.recipe_of`), which then rebuilds both.
 
     Args:
         model: a float model, or one a weight method (`rtn`, `awq`, `gptq`) already quantized.
@@ -89,62 +155,24 @@ def quantize_embeddings(
         >>> qp.algorithms.quantize_embeddings(table, bits=8, group_size=None)[0].weight_packed.shape
         torch.Size([10, 8])
     """
+    from ..api import freeze, quantize
+    from ..steps import QuantizeEmbeddings
+
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(layers, str) or isinstance(skip, str):
         raise TypeError("layers and skip are sequences of patterns, e.g. ('*',) and ('wpe',), not one string")
-    spec = weight_only_spec(bits, group_size)
-    targets = [
-        (name, m)
-        for name, m in model.named_modules()
-        if type(m) is nn.Embedding
-        and any(fnmatch(name, p) for p in layers)
-        and not any(fnmatch(name, p) for p in skip)
-    ]
-    if not targets:
-        raise ValueError(
-            f"no nn.Embedding matches layers={tuple(layers)} minus skip={tuple(skip)}; quantized tables "
-            "(WeightOnlyEmbedding) are not quantized twice"
-        )
-    for name, m in targets:
-        if m.max_norm is not None:
-            raise ValueError(f"{name} has max_norm, which renormalises its rows in place; skip it")
-        if group_size is not None and m.embedding_dim % group_size:
-            raise ValueError(
-                f"group_size={group_size} does not divide {name}'s embedding_dim={m.embedding_dim}; choose a "
-                "group size that divides it, group_size=None (one scale per row), or skip it"
-            )
-    target = model if inplace else copy.deepcopy(model)
-    tied_notes = []
-    for name, _ in targets:
-        table = target.get_submodule(name)
-        codes, scale, zero_point = quantize_weight(table.weight, spec, scale_dtype)
-        packed = WeightOnlyEmbedding.from_codes(codes, scale, zero_point, spec, table.padding_idx, scale_dtype)
-        packed.output_dtype = table.weight.dtype
-        for head_name, head in _tied_heads(target, table.weight):
-            bias = getattr(head, "bias", None)
-            tied = WeightOnlyLinear.tied_head(packed, name, bias)
-            tied.train(head.training)
-            _set_child(target, head_name, tied)
-            tied_notes.append(f"{head_name} tied to {name}")
-        packed.train(table.training)
-        _set_child(target, name, packed)
-    scheme = _scheme_name(bits, group_size)
-    note = f"{scheme} ({', '.join(n for n, _ in targets)})" + (f"; {'; '.join(tied_notes)}" if tied_notes else "")
-    recipe = getattr(target, RECIPE_ATTR, None)
+    weight_only_spec(bits, group_size)
+    _check_targets(_targets(model, layers, skip), layers, skip, group_size)
+    dtype_name = str(scale_dtype).removeprefix("torch.")
+    step = QuantizeEmbeddings(bits, group_size, tuple(layers), tuple(skip), dtype_name)
+    recipe = getattr(model, RECIPE_ATTR, None)
     if recipe is None:
-        # Only tables quantized: the recipe names the same tables (the others in skip), and
-        # `quantpilot.load` swaps in the packed layers from the saved map.
-        float_tables = [n for n, m in target.named_modules() if type(m) is nn.Embedding]
-        recipe = Recipe(
-            weights=spec,
-            activations=None,
-            module_types=("Embedding",),
-            skip=tuple(float_tables),
-            name=f"embeddings-{scheme}",
-            notes={},
-        )
-    else:
-        recipe = dataclasses.replace(recipe, name=f"{recipe.name}+emb-{scheme}")
-    setattr(target, RECIPE_ATTR, dataclasses.replace(recipe, notes={**(recipe.notes or {}), "embeddings": note}))
+        name = f"embeddings-{_scheme_name(bits, group_size)}"
+        recipe = Recipe(weights=None, activations=None, steps=(step,), name=name)
+        return freeze(quantize(model, recipe, inplace=inplace))
+    target = model if inplace else copy.deepcopy(model)
+    target = step.prepare(target, recipe)
+    name = f"{recipe.name}+emb-{_scheme_name(bits, group_size)}"
+    setattr(target, RECIPE_ATTR, dataclasses.replace(recipe, steps=(*recipe.steps, step), name=name))
     return target

@@ -29,7 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -37,19 +36,11 @@ import torch
 from torch import nn
 
 from ..batches import eval_mode
-from ..nn.packed import weight_only_spec
 from ..primitives import dequantize, quantize
 from ..spec import PerChannel, PerGroup, QuantSpec
-from .rtn import (
-    DEFAULT_SKIP,
-    _check_model,
-    linear_weight,
-    quantize_weight,
-    replace_with_weight_only,
-    weight_only_targets,
-)
+from .rtn import DEFAULT_SKIP, _check_model, linear_weight, quantize_weight, run_pipeline, weight_only_recipe
 
-__all__ = ["gptq", "gptq_quantize_weight", "HessianAccumulator", "find_blocks"]
+__all__ = ["gptq", "gptq_quantize_weight", "gptq_blocks", "gptq_targets", "HessianAccumulator", "find_blocks"]
 
 
 class HessianAccumulator:
@@ -195,7 +186,7 @@ def find_blocks(model: nn.Module, targets: Iterable[str]) -> tuple[str, nn.Modul
     """The `nn.ModuleList` of repeated blocks (transformer layers) holding the most target layers.
 
     Example:
-        >>> from quantpilot.tasks.language_model import tiny_causal_lm
+        >>> from quantpilot.testing import tiny_causal_lm
         >>> find_blocks(tiny_causal_lm("gpt2"), ["transformer.h.0.attn.c_attn"])[0]
         'transformer.h'
     """
@@ -292,11 +283,15 @@ def gptq(
 ) -> nn.Module:
     """GPTQ weight-only quantization of a causal LM, block by block, stored packed like `rtn`.
 
+    A thin wrapper over the pipeline: `quantize` with a weight-only recipe whose steps hold
+    `quantpilot.steps.GPTQ(...)`, `calibrate` on `calib_batches`, `freeze`. `qp.recipe_of(result)`
+    returns that recipe; run through the same three calls it rebuilds this model bit for bit.
+
     Args:
         model: a float model whose Linear / Conv1D layers sit in a list of repeated blocks
             (`transformer.h`, `model.layers`, ...; found automatically or named by `blocks`).
         calib_batches: model inputs (dicts like `{"input_ids": ...}`), e.g.
-            `quantpilot.tasks.language_model.calibration_batches(tokenizer, n=128)`.
+            `quantpilot_testbed.language_model.calibration_batches(tokenizer, n=128)`.
         bits: 4 or 8.
         group_size: input columns per grid (128 default; 32 / 64 allowed) or None for per channel.
         act_order: quantize columns by decreasing Hessian diagonal (the paper's "act-order").
@@ -317,39 +312,59 @@ def gptq(
 
     Example:
         >>> import torch, quantpilot as qp
-        >>> from quantpilot.tasks.language_model import tiny_causal_lm
+        >>> from quantpilot.testing import tiny_causal_lm
         >>> data = [{"input_ids": torch.randint(0, 512, (1, 64))} for _ in range(4)]
         >>> q = qp.algorithms.gptq(tiny_causal_lm("llama"), data, bits=4, group_size=64)
-        >>> type(q.model.layers[0].mlp.down_proj).__name__
-        'WeightOnlyLinear'
+        >>> type(q.model.layers[0].mlp.down_proj).__name__, [s.name for s in qp.recipe_of(q).steps]
+        ('WeightOnlyLinear', ['gptq'])
     """
+    from ..steps import GPTQ
+
     _check_model(model)
-    spec = weight_only_spec(bits, group_size, symmetric)
     if isinstance(calib_batches, torch.Tensor | dict) or not hasattr(calib_batches, "__len__"):
         raise TypeError("calib_batches must be a list of model inputs, e.g. [{'input_ids': tensor}, ...]")
-    target = model if inplace else copy.deepcopy(model)
-    names = [n for n, _ in weight_only_targets(target, layers, skip)]
+    step = GPTQ(block_size=block_size, damp=damp, act_order=act_order, blocks=blocks)
+    recipe = weight_only_recipe(bits, group_size, symmetric, layers, skip, scale_dtype, "gptq", (step,))
+    return run_pipeline(model, recipe, calib_batches, inplace=inplace)
+
+
+def gptq_targets(
+    model: nn.Module, names: list[str], batches: Sequence[Any], group_size: int | None, blocks: str | None
+) -> tuple[str, nn.ModuleList, dict[str, int]]:
+    """Check what GPTQ needs and find the repeated blocks: `(blocks name, the ModuleList, {layer: in_features})`.
+
+    Raises:
+        ValueError: naming what to change (too few tokens, a group size that does not divide a
+            layer, no blocks, layers outside the blocks).
+
+    Example:
+        >>> from quantpilot.testing import tiny_causal_lm
+        >>> lm = tiny_causal_lm("gpt2")
+        >>> gptq_targets(lm, ["transformer.h.0.mlp.c_fc"], [{"input_ids": torch.zeros(1, 128, dtype=torch.long)}],
+        ...              None, None)[0]
+        'transformer.h'
+    """
     if not names:
-        raise ValueError(f"no nn.Linear / Conv1D layer matches layers={tuple(layers)} minus skip={tuple(skip)}")
-    widths = {n: linear_weight(target.get_submodule(n)).shape[1] for n in names}
+        raise ValueError("GPTQ found no Linear / Conv1D layer to quantize: check the recipe's layers and skip")
+    widths = {n: linear_weight(model.get_submodule(n)).shape[1] for n in names}
     if group_size is not None:
         bad = [f"{n} (in_features={k})" for n, k in widths.items() if k % group_size]
         if bad:
             raise ValueError(f"group_size={group_size} does not divide the input width of {bad[:3]}")
-    tokens = sum(_tokens(b) for b in calib_batches)
+    tokens = sum(_tokens(b) for b in batches)
     need = max(widths.values())
     if tokens < need:
         raise ValueError(
             f"GPTQ needs at least {need} calibration tokens (the widest layer's in_features, so that H = 2XᵀX "
-            f"sees every input direction); got {tokens} in {len(calib_batches)} batches. Pass more batches, e.g. "
+            f"sees every input direction); got {tokens} in {len(batches)} batches. Pass more batches, e.g. "
             "calibration_batches(tokenizer, n=128, seq_len=256)"
         )
     if blocks is not None:
-        found = (blocks, target.get_submodule(blocks))
+        found = (blocks, model.get_submodule(blocks))
         if not isinstance(found[1], nn.ModuleList):
             raise ValueError(f"blocks={blocks!r} names a {type(found[1]).__name__}, not an nn.ModuleList of blocks")
     else:
-        found = find_blocks(target, names)
+        found = find_blocks(model, names)
     if found is None:
         raise ValueError(
             f"found no nn.ModuleList of repeated blocks holding the layers {names[:3]}...; pass blocks='<name of the "
@@ -362,9 +377,38 @@ def gptq(
             f"GPTQ quantizes the layers inside {block_list_name!r}; {outside[:5]} lie outside it: add them to skip "
             "(the papers keep the head in float) or quantize them with rtn"
         )
+    return block_list_name, block_list, widths
+
+
+def gptq_blocks(
+    model: nn.Module,
+    batches: Sequence[Any],
+    names: list[str],
+    spec: QuantSpec,
+    *,
+    block_size: int = 128,
+    damp: float = 0.01,
+    act_order: bool = False,
+    blocks: str | None = None,
+    scale_dtype: torch.dtype = torch.float16,
+) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """GPTQ's sequential pass over the float `model` (changed in place): `{layer: (codes, scale, zero point)}`.
+
+    Each block's Hessians come from the outputs of the blocks before it, already quantized; the
+    layers keep their float class with the dequantized GPTQ weights written into them.
+
+    Example:
+        >>> from quantpilot.testing import tiny_causal_lm
+        >>> from quantpilot.nn.packed import weight_only_spec
+        >>> lm = tiny_causal_lm("gpt2"); data = [{"input_ids": torch.randint(0, 512, (2, 64))}]
+        >>> out = gptq_blocks(lm, data, ["transformer.h.0.mlp.c_fc"], weight_only_spec(4, 64))
+        >>> out["transformer.h.0.mlp.c_fc"][0].dtype
+        torch.uint8
+    """
+    block_list_name, block_list, widths = gptq_targets(model, names, batches, spec_group(spec), blocks)
     quantized: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-    with eval_mode(target), torch.no_grad():
-        inputs = _first_block_inputs(target, block_list[0], calib_batches)
+    with eval_mode(model), torch.no_grad():
+        inputs = _first_block_inputs(model, block_list[0], batches)
         for index, block in enumerate(block_list):
             prefix = f"{block_list_name}.{index}."
             inside = {n[len(prefix) :]: n for n in names if n.startswith(prefix)}
@@ -395,7 +439,18 @@ def gptq(
                 _set_weight(module, _dequantized(codes, scale, zero, spec))
             # The next block sees what this quantized block outputs, as in the paper's sequential scheme.
             inputs = [_with_hidden(inp, _hidden(block(*inp[0], **inp[1]))) for inp in inputs]
-    return replace_with_weight_only(target, quantized, spec, scale_dtype, "gptq")
+    return quantized
+
+
+def spec_group(spec: QuantSpec) -> int | None:
+    """The group size of a weight spec, None for per-channel.
+
+    Example:
+        >>> from quantpilot.nn.packed import weight_only_spec
+        >>> spec_group(weight_only_spec(4, 64)), spec_group(weight_only_spec(8, None))
+        (64, None)
+    """
+    return spec.granularity.size if isinstance(spec.granularity, PerGroup) else None
 
 
 def _dequantized(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: QuantSpec) -> torch.Tensor:

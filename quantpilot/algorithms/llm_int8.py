@@ -14,16 +14,14 @@ Example:
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
-from fnmatch import fnmatch
 
 from torch import nn
 
-from ..api import RECIPE_ATTR, quantized_layers
-from ..nn import lookup
-from ..nn.llm_int8_linear import WEIGHT_SPEC, LLMInt8Linear
+from ..api import freeze, quantize, quantized_layers
+from ..nn.llm_int8_linear import LLMInt8Linear
 from ..recipe import Recipe
+from ..steps import LLMInt8
 
 __all__ = ["llm_int8", "outlier_fraction", "reset_outlier_stats"]
 
@@ -67,33 +65,17 @@ def llm_int8(
         raise TypeError(f"skip must be a list of fnmatch patterns, got the string {skip!r}")
     if quantized_layers(model):
         raise ValueError("this model is already quantized; pass the original float model to llm_int8")
-    targets = [
-        name
-        for name, m in model.named_modules()
-        if (entry := lookup(m)) is not None
-        and entry.name in ("Linear", "Conv1D")
-        and not any(fnmatch(name, p) for p in skip)
-    ]
-    if not targets:
-        raise ValueError(
-            f"the model has no Linear (or GPT-2 Conv1D) layer outside skip={list(skip)}: LLM.int8() has nothing to "
-            "convert; check the model or the skip patterns"
-        )
-    target = model if inplace else copy.deepcopy(model)
-    for name in targets:
-        layer = LLMInt8Linear.from_float(target.get_submodule(name), threshold=float(threshold))
-        if name == "":
-            target = layer
-        else:
-            parent, _, child = name.rpartition(".")
-            setattr(target.get_submodule(parent), child, layer)
-    # The recipe that describes the stored weights (int8 per output channel, activations handled by the layer),
-    # so quantpilot.save can write the model.
+    # The layers are LLM.int8()'s own (int8 weights per output channel, outlier columns decided at run time),
+    # so the recipe's weight scheme stays empty and the step does the whole job.
     recipe = Recipe(
-        weights=WEIGHT_SPEC, activations=None, module_types=("Linear", "Conv1D"), skip=tuple(skip), name="llm-int8"
+        weights=None,
+        activations=None,
+        module_types=("Linear", "Conv1D"),
+        skip=tuple(skip),
+        steps=(LLMInt8(threshold=float(threshold)),),
+        name="llm-int8",
     )
-    setattr(target, RECIPE_ATTR, recipe)
-    return target
+    return freeze(quantize(model, recipe, inplace=inplace))
 
 
 def _layers(model: nn.Module) -> list[LLMInt8Linear]:

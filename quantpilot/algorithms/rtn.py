@@ -17,21 +17,30 @@ Example:
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from fnmatch import fnmatch
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..api import RECIPE_ATTR, quantized_layers
+from .. import api
+from ..batches import call_model
 from ..nn.packed import WeightOnlyLinear, weight_only_spec
 from ..nn.registry import linear_layers
 from ..primitives import choose_qparams, min_max, quantize
 from ..recipe import Recipe
 from ..spec import PerChannel, QuantSpec
 
-__all__ = ["rtn", "quantize_weight", "linear_weight", "weight_only_targets", "replace_with_weight_only"]
+__all__ = [
+    "rtn",
+    "quantize_weight",
+    "linear_weight",
+    "weight_only_targets",
+    "replace_with_weight_only",
+    "weight_only_recipe",
+    "run_pipeline",
+]
 
 # Layers the papers keep in float: the output head (tied to the embedding in GPT-2) decides every logit.
 DEFAULT_SKIP = ("lm_head", "*.lm_head", "score", "classifier")
@@ -153,15 +162,66 @@ def replace_with_weight_only(
         name=f"{method}-w{4 if spec.dtype.value == 'uint4' else 8}a16-{granularity}",
         notes={"method": method},
     )
-    setattr(model, RECIPE_ATTR, recipe)
+    setattr(model, api.RECIPE_ATTR, recipe)
     return model
 
 
 def _check_model(model: nn.Module) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if quantized_layers(model):
+    if api.quantized_layers(model):
         raise ValueError("this model is already quantized; pass the original float model")
+
+
+def weight_only_recipe(
+    bits: int,
+    group_size: int | None,
+    symmetric: bool,
+    layers: Sequence[str],
+    skip: Sequence[str],
+    scale_dtype: torch.dtype,
+    method: str,
+    steps: tuple = (),
+) -> Recipe:
+    """The recipe of a weight-only method: packed `bits` codes on the Linear / Conv1D layers, activations float.
+
+    Example:
+        >>> r = weight_only_recipe(4, 128, False, ("*",), ("lm_head",), torch.float16, "rtn")
+        >>> r.name, r.weights.dtype.value, r.activations
+        ('rtn-w4a16-g128', 'uint4', None)
+    """
+    if isinstance(layers, str) or isinstance(skip, str):
+        raise TypeError("layers and skip are sequences of patterns, e.g. ('*',) and ('lm_head',), not one string")
+    spec = weight_only_spec(bits, group_size, symmetric)
+    granularity = "per-channel" if group_size is None else f"g{group_size}"
+    return Recipe(
+        weights=spec,
+        activations=None,
+        module_types=("Linear", "Conv1D"),
+        layers=tuple(layers),
+        skip=tuple(skip),
+        scale_dtype=str(scale_dtype).removeprefix("torch."),
+        steps=steps,
+        name=f"{method}-w{bits}a16-{granularity}",
+    )
+
+
+def run_pipeline(model: nn.Module, recipe: Recipe, calib_batches: Iterable[Any] = (), *, inplace: bool = False):
+    """`quantize` -> `calibrate` on `calib_batches` -> `freeze`: what every one-shot method wrapper runs.
+
+    Example:
+        >>> import torch, quantpilot as qp
+        >>> q = run_pipeline(torch.nn.Sequential(torch.nn.Linear(4, 4)), qp.Recipe(), [torch.randn(8, 4)])
+        >>> qp.is_frozen(q)
+        True
+    """
+    qmodel = api.quantize(model, recipe, inplace=inplace)
+    batches = list(calib_batches)
+    if batches:
+        with api.calibrate(qmodel):
+            for batch in batches:
+                call_model(qmodel, batch)
+    return api.freeze(qmodel)
 
 
 def rtn(
@@ -176,6 +236,9 @@ def rtn(
     inplace: bool = False,
 ) -> nn.Module:
     """Round-to-nearest weight-only quantization: W8A16 per channel or W4A16 per group, stored packed.
+
+    A thin wrapper: `quantize` + `freeze` with `weight_only_recipe(...)`; the `w4a16-g128` preset
+    restricted to Linear layers gives the same codes.
 
     Args:
         model: a float model with `nn.Linear` / transformers `Conv1D` layers.
@@ -200,7 +263,7 @@ def rtn(
         torch.uint8
     """
     _check_model(model)
-    spec = weight_only_spec(bits, group_size, symmetric)
+    recipe = weight_only_recipe(bits, group_size, symmetric, layers, skip, scale_dtype, "rtn")
     targets = weight_only_targets(model, layers, skip)
     if not targets:
         raise ValueError(f"no nn.Linear / Conv1D layer matches layers={tuple(layers)} minus skip={tuple(skip)}")
@@ -212,8 +275,4 @@ def rtn(
                 f"group_size={group_size} does not divide the input width of {bad[:3]}; choose a group size that "
                 "divides it or skip those layers"
             )
-    target = model if inplace else copy.deepcopy(model)
-    quantized = {
-        name: quantize_weight(linear_weight(target.get_submodule(name)), spec, scale_dtype) for name, _ in targets
-    }
-    return replace_with_weight_only(target, quantized, spec, scale_dtype, "rtn")
+    return run_pipeline(model, recipe, inplace=inplace)

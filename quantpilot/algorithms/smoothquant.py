@@ -22,16 +22,15 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from fnmatch import fnmatch
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..api import calibrate, freeze, quantize, quantized_layers
 from ..batches import call_model, eval_mode
-from ..nn import QuantLinear, TensorQuantizer, lookup
+from ..deferred import CHOICES_ATTR
 from ..recipe import Recipe
+from .rtn import run_pipeline
 
 __all__ = ["smoothquant", "smoothing_factors", "MIN_CALIBRATION_ROWS"]
 
@@ -144,6 +143,8 @@ def smoothquant(
 
     Returns:
         The frozen quantized model; `model.quantpilot_smoothing` maps each smoothed layer to its alpha.
+        A thin wrapper over the pipeline: the recipe gets a `quantpilot.steps.SmoothQuant(alpha)` step
+        (`qp.recipe_of(result)` returns it) and `quantize` / `calibrate` / `freeze` run it.
 
     Raises:
         ValueError: bad alpha, no layer to smooth, or fewer than `MIN_CALIBRATION_ROWS` input rows.
@@ -155,46 +156,15 @@ def smoothquant(
         >>> sorted(qm.quantpilot_smoothing)
         ['0']
     """
-    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0.0 <= float(alpha) <= 1.0:
-        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
+    from ..steps import SmoothQuant
+
+    step = SmoothQuant(alpha=alpha, layers=tuple(layers) if not isinstance(layers, str) else layers)
     recipe = _with_activations(recipe, activations)
+    base = Recipe.preset(recipe) if isinstance(recipe, str) else recipe
     batches = list(calib_batches)
     if not batches:
         raise ValueError("smoothquant needs calibration batches (about 128 sequences is the usual amount)")
-    linear_names = {
-        n for n, m in model.named_modules() if (e := lookup(m)) is not None and e.name in ("Linear", "Conv1D")
-    }
-    if not linear_names:
-        raise ValueError("the model has no Linear (or GPT-2 Conv1D) layer: SmoothQuant has nothing to smooth")
-    # Statistics come from the float model before anything changes; the quantized model keeps its layer names.
-    amax, rows = _input_statistics(model, linear_names, batches)
-    qmodel = quantize(model, recipe, inplace=inplace)
-    tied = _shared_parameters(qmodel)
-    targets = {
-        name: m
-        for name, m in quantized_layers(qmodel)
-        if isinstance(m, QuantLinear)
-        and m.input_quantizer.spec is not None
-        and any(fnmatch(name, p) for p in layers)
-        and id(m.weight) not in tied
-    }
-    if not targets:
-        raise ValueError(
-            f"no Linear layer with quantized activations matches {list(layers)}: SmoothQuant only helps W8A8 layers; "
-            "check the recipe's activations and the layer patterns"
-        )
-    starved = {n: rows.get(n, 0) for n in targets if rows.get(n, 0) < MIN_CALIBRATION_ROWS}
-    if starved:
-        raise ValueError(
-            f"too little calibration data: layers {sorted(starved)[:3]} saw {min(starved.values())} input rows, "
-            f"SmoothQuant needs at least {MIN_CALIBRATION_ROWS} (about 128 sequences is the usual amount)"
-        )
-    for layer_name, layer in targets.items():
-        layer.smooth(smoothing_factors(amax[layer_name], layer.weight, float(alpha)))
-    if any(isinstance(m, TensorQuantizer) and m.needs_calibration for m in qmodel.modules()):
-        with calibrate(qmodel):
-            for batch in batches:
-                call_model(qmodel, batch)
-    freeze(qmodel)
-    qmodel.quantpilot_smoothing = {layer_name: float(alpha) for layer_name in targets}
+    others = tuple(s for s in base.steps if s.name != SmoothQuant.name)
+    qmodel = run_pipeline(model, base.replace(steps=(*others, step)), batches, inplace=inplace)
+    qmodel.quantpilot_smoothing = qmodel.__dict__.get(CHOICES_ATTR, {}).get("smoothquant", {})
     return qmodel

@@ -90,7 +90,7 @@ def test_save_load_round_trip_keeps_the_smoothing(tmp_path):
         ({"alpha": 1.5}, "alpha"),
         ({"alpha": "auto"}, "alpha"),
         ({"layers": ("nothing*",)}, "no Linear layer"),
-        ({"recipe": "w8a16"}, "no Linear layer"),
+        ({"recipe": "w8a16"}, "give the recipe an activation scheme"),
     ],
     ids=["alpha-range", "alpha-string", "no-match", "weight-only-recipe"],
 )

@@ -1,0 +1,112 @@
+"""The one model walker: put the quantized layer each recipe entry asks for in place of the float one.
+
+`quantize` calls it on the float copy (or, for a recipe with deferred steps, `freeze` calls it once
+the steps ran); `load` calls it to rebuild the structure a saved model had. Layers are looked up in
+`quantpilot.nn`'s registry, so a new layer type never edits this walker; a layer a step already
+quantized (a `QuantModule`) and everything inside it is left alone.
+
+Example:
+    >>> import torch, quantpilot as qp
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    >>> type(install_layers(net, qp.Recipe(activations=None))[0]).__name__
+    'QuantLinear'
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from .nn import QuantModule, TensorQuantizer, lookup
+from .recipe import Recipe
+
+__all__ = ["plan_layers", "install_layers", "replace_module"]
+
+
+def replace_module(root: nn.Module, name: str, module: nn.Module) -> nn.Module:
+    """Put `module` at the qualified `name` inside `root`; returns the root (the module itself for name "").
+
+    Example:
+        >>> import torch
+        >>> net = replace_module(torch.nn.Sequential(torch.nn.ReLU()), "0", torch.nn.Tanh())
+        >>> type(net[0]).__name__
+        'Tanh'
+    """
+    if name == "":
+        return module
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)
+    return root
+
+
+def plan_layers(model: nn.Module, recipe: Recipe) -> tuple[list[tuple[str, nn.Module, Any, Any, bool]], set[str]]:
+    """The layers `recipe` quantizes in `model`: `[(name, module, registry entry, LayerRecipe, quantize input)]`.
+
+    Also returns the type names seen, for error messages. Modules inside an already quantized layer
+    are not visited.
+
+    Example:
+        >>> import torch, quantpilot as qp
+        >>> plan, _ = plan_layers(torch.nn.Sequential(torch.nn.Linear(2, 2)), qp.Recipe())
+        >>> [(name, has_input) for name, _, _, _, has_input in plan]
+        [('0', True)]
+    """
+    plan, seen_types = [], set()
+    inside_quantized: list[str] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(f"{q}.") for q in inside_quantized):
+            continue
+        seen_types.add(type(module).__name__)
+        if isinstance(module, QuantModule):
+            inside_quantized.append(name)
+            continue
+        entry = lookup(module)
+        if entry is None:
+            continue
+        layer = recipe.for_layer(name, entry.name)
+        has_activation = entry.has_input and layer is not None and layer.activations is not None
+        if layer is None or (layer.weights is None and not has_activation):
+            continue
+        plan.append((name, module, entry, layer, has_activation))
+    return plan, seen_types
+
+
+def install_layers(model: nn.Module, recipe: Recipe, plan: list | None = None) -> nn.Module:
+    """Replace every planned layer by its quantized counterpart, then add the recipe's functional points.
+
+    Args:
+        model: the (float) model, changed in place.
+        recipe: what to install.
+        plan: `plan_layers(model, recipe)[0]` when the caller already has it.
+
+    Returns:
+        The model (a new root only when the model itself is a single layer).
+
+    Example:
+        >>> import torch, quantpilot as qp
+        >>> install_layers(torch.nn.Linear(2, 2), qp.Recipe(activations=None)).__class__.__name__
+        'QuantLinear'
+    """
+    if plan is None:
+        plan = plan_layers(model, recipe)[0]
+    for name, module, entry, layer, has_activation in plan:
+        input_quantizer = None
+        if has_activation:
+            input_quantizer = TensorQuantizer(
+                layer.activations, dynamic=layer.dynamic, calibrator=layer.activation_calibrator
+            )
+            input_quantizer.qualname = f"{name}.input_quantizer" if name else "input_quantizer"
+        qmodule = entry.factory(
+            module,
+            weight_spec=layer.weights,
+            weight_calibrator=layer.weight_calibrator,
+            input_quantizer=input_quantizer,
+        )
+        qmodule.train(module.training)
+        model = replace_module(model, name, qmodule)
+    if "matmul" in recipe.ops:
+        from .functional_points import install_matmul_points
+
+        install_matmul_points(model, recipe)
+    return model

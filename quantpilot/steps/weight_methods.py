@@ -1,0 +1,175 @@
+"""GPTQ and AWQ as recipe steps: they run inside `freeze`, on the float model and the recorded batches.
+
+Both need a weight-only recipe (uint4 / uint8 weights, float activations). GPTQ quantizes the
+layers block by block and puts packed `WeightOnlyLinear` layers in place (the walker then leaves
+them alone); AWQ folds its searched scales into the float model and clips it, and the recipe's
+round-to-nearest weights, installed next, quantize the result.
+
+Example:
+    >>> import quantpilot as qp
+    >>> r = qp.Recipe.preset("w4a16-g128").replace(steps=(GPTQ(damp=0.02),), module_types=("Linear",))
+    >>> qp.Recipe.from_dict(r.to_dict()).steps
+    (GPTQ(block_size=128, damp=0.02, act_order=False, blocks=None),)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .base import Step, StepContext, register_step
+
+__all__ = ["GPTQ", "AWQ", "check_weight_only"]
+
+
+def check_weight_only(step: Step, recipe: Any) -> None:
+    """Raise unless `recipe` stores packed unsigned weights with float activations, what GPTQ/AWQ produce.
+
+    Example:
+        >>> import quantpilot as qp
+        >>> check_weight_only(GPTQ(), qp.Recipe.preset("w4a16-g128"))
+    """
+    weights = recipe.weights
+    if weights is None or weights.dtype.value not in ("uint4", "uint8") or recipe.activations is not None:
+        raise ValueError(
+            f"the {step.name} step quantizes weights only, to packed unsigned codes: give the recipe "
+            "weights=QuantSpec('uint4' or 'uint8', symmetric=False, granularity=PerGroup(128) or PerChannel(0)) "
+            "and activations=None (e.g. Recipe.preset('w4a16-g128'))"
+        )
+
+
+def _linear_targets(model: Any, recipe: Any) -> list[str]:
+    from ..install import plan_layers
+
+    plan, _ = plan_layers(model, recipe)
+    return [name for name, _, entry, layer, _ in plan if entry.name in ("Linear", "Conv1D") and layer.weights]
+
+
+def _scale_dtype(recipe: Any) -> Any:
+    import torch
+
+    return getattr(torch, recipe.scale_dtype)
+
+
+@register_step
+@dataclass(frozen=True)
+class GPTQ(Step):
+    """GPTQ (Frantar et al., 2022) on the recipe's Linear layers, block by block.
+
+    Args:
+        block_size: columns per lazy-update block.
+        damp: Hessian dampening as a fraction of its mean diagonal.
+        act_order: visit columns by decreasing Hessian diagonal (static groups).
+        blocks: qualified name of the `nn.ModuleList` of blocks (None: found automatically).
+
+    Example:
+        >>> GPTQ(act_order=True).to_dict()["act_order"]
+        True
+    """
+
+    name = "gptq"
+    needs_data = True
+    block_size: int = 128
+    damp: float = 0.01
+    act_order: bool = False
+    blocks: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size < 1:
+            raise ValueError(f"GPTQ block_size must be a positive integer, got {self.block_size!r}")
+        if isinstance(self.damp, bool) or not isinstance(self.damp, int | float) or not 0 < float(self.damp) < 1:
+            raise ValueError(f"GPTQ damp is a fraction of the mean Hessian diagonal in (0, 1), got {self.damp!r}")
+
+    def check(self, recipe: Any) -> None:
+        check_weight_only(self, recipe)
+
+    def before_install(self, model: Any, recipe: Any, context: StepContext) -> Any:
+        from ..algorithms.gptq import gptq_blocks
+        from ..install import replace_module
+        from ..nn.packed import WeightOnlyLinear
+
+        names = _linear_targets(model, recipe)
+        scale_dtype = _scale_dtype(recipe)
+        quantized = gptq_blocks(
+            model,
+            context.batches,
+            names,
+            recipe.weights,
+            block_size=self.block_size,
+            damp=self.damp,
+            act_order=self.act_order,
+            blocks=self.blocks,
+            scale_dtype=scale_dtype,
+        )
+        for name, (codes, scale, zero_point) in quantized.items():
+            module = model.get_submodule(name)
+            layer = WeightOnlyLinear.from_codes(
+                codes, scale, zero_point, recipe.weights, getattr(module, "bias", None), scale_dtype
+            )
+            layer.train(module.training)
+            model = replace_module(model, name, layer)
+        return model
+
+
+def _plain_pair(pair: Any) -> Any:
+    """`[prev, [layers]]` as a tuple pair, or `{"prev", "layers", "prev_rows", "inspect"}` as a mapping."""
+    if isinstance(pair, dict) and isinstance(pair.get("prev"), str) and isinstance(pair.get("layers"), list | tuple):
+        return {**pair, "layers": list(pair["layers"])}
+    if isinstance(pair, list | tuple) and len(pair) == 2 and isinstance(pair[0], str):
+        layers = (pair[1],) if isinstance(pair[1], str) else tuple(str(n) for n in pair[1])
+        return (pair[0], layers)
+    raise TypeError(
+        f"each pair is (previous op name, [layer names]) or {{prev, layers, prev_rows, inspect}}, got {pair!r}"
+    )
+
+
+@register_step
+@dataclass(frozen=True)
+class AWQ(Step):
+    """AWQ (Lin et al., 2024): activation-aware scales searched, folded and clipped; RTN follows.
+
+    Args:
+        clip: run the clip search after the scale search.
+        search_tokens: input rows of each layer sampled for the searches.
+        seed: seed of that sample.
+        pairs: explicit groups `[[previous op, [layer, ...]], ...]` for models whose structure is not
+            recognised (None: found from data flow).
+
+    Example:
+        >>> AWQ(clip=False).to_dict()
+        {'name': 'awq', 'clip': False, 'search_tokens': 4096, 'seed': 0, 'pairs': None}
+    """
+
+    name = "awq"
+    needs_data = True
+    clip: bool = True
+    search_tokens: int = 4096
+    seed: int = 0
+    pairs: tuple | None = None
+
+    def __post_init__(self) -> None:
+        if self.pairs is not None:
+            object.__setattr__(self, "pairs", tuple(_plain_pair(p) for p in self.pairs))
+
+    def check(self, recipe: Any) -> None:
+        check_weight_only(self, recipe)
+
+    def before_install(self, model: Any, recipe: Any, context: StepContext) -> Any:
+        from ..algorithms.awq import awq_fold_scales
+
+        spec = recipe.weights
+        group_size = getattr(spec.granularity, "size", None)
+        folded = awq_fold_scales(
+            model,
+            context.batches,
+            spec.dtype.bits,
+            group_size,
+            pairs=self.pairs,
+            clip=self.clip,
+            skip=recipe.skip,
+            search_tokens=self.search_tokens,
+            seed=self.seed,
+            inplace=True,
+        )
+        context.report["awq"] = folded.__dict__.pop("quantpilot_awq", None)
+        return folded

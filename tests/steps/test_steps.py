@@ -1,0 +1,125 @@
+"""Methods as recipe steps: serialised, validated, and rebuilding bit for bit what the one-shot wrappers return."""
+
+import pytest
+import torch
+
+import quantpilot as qp
+from quantpilot.testing import tiny_causal_lm
+
+
+def lm_batches(n=4, seq=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [{"input_ids": torch.randint(0, 512, (1, seq), generator=g)} for _ in range(n)]
+
+
+def rebuild(model, recipe, batches, tmp_path):
+    """quantize / calibrate / freeze with the recipe after a YAML round trip."""
+    recipe = qp.Recipe.from_yaml(recipe.to_yaml(tmp_path / "recipe.yaml"))
+    qmodel = qp.quantize(model, recipe)
+    with qp.calibrate(qmodel):
+        for batch in batches:
+            qmodel(**batch) if isinstance(batch, dict) else qmodel(batch)
+    return qp.freeze(qmodel)
+
+
+def assert_same_state(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+
+
+METHODS = {
+    "gptq": lambda m, d: qp.algorithms.gptq(m, d, bits=4, group_size=64),
+    "gptq-act-order": lambda m, d: qp.algorithms.gptq(m, d, bits=4, group_size=64, act_order=True, damp=0.02),
+    "awq": lambda m, d: qp.algorithms.awq(m, d, bits=4, group_size=64, search_tokens=128),
+    "rtn": lambda m, d: qp.algorithms.rtn(m, bits=4, group_size=64),
+    "rtn+embeddings": lambda m, d: qp.algorithms.quantize_embeddings(qp.algorithms.rtn(m, bits=4, group_size=64)),
+    "llm-int8": lambda m, d: qp.algorithms.llm_int8(m, threshold=3.0),
+    "smoothquant": lambda m, d: qp.algorithms.smoothquant(m, d, alpha=0.6, activations="dynamic"),
+}
+
+
+@pytest.mark.filterwarnings("ignore:nothing to calibrate")
+@pytest.mark.parametrize("method", list(METHODS), ids=list(METHODS))
+def test_recipe_of_a_method_rebuilds_it_bit_for_bit(method, tmp_path):
+    model, data = tiny_causal_lm("llama"), lm_batches(n=4, seq=64)
+    expected = METHODS[method](model, data)
+    recipe = qp.recipe_of(expected)
+    rebuilt = rebuild(model, recipe, data, tmp_path)
+    assert_same_state(expected, rebuilt)
+    ids = data[0]["input_ids"]
+    assert torch.equal(expected(input_ids=ids).logits, rebuilt(input_ids=ids).logits)
+    # ... and save/load keep both the steps and the values.
+    loaded = qp.load(tiny_causal_lm("llama", seed=1), qp.save(rebuilt, tmp_path / "saved"))
+    assert qp.recipe_of(loaded) == recipe
+    assert torch.equal(loaded(input_ids=ids).logits, expected(input_ids=ids).logits)
+
+
+def test_smoothquant_step_is_in_the_recipe_and_survives_yaml(tmp_path):
+    net = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    calib = [torch.randn(64, 16, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    expected = qp.algorithms.smoothquant(net, calib, alpha=0.7)
+    recipe = qp.recipe_of(expected)
+    assert recipe.steps == (qp.steps.SmoothQuant(alpha=0.7),)
+    rebuilt = rebuild(net, recipe, calib, tmp_path)
+    assert_same_state(expected, rebuilt)
+    assert sorted(expected.quantpilot_smoothing) == ["0", "2"]
+
+
+def test_quantize_defers_data_steps_until_freeze():
+    net = torch.nn.Sequential(torch.nn.Linear(8, 8))
+    qmodel = qp.quantize(net, qp.Recipe(steps=(qp.steps.SmoothQuant(),)))
+    assert qp.quantized_layers(qmodel) == []  # float until freeze: the step sees the float model
+    with pytest.raises(ValueError, match="run on calibration data"):
+        qp.freeze(qmodel)
+    with pytest.raises(ValueError, match="already quantized"):
+        qp.quantize(qmodel, "int8-static")
+
+
+@pytest.mark.parametrize(
+    "steps,match",
+    [
+        ([{"name": "nope"}], "unknown recipe step 'nope'"),
+        ([{"name": "gptq", "dampening": 0.1}], "unknown fields \\['dampening'\\]"),
+        ([{"name": "gptq", "damp": 2}], "damp is a fraction"),
+        ([{"name": "smoothquant", "alpha": 1.5}], "alpha must be"),
+        ([{"alpha": 0.5}], "a mapping with a 'name'"),
+    ],
+    ids=["unknown-step", "unknown-field", "bad-damp", "bad-alpha", "no-name"],
+)
+def test_bad_steps_are_one_line_errors(steps, match):
+    with pytest.raises(ValueError, match=match):
+        qp.Recipe.from_dict({"steps": steps})
+
+
+@pytest.mark.parametrize(
+    "recipe,step,match",
+    [
+        ("int8-static", qp.steps.GPTQ(), "quantizes weights only"),
+        ("int8-static", qp.steps.AWQ(), "quantizes weights only"),
+        ("w8a16", qp.steps.SmoothQuant(), "activation scheme"),
+    ],
+    ids=["gptq-on-w8a8", "awq-on-w8a8", "smoothquant-weight-only"],
+)
+def test_steps_check_the_recipe_they_join(recipe, step, match):
+    with pytest.raises(ValueError, match=match):
+        qp.Recipe.preset(recipe).replace(steps=(step,))
+
+
+def test_version_1_recipes_still_load():
+    data = qp.Recipe.preset("int8-static").to_dict()
+    for key in ("steps", "layers", "scale_dtype"):
+        data.pop(key)
+    data["format_version"] = 1
+    assert qp.Recipe.from_dict(data) == qp.Recipe.preset("int8-static")
+    with pytest.raises(ValueError, match="upgrade quantpilot"):
+        qp.Recipe.from_dict({**data, "format_version": 9})
+
+
+def test_fold_batchnorm_step_runs_inside_quantize():
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2)).eval()
+    with torch.no_grad():
+        net[1].running_mean.uniform_(-1, 1)
+    qmodel = qp.quantize(net, qp.Recipe(activations=None, steps=("fold_batchnorm",)))
+    assert type(qmodel[1]).__name__ == "Identity" and type(net[1]).__name__ == "BatchNorm2d"
