@@ -87,7 +87,21 @@ def _static_quantizers(model: nn.Module) -> list[TensorQuantizer]:
     return [m for m in model.modules() if isinstance(m, TensorQuantizer) and m.needs_calibration]
 
 
-def quantize(model: nn.Module, recipe: Recipe | str | None = None, *, inplace: bool = False) -> nn.Module:
+def _copy_sharing_weights(model: nn.Module, recipe: Recipe) -> nn.Module:
+    """A deep copy of `model` that shares, instead of copying, the weights the recipe turns into codes.
+
+    Only for callers that freeze at once and whose steps never write those weights (see
+    `quantpilot.algorithms.rtn.run_pipeline`): freezing drops the copy's reference, so the float
+    weights exist once and the peak memory is the model plus its codes, not two models.
+    """
+    plan, _ = plan_layers(model, recipe)
+    memo = {id(module.weight): module.weight for _, module, _, _, _ in plan if isinstance(module.weight, torch.Tensor)}
+    return copy.deepcopy(model, memo)
+
+
+def quantize(
+    model: nn.Module, recipe: Recipe | str | None = None, *, inplace: bool = False, _share_weights: bool = False
+) -> nn.Module:
     """Replace every layer the recipe selects by its quantized counterpart.
 
     The model is walked once; each layer's type is looked up in `quantpilot.nn`'s registry, so
@@ -114,7 +128,10 @@ def quantize(model: nn.Module, recipe: Recipe | str | None = None, *, inplace: b
     recipe = _as_recipe(recipe)
     if quantized_layers(model) or is_pending(model):
         raise ValueError("this model is already quantized; pass the original float model to quantpilot.quantize")
-    target = model if inplace else copy.deepcopy(model)
+    if inplace:
+        target = model
+    else:
+        target = _copy_sharing_weights(model, recipe) if _share_weights else copy.deepcopy(model)
     for step in recipe.steps:
         target = step.prepare(target, recipe)
     if "add" in recipe.ops:

@@ -36,6 +36,8 @@ import torch
 from torch import nn
 
 from ..batches import eval_mode
+from ..install import replace_module
+from ..nn.packed import WeightOnlyLinear
 from ..primitives import dequantize, quantize
 from ..spec import PerChannel, PerGroup, QuantSpec
 from .rtn import DEFAULT_SKIP, _check_model, linear_weight, quantize_weight, run_pipeline, weight_only_recipe
@@ -247,13 +249,6 @@ def _with_hidden(inputs: tuple[tuple, dict], hidden: torch.Tensor) -> tuple[tupl
     return args, {**kwargs, "hidden_states": hidden}
 
 
-def _set_weight(module: nn.Module, weight: torch.Tensor) -> None:
-    # Conv1D stores W.T; the float copy then computes with the quantized values for the next blocks.
-    with torch.no_grad():
-        target = module.weight
-        target.copy_(weight.t() if target.shape != weight.shape else weight)
-
-
 def _tokens(batch: Any) -> int:
     if isinstance(batch, dict):
         ids = batch.get("input_ids")
@@ -392,10 +387,11 @@ def gptq_blocks(
     blocks: str | None = None,
     scale_dtype: torch.dtype = torch.float16,
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """GPTQ's sequential pass over the float `model` (changed in place): `{layer: (codes, scale, zero point)}`.
+    """GPTQ's sequential pass over the float `model`: `{layer: (codes, scale, zero point)}`.
 
-    Each block's Hessians come from the outputs of the blocks before it, already quantized; the
-    layers keep their float class with the dequantized GPTQ weights written into them.
+    Each block's Hessians come from the outputs of the blocks before it, already quantized: every
+    layer is replaced, as soon as it is quantized, by a packed `WeightOnlyLinear` holding its codes.
+    The float weights are read, never written.
 
     Example:
         >>> from quantpilot.testing import tiny_causal_lm
@@ -435,8 +431,15 @@ def gptq_blocks(
                     scale_dtype=scale_dtype,
                 )
                 quantized[full] = result
+                # The next blocks must see this layer quantized. A packed layer takes its place instead of
+                # the dequantized values being written into the float weight: the float tensors are only
+                # read, so `quantize` can share them with the user's model instead of copying them.
                 codes, scale, zero = result
-                _set_weight(module, _dequantized(codes, scale, zero, spec))
+                bias = getattr(module, "bias", None)
+                packed = WeightOnlyLinear.from_codes(codes, scale, zero, spec, bias, scale_dtype)
+                packed.float_dtype = linear_weight(module).dtype
+                packed.train(module.training)
+                replace_module(block, short, packed)
             # The next block sees what this quantized block outputs, as in the paper's sequential scheme.
             inputs = [_with_hidden(inp, _hidden(block(*inp[0], **inp[1]))) for inp in inputs]
     return quantized
@@ -451,9 +454,3 @@ def spec_group(spec: QuantSpec) -> int | None:
         (64, None)
     """
     return spec.granularity.size if isinstance(spec.granularity, PerGroup) else None
-
-
-def _dequantized(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
-    if isinstance(spec.granularity, PerChannel):
-        return dequantize(codes, scale[:, 0], zero[:, 0], spec)
-    return dequantize(codes, scale, zero, spec)

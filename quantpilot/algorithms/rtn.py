@@ -28,7 +28,7 @@ from .. import api
 from ..batches import call_model
 from ..nn.packed import WeightOnlyLinear, weight_only_spec
 from ..nn.registry import linear_layers
-from ..primitives import choose_qparams, min_max, quantize
+from ..nn.storage import quantize_weight  # the arithmetic lives with the packed storage; name kept here
 from ..recipe import Recipe
 from ..spec import PerChannel, QuantSpec
 
@@ -42,6 +42,7 @@ __all__ = [
     "run_pipeline",
 ]
 
+_READ_ONLY_STEPS = ("gptq", "llm_int8", "quantize_embeddings")
 # Layers the papers keep in float: the output head (tied to the embedding in GPT-2) decides every logit.
 DEFAULT_SKIP = ("lm_head", "*.lm_head", "score", "classifier")
 
@@ -83,37 +84,6 @@ def weight_only_targets(
         raise TypeError("layers and skip are sequences of patterns, e.g. ('*',) and ('lm_head',), not one string")
     # The registry's one decision of what is a Linear, so a checkpoint this writes is one `load` rebuilds.
     return [(name, m) for name, m in linear_layers(model, skip) if any(fnmatch(name, p) for p in layers)]
-
-
-def quantize_weight(
-    weight: torch.Tensor, spec: QuantSpec, scale_dtype: torch.dtype = torch.float16
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Round-to-nearest codes of a (out, in) weight on its min/max grid, with the qparams rounded to `scale_dtype`.
-
-    The scale is rounded to the storage dtype before the codes are computed, so the stored layer
-    dequantizes to exactly the values this function chose.
-
-    Args:
-        weight: float (out_features, in_features).
-        spec: a `weight_only_spec` (PerGroup or PerChannel(0)).
-        scale_dtype: torch.float16 or torch.bfloat16.
-
-    Returns:
-        (codes uint8 (out, in), scale (out, groups) float32, zero_point (out, groups) float32).
-
-    Example:
-        >>> from quantpilot.nn.packed import weight_only_spec
-        >>> codes, s, z = quantize_weight(torch.tensor([[0.0, 1.5, 3.0, -1.5]]), weight_only_spec(4, None))
-        >>> codes.tolist(), s.tolist(), z.tolist()
-        ([[5, 10, 15, 0]], [[0.300048828125]], [[5.0]])
-    """
-    w = weight.detach().float()
-    mn, mx = min_max(w, spec)
-    scale, zero_point = choose_qparams(mn, mx, spec)
-    scale = scale.to(scale_dtype).float()
-    codes = quantize(w, scale, zero_point, spec)
-    shape = (w.shape[0], -1)
-    return codes, scale.reshape(shape), zero_point.float().reshape(shape)
 
 
 def replace_with_weight_only(
@@ -215,7 +185,10 @@ def run_pipeline(model: nn.Module, recipe: Recipe, calib_batches: Iterable[Any] 
         >>> qp.is_frozen(q)
         True
     """
-    qmodel = api.quantize(model, recipe, inplace=inplace)
+    # Steps that only read the float weights let the copy share them (freeze replaces them at once);
+    # SmoothQuant, AWQ and BatchNorm folding write into them, so those get a full copy.
+    share = not inplace and all(step.name in _READ_ONLY_STEPS for step in recipe.steps)
+    qmodel = api.quantize(model, recipe, inplace=inplace, _share_weights=share)
     batches = list(calib_batches)
     if batches:
         with api.calibrate(qmodel):

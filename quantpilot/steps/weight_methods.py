@@ -85,29 +85,19 @@ class GPTQ(Step):
 
     def before_install(self, model: Any, recipe: Any, context: StepContext) -> Any:
         from ..algorithms.gptq import gptq_blocks
-        from ..install import replace_module
-        from ..nn.packed import WeightOnlyLinear
 
-        names = _linear_targets(model, recipe)
-        scale_dtype = _scale_dtype(recipe)
-        quantized = gptq_blocks(
+        # gptq_blocks puts a packed layer in place of each layer it quantizes; the walker leaves those alone.
+        gptq_blocks(
             model,
             context.batches,
-            names,
+            _linear_targets(model, recipe),
             recipe.weights,
             block_size=self.block_size,
             damp=self.damp,
             act_order=self.act_order,
             blocks=self.blocks,
-            scale_dtype=scale_dtype,
+            scale_dtype=_scale_dtype(recipe),
         )
-        for name, (codes, scale, zero_point) in quantized.items():
-            module = model.get_submodule(name)
-            layer = WeightOnlyLinear.from_codes(
-                codes, scale, zero_point, recipe.weights, getattr(module, "bias", None), scale_dtype
-            )
-            layer.train(module.training)
-            model = replace_module(model, name, layer)
         return model
 
 

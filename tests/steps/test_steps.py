@@ -123,3 +123,14 @@ def test_fold_batchnorm_step_runs_inside_quantize():
         net[1].running_mean.uniform_(-1, 1)
     qmodel = qp.quantize(net, qp.Recipe(activations=None, steps=("fold_batchnorm",)))
     assert type(qmodel[1]).__name__ == "Identity" and type(net[1]).__name__ == "BatchNorm2d"
+
+
+@pytest.mark.parametrize("method", ["rtn", "gptq", "awq"], ids=["rtn", "gptq", "awq"])
+def test_methods_leave_the_float_model_untouched_and_share_nothing_it_keeps(method):
+    model, data = tiny_causal_lm("llama"), lm_batches(n=4, seq=64)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    qmodel = METHODS[method](model, data)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # What the quantized model keeps in float (norms, the head) is its own copy, not the user's tensors.
+    float_ptrs = {t.data_ptr() for t in model.state_dict().values()}
+    assert not float_ptrs & {t.data_ptr() for t in qmodel.state_dict().values()}
