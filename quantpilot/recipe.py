@@ -25,8 +25,7 @@ from typing import Any
 
 import yaml
 
-from .nn.registry import registered_names
-from .nn.tensor_quantizer import CalibratorConfig
+from .calibrator_config import CalibratorConfig
 from .spec import PerChannel, PerGroup, PerTensor, PerToken, QuantSpec
 from .steps.base import Step, as_step
 
@@ -172,6 +171,8 @@ class Recipe:
             raise ValueError(f"unknown ops {bad_ops}; functional quantization points are {list(FUNCTIONAL_OPS)}")
         if self.ops and self.activations is None:
             raise ValueError("ops quantize activations: give the recipe an activation scheme, or set ops=()")
+        from .nn.registry import registered_names  # validation only: the registry lives a layer above
+
         known = registered_names()
         unknown = [t for t in self.module_types if t not in known]
         if unknown:

@@ -10,7 +10,7 @@ fake-quant module, and the compiled object says which layer runs how (`integer_l
 a layer did not (`fallback_layers`), so nothing is silently approximated.
 
 PyTorch's own dynamic quantized Linear (`torch.ao` / oneDNN qlinear_dynamic) is never called:
-issue 5 reports it crashing in torch 2.13 on this CPU. A model converted by
+it was seen crashing in torch 2.13 on this CPU. A model converted by
 `torch.ao.quantization.quantize_dynamic` is refused with a message instead of being run.
 
 Example:
@@ -49,7 +49,7 @@ def _check_frozen(model: nn.Module) -> None:
         # Also when quantpilot layers sit beside them: running the copy would call torch.ao's kernel.
         raise ValueError(
             f"the model holds torch.ao quantized modules (e.g. {ao[:3]}); torch-int8 never runs torch.ao's "
-            "oneDNN dynamic qlinear (issue 5 reports it crashing in torch 2.13 on this CPU). Quantize the float "
+            "oneDNN dynamic qlinear (it crashes in torch 2.13 on some CPUs). Quantize the float "
             "model with quantpilot.quantize(model, 'int8-dynamic'), freeze it, then compile it"
         )
     layers = quantized_layers(model)

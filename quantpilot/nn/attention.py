@@ -58,12 +58,8 @@ class AttentionQuantizers(nn.Module):
 
     def __init__(self, spec: QuantSpec, dynamic: bool = False, calibrator: CalibratorConfig | None = None) -> None:
         super().__init__()
-        import dataclasses
-        import os
-        sym = dataclasses.replace(spec, symmetric=True) if os.environ.get("QP_SYM") else spec
         for role in ("query", "key", "probs", "value"):
-            s = sym if role in os.environ.get("QP_SYM", "") else spec
-            setattr(self, role, TensorQuantizer(s, dynamic=dynamic, calibrator=calibrator))
+            setattr(self, role, TensorQuantizer(spec, dynamic=dynamic, calibrator=calibrator))
 
 
 _SOURCE_CACHE: dict[type, bool] = {}
