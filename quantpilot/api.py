@@ -251,6 +251,11 @@ def freeze(model: nn.Module) -> nn.Module:
         torch.int8
     """
     _check_model(model)
+    if any(p.is_meta for p in model.parameters()):
+        raise ValueError(
+            "freeze needs the real weights: the model is on the meta device; load its weights first "
+            "(quantpilot.load fills a meta model from a saved quantized one)"
+        )
     if is_pending(model):
         model = run_deferred_steps(model, recipe_of(model))
     layers = quantized_layers(model)
@@ -490,7 +495,10 @@ def load(float_model: nn.Module, directory: str | Path) -> nn.Module:
             f"(it reads {list(READABLE_VERSIONS)}); save the model again with this version"
         )
     recipe = Recipe.from_dict(meta["recipe"])
-    qmodel = quantize(float_model, recipe)
+    with warnings.catch_warnings():
+        # quantize names the weights it leaves float; the saved model was warned about when it was made.
+        warnings.filterwarnings("ignore", message=".*keep their weights in float")
+        qmodel = quantize(float_model, recipe)
     if is_pending(qmodel):
         # Deferred steps (GPTQ, AWQ, SmoothQuant) chose the values the file holds; only the structure is rebuilt.
         del qmodel.__dict__[BATCHES_ATTR]

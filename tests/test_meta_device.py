@@ -140,3 +140,11 @@ def test_llama_rtn_checkpoint_loads_onto_meta(tmp_path):
     ids = torch.randint(0, 97, (2, 10))
     with torch.no_grad():
         assert torch.equal(loaded(input_ids=ids).logits, q(input_ids=ids).logits)
+
+
+def test_freeze_on_meta_weights_is_a_one_line_error():
+    with torch.device("meta"):
+        net = torch.nn.Sequential(torch.nn.Linear(128, 128))
+    qmodel = qp.quantize(net, "w4a16-g128")
+    with pytest.raises(ValueError, match="meta device; load its weights first"):
+        qp.freeze(qmodel)
