@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
@@ -390,6 +389,8 @@ class Recipe:
             >>> Recipe.preset("w4a16-g128").weights.granularity
             PerGroup(size=128)
         """
+        from .presets import PRESETS
+
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; available: {sorted(PRESETS)}")
         return PRESETS[name]()
@@ -402,6 +403,8 @@ class Recipe:
             >>> "fp8" in Recipe.presets()
             True
         """
+        from .presets import PRESETS
+
         return sorted(PRESETS)
 
 
@@ -412,41 +415,3 @@ def _write_new(path: str | Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
-
-
-_INT8_WEIGHTS = QuantSpec("int8", symmetric=True, narrow_range=True, granularity=PerChannel(0))
-
-PRESETS: dict[str, Callable[[], Recipe]] = {
-    # Per-channel weights, per-tensor asymmetric activations with the histogram-MSE range. Measured
-    # on all-MiniLM-L6-v2 (embedding cosine, 160 held-out sentences): asym+MSE 0.9933, sym+MSE 0.9859,
-    # sym+minmax 0.9824, sym+percentile 99.99 0.9624 (it clips outlier channels that carry signal),
-    # sym+entropy 0.9595.
-    "int8-static": lambda: Recipe(name="int8-static"),
-    "int8-dynamic": lambda: Recipe(activations="dynamic", name="int8-dynamic"),
-    # What TensorRT's explicit quantization fuses: symmetric int8 everywhere (zero point 0), weights
-    # in the restricted range, Q/DQ on the attention matmuls and on both inputs of residual adds.
-    # "add" needs a torch.fx-traceable model (CNNs); use .replace(ops=("matmul",)) for transformers.
-    "int8-tensorrt": lambda: Recipe(
-        activations=QuantSpec("int8", symmetric=True, granularity=PerTensor()),
-        ops=("matmul", "add"),
-        name="int8-tensorrt",
-    ),
-    "w8a16": lambda: Recipe(weights=_INT8_WEIGHTS, activations=None, name="w8a16"),
-    # Asymmetric groups of 128 with a zero point, as the AWQ/GPTQ reference code stores W4.
-    # Stored packed (two codes per byte, fp16 scales) like `qp.algorithms.rtn(bits=4)`, which gives
-    # the same codes; the token table is quantized too and the output head stays float, as RTN keeps it.
-    "w4a16-g128": lambda: Recipe(
-        weights=QuantSpec("uint4", symmetric=False, granularity=PerGroup(128)),
-        activations=None,
-        module_types=("Linear", "Conv1D", "Embedding"),
-        skip=("lm_head", "*.lm_head", "score", "classifier"),
-        name="w4a16-g128",
-    ),
-    # fp8 scales to the format's largest value: an amax (min-max) range is the usual choice.
-    "fp8": lambda: Recipe(
-        weights=QuantSpec("fp8_e4m3", granularity=PerChannel(0)),
-        activations=QuantSpec("fp8_e4m3"),
-        activation_calibrator=CalibratorConfig("minmax"),
-        name="fp8",
-    ),
-}
