@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo demo-core test lint bench bench-core bench-torch-int8 bench-llm bench-llm-outliers bench-selective bench-qat clean
+.PHONY: demo demo-core test lint bench bench-core bench-torch-int8 bench-llm bench-llm-outliers bench-selective bench-qat bench-memory clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,9 @@ bench-selective: $(VENV)/.installed-bench
 # QAT on the digits CNN: FP32 / PTQ / QAT accuracy at W8A8, W4A8, W4A4, ORT check, QAT time share.
 bench-qat: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/bench_qat.py
+
+bench-memory: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/bench_memory.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache build *.egg-info testbed/*.egg-info
