@@ -49,6 +49,7 @@ __all__ = [
     "is_frozen",
     "unfrozen_parts",
     "uncalibrated_quantizers",
+    "needs_calibration",
     "RECIPE_ATTR",
 ]
 
@@ -283,6 +284,21 @@ def freeze(model: nn.Module) -> nn.Module:
     for q in _static_quantizers(model):  # functional points (matmul, add) sit outside the layers
         q.fix_qparams()
     return model
+
+
+def needs_calibration(model: nn.Module) -> bool:
+    """True when `freeze` needs calibration batches first: static activation ranges, or steps that run on data.
+
+    Example:
+        >>> import torch, quantpilot as qp
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 4))
+        >>> qp.api.needs_calibration(qp.quantize(net)), qp.api.needs_calibration(qp.quantize(net, "w8a16"))
+        (True, False)
+    """
+    if is_pending(model):
+        recipe = recipe_of(model)
+        return recipe.activations is not None and not recipe.dynamic or any(s.needs_data for s in recipe.steps)
+    return bool(_static_quantizers(model))
 
 
 def uncalibrated_quantizers(model: nn.Module) -> list[str]:

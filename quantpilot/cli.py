@@ -104,7 +104,7 @@ def _quantize(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     model, prep = load_model(args.model)
     qmodel = api.quantize(model, recipe)
-    static = any(m.input_quantizer.needs_calibration for _, m in api.quantized_layers(qmodel))
+    static = api.needs_calibration(qmodel)
     if _is_tokenizer(prep):
         from .text import embed, token_batches
 
