@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -302,8 +303,8 @@ def gptq(
         The quantized model (frozen; `quantpilot.save` / `load` round-trip it).
 
     Raises:
-        ValueError: no repeated blocks, selected layers outside the blocks, too few calibration
-            tokens (at least as many as the widest layer's in_features), bad bits / group size.
+        ValueError: no repeated blocks, too few calibration tokens (at least as many as the widest
+            layer's in_features), bad bits / group size.
 
     Example:
         >>> import torch, quantpilot as qp
@@ -330,7 +331,7 @@ def gptq_targets(
 
     Raises:
         ValueError: naming what to change (too few tokens, a group size that does not divide a
-            layer, no blocks, layers outside the blocks).
+            layer, no blocks). Layers outside the blocks are named in a warning (they get RTN).
 
     Example:
         >>> from quantpilot.testing import tiny_causal_lm
@@ -368,9 +369,11 @@ def gptq_targets(
     block_list_name, block_list = found
     outside = [n for n in names if not n.startswith(f"{block_list_name}.")]
     if outside:
-        raise ValueError(
-            f"GPTQ quantizes the layers inside {block_list_name!r}; {outside[:5]} lie outside it: add them to skip "
-            "(the papers keep the head in float) or quantize them with rtn"
+        # The recipe still quantizes them: the walker that follows gives them round-to-nearest codes.
+        warnings.warn(
+            f"GPTQ quantizes the layers inside {block_list_name!r}; {outside[:5]} lie outside it and get "
+            "round-to-nearest weights (add them to the recipe's skip to keep them float)",
+            stacklevel=4,
         )
     return block_list_name, block_list, widths
 

@@ -10,7 +10,7 @@ from quantpilot.algorithms.gptq import HessianAccumulator, gptq_quantize_weight
 from quantpilot.algorithms.rtn import quantize_weight
 from quantpilot.nn.packed import WeightOnlyLinear, weight_only_spec
 from quantpilot.primitives import dequantize, quantize
-from quantpilot_testbed.language_model import tiny_causal_lm
+from quantpilot.testing import tiny_causal_lm
 
 
 def correlated_inputs(tokens: int, columns: int, seed: int = 0) -> torch.Tensor:
@@ -123,8 +123,9 @@ def test_gptq_rejects_bad_input():
     with pytest.raises(ValueError, match="at least 512 calibration tokens"):
         qp.algorithms.gptq(model, few)
     enough = few * 32
-    with pytest.raises(ValueError, match="lie outside"):
-        qp.algorithms.gptq(model, enough, skip=())
+    with pytest.warns(UserWarning, match="lie outside it and get round-to-nearest"):
+        q = qp.algorithms.gptq(model, enough, skip=())
+    assert type(q.lm_head).__name__ == "WeightOnlyLinear"  # outside the blocks: RTN, as the warning says
     with pytest.raises(TypeError, match="list of model inputs"):
         qp.algorithms.gptq(model, {"input_ids": torch.zeros(1, 16, dtype=torch.long)})
     flat = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8))
