@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from quantpilot.metrics import kl_to_reference, perplexity
-from quantpilot_testbed.language_model import tiny_causal_lm
+from quantpilot.testing import tiny_causal_lm
 
 
 class FixedLogits(torch.nn.Module):

@@ -29,8 +29,9 @@ from typing import Any
 import torch
 from torch import nn
 
-# The metrics belong to the library; re-exported so testbed users find them next to the data.
+# The metrics and the tiny test models belong to the library; re-exported so testbed users find them here.
 from quantpilot.metrics import kl_to_reference, perplexity
+from quantpilot.testing import tiny_causal_lm
 
 __all__ = [
     "TESTBED_CONFIG",
@@ -312,39 +313,3 @@ def calibration_batches(tokenizer: Any, n: int = 128, seq_len: int = 256, seed: 
     rng = random.Random(seed)
     starts = [rng.randrange(0, data.numel() - seq_len) for _ in range(n)]
     return [{"input_ids": data[s : s + seq_len].unsqueeze(0).clone()} for s in starts]
-
-
-def tiny_causal_lm(kind: str = "gpt2", seed: int = 0) -> nn.Module:
-    """A tiny random causal LM (vocab 512, width 128, 2 blocks) from a transformers config, for tests.
-
-    Widths are multiples of 128 so per-group (g128) quantization applies.
-
-    Args:
-        kind: "gpt2" (GPT-2 blocks, transformers Conv1D layers) or "llama" (RMSNorm, gated MLP).
-        seed: weights seed.
-
-    Example:
-        >>> m = tiny_causal_lm("llama")
-        >>> m(input_ids=torch.zeros(1, 5, dtype=torch.long)).logits.shape
-        torch.Size([1, 5, 512])
-    """
-    from transformers import GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    if kind == "gpt2":
-        model = GPT2LMHeadModel(_gpt2_config(512, 128, 2, 2, 128))
-    elif kind == "llama":
-        cfg = LlamaConfig(
-            vocab_size=512,
-            hidden_size=128,
-            intermediate_size=256,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            max_position_embeddings=128,
-            tie_word_embeddings=False,
-        )
-        model = LlamaForCausalLM(cfg)
-    else:
-        raise ValueError(f"kind must be 'gpt2' or 'llama', got {kind!r}")
-    return model.eval()

@@ -7,7 +7,7 @@ import torch
 
 import quantpilot as qp
 from quantpilot.nn.packed import WeightOnlyEmbedding, WeightOnlyLinear, weight_only_spec
-from quantpilot_testbed.language_model import tiny_causal_lm
+from quantpilot.testing import tiny_causal_lm
 
 
 def _hand_dequantized(weight: torch.Tensor, bits: int, group: int | None) -> torch.Tensor:

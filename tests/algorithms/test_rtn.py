@@ -8,7 +8,7 @@ import torch
 import quantpilot as qp
 from quantpilot.algorithms.rtn import quantize_weight
 from quantpilot.nn.packed import WeightOnlyLinear, weight_only_spec
-from quantpilot_testbed.language_model import tiny_causal_lm
+from quantpilot.testing import tiny_causal_lm
 
 
 def test_quantize_weight_matches_the_reference_min_max_grid():

@@ -8,7 +8,7 @@ import torch
 import quantpilot as qp
 from quantpilot.nn.packed import WeightOnlyLinear, weight_only_spec
 from quantpilot.nn.weight_only_kernels import WeightOnlyKernelLinear, kernel_problem, unpack_cpu_int4pack
-from quantpilot_testbed.language_model import tiny_causal_lm
+from quantpilot.testing import tiny_causal_lm
 
 
 def test_the_kernels_exist_in_this_torch():
