@@ -41,63 +41,44 @@ Example:
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from fnmatch import fnmatch
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..api import quantized_layers
-from ..batches import call_model, eval_mode
 from ..deferred import CHOICES_ATTR
 from ..nn.packed import weight_only_spec
-from ..nn.registry import is_linear
-from ..primitives import choose_qparams, fake_quantize, min_max
-from ..spec import PerGroup, QuantSpec
-from .awq_blocks import Call, block_error, capture_inputs, inspected_module
+from ..spec import QuantSpec
+from .awq_blocks import capture_inputs
+from .awq_search import (  # noqa: F401  (the grid constants: re-exported)
+    ALPHA_GRID,
+    CLIP_GRID,
+    CLIP_MAX_SHRINK,
+    ScaleGroup,
+    _clip_rows,
+    _collect,
+    _explicit_groups,
+    _is_norm,
+    _linear_pairs,
+    _norm_groups,
+    _search_clip,
+    _search_scale,
+    _search_scale_in_block,
+    _Statistics,
+    _targets,
+    _tied_layers,
+    _weight,
+    find_scale_groups,
+)
 from .rtn import run_pipeline, weight_only_recipe
 
 __all__ = ["awq", "awq_fold_scales", "find_scale_groups", "ScaleGroup", "weight_spec", "MIN_CALIBRATION_TOKENS"]
 
+
 # Fewer tokens than this give per-channel means too noisy to rank channels; the paper uses 128 x 512.
 MIN_CALIBRATION_TOKENS = 256
-ALPHA_GRID = 20
-CLIP_GRID = 20
-CLIP_MAX_SHRINK = 0.5
-_QUERY_KEY = ("q_proj", "k_proj", "query", "key", "q", "k", "wq", "wk")
-# (producer, consumer) Linear names inside one parent module, as the reference implementation pairs them.
-_LINEAR_PAIRS = (("v_proj", "o_proj"), ("v_proj", "out_proj"), ("up_proj", "down_proj"), ("c_attn", "c_proj"))
-
-
-@dataclass(frozen=True)
-class ScaleGroup:
-    """An op and the Linear layers reading its output: one AWQ scale vector is searched for all of them.
-
-    Args:
-        prev: qualified name of the LayerNorm / RMSNorm / Linear producing the shared input.
-        layers: qualified names of the Linear (or GPT-2 Conv1D) layers reading it.
-        prev_rows: for a Linear producer, the output rows (start, stop) that feed `layers`
-            (GPT-2's fused c_attn feeds attn.c_proj from its value third); None: all rows.
-        inspect: qualified name of the module whose output scores the alpha search (the attention
-            or MLP block the input enters); None: the layers' own outputs.
-
-    Example:
-        >>> ScaleGroup("ln_1", ("attn.c_attn",)).key
-        'ln_1 -> attn.c_attn'
-    """
-
-    prev: str
-    layers: tuple[str, ...]
-    prev_rows: tuple[int, int] | None = None
-    inspect: str | None = None
-
-    @property
-    def key(self) -> str:
-        """A readable label, `prev -> layer, layer`."""
-        return f"{self.prev} -> {', '.join(self.layers)}"
 
 
 def weight_spec(bits: int, group_size: int | None) -> QuantSpec:
@@ -118,252 +99,6 @@ def weight_spec(bits: int, group_size: int | None) -> QuantSpec:
     return weight_only_spec(bits, group_size)
 
 
-def _is_linear(module: nn.Module) -> bool:
-    return is_linear(module)  # the registry's one decision, subclasses included
-
-
-def _is_norm(module: nn.Module) -> bool:
-    weight = getattr(module, "weight", None)
-    return "norm" in type(module).__name__.lower() and isinstance(weight, torch.Tensor) and weight.dim() == 1
-
-
-def _weight(module: nn.Module) -> torch.Tensor:
-    """The weight as an (out, in) view sharing memory: a Linear's own, or a GPT-2 Conv1D's transpose."""
-    return module.weight.data if isinstance(module, nn.Linear) else module.weight.data.t()
-
-
-def _fake_quant(w: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
-    return fake_quantize(w, *choose_qparams(*min_max(w, spec), spec), spec)
-
-
-def _targets(model: nn.Module, skip: Sequence[str]) -> dict[str, nn.Module]:
-    return {n: m for n, m in model.named_modules() if _is_linear(m) and not any(fnmatch(n, p) for p in skip)}
-
-
-class _Statistics:
-    """Per-Linear input statistics from one pass of the float model: mean |x| per channel and sampled rows."""
-
-    def __init__(self, names: Iterable[str], rows_per_batch: int, seed: int) -> None:
-        self.abs_sum: dict[str, torch.Tensor] = {}
-        self.rows: dict[str, int] = {}
-        self.samples: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-        self.rows_per_batch = rows_per_batch
-        self.seed = seed
-        self.batch_index = 0
-        self.producer: dict[str, str] = {}  # linear name -> norm whose output tensor it received
-        self.receivers: dict[str, list[str]] = {}  # norm name -> modules called with its output, in call order
-
-    def record(self, name: str, x: torch.Tensor) -> None:
-        x = x.detach().reshape(-1, x.shape[-1]).float()
-        self.abs_sum[name] = x.abs().sum(0) + self.abs_sum.get(name, 0.0)
-        self.rows[name] = self.rows.get(name, 0) + x.shape[0]
-        # The same generator state for every layer of a batch: layers sharing an input sample the same rows.
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.batch_index)
-        take = torch.randperm(x.shape[0], generator=g)[: self.rows_per_batch]
-        self.samples[name].append(x[take].clone())
-
-    def mean_abs(self, name: str) -> torch.Tensor:
-        return self.abs_sum[name] / self.rows[name]
-
-    def sample(self, name: str) -> torch.Tensor:
-        return torch.cat(self.samples[name])
-
-
-def _collect(model: nn.Module, targets: dict[str, nn.Module], batches: list[Any], search_tokens: int, seed: int):
-    stats = _Statistics(targets, max(1, math.ceil(search_tokens / len(batches))), seed)
-    norm_names = {m: n for n, m in model.named_modules() if _is_norm(m)}
-    norm_outputs: dict[int, tuple[str, torch.Tensor]] = {}
-
-    def on_norm(module, _inputs, output):
-        if stats.batch_index == 0 and isinstance(output, torch.Tensor):
-            # Keep the tensor referenced so its id cannot be reused by another tensor during the pass.
-            norm_outputs[id(output)] = (norm_names[module], output)
-
-    def on_linear(name):
-        def hook(_module, inputs):
-            x = inputs[0]
-            if stats.batch_index == 0 and id(x) in norm_outputs and norm_outputs[id(x)][1] is x:
-                stats.producer[name] = norm_outputs[id(x)][0]
-            stats.record(name, x)
-
-        return hook
-
-    def on_module(name):
-        def hook(_module, args, kwargs):
-            if stats.batch_index != 0:
-                return
-            for x in (*args, *kwargs.values()):
-                if isinstance(x, torch.Tensor) and id(x) in norm_outputs and norm_outputs[id(x)][1] is x:
-                    stats.receivers.setdefault(norm_outputs[id(x)][0], []).append(name)
-                    return
-
-        return hook
-
-    handles = [m.register_forward_hook(on_norm) for m in norm_names]
-    handles += [m.register_forward_pre_hook(on_linear(n)) for n, m in targets.items()]
-    handles += [
-        m.register_forward_pre_hook(on_module(n), with_kwargs=True)
-        for n, m in model.named_modules()
-        if n and m not in norm_names and n not in targets
-    ]
-    try:
-        with eval_mode(model), torch.no_grad():
-            for index, batch in enumerate(batches):
-                stats.batch_index = index
-                call_model(model, batch)
-                norm_outputs.clear()
-    finally:
-        for h in handles:
-            h.remove()
-    return stats
-
-
-def _linear_pairs(model: nn.Module, targets: dict[str, nn.Module]) -> list[ScaleGroup]:
-    """Producer -> consumer Linear pairs by the reference implementation's names, where the shapes allow."""
-    groups = []
-    for prev_leaf, next_leaf in _LINEAR_PAIRS:
-        for name in targets:
-            parent, _, leaf = name.rpartition(".")
-            if leaf != prev_leaf:
-                continue
-            consumer = f"{parent}.{next_leaf}" if parent else next_leaf
-            if consumer not in targets:
-                continue
-            out_rows = _weight(targets[name]).shape[0]
-            in_cols = _weight(targets[consumer]).shape[1]
-            if prev_leaf == "c_attn":
-                # GPT-2's fused q|k|v projection: only the value third feeds the output projection.
-                if out_rows != 3 * in_cols:
-                    continue
-                groups.append(ScaleGroup(name, (consumer,), (2 * in_cols, 3 * in_cols)))
-            elif out_rows == in_cols:  # grouped-query attention (fewer v rows than o inputs) cannot be folded
-                groups.append(ScaleGroup(name, (consumer,)))
-    return groups
-
-
-def find_scale_groups(model: nn.Module, example_batch: Any, *, skip: Sequence[str] = ("lm_head",)) -> list[ScaleGroup]:
-    """The AWQ layer groups of a model, found by running one batch (see the module docstring).
-
-    Args:
-        model: a float model (not modified).
-        example_batch: one input, as `call_model` passes it (a dict is passed as keyword arguments).
-        skip: fnmatch patterns of layers left out (and left float by `awq`).
-
-    Returns:
-        The groups in execution order: norm-fed groups, then Linear-fed ones.
-
-    Example:
-        >>> import torch
-        >>> net = torch.nn.Sequential(torch.nn.LayerNorm(8), torch.nn.Linear(8, 4))
-        >>> [g.key for g in find_scale_groups(net, torch.randn(2, 8))]
-        ['0 -> 1']
-    """
-    targets = _targets(model, skip)
-    stats = _collect(model, targets, [example_batch], 1, 0)
-    return _norm_groups(stats, targets) + _linear_pairs(model, targets)
-
-
-def _norm_groups(stats: _Statistics, targets: dict[str, nn.Module]) -> list[ScaleGroup]:
-    by_norm: dict[str, list[str]] = {}
-    for name in targets:  # named_modules order: q, k, v stay in model order
-        if name in stats.producer:
-            by_norm.setdefault(stats.producer[name], []).append(name)
-    return [
-        ScaleGroup(norm, tuple(layers), inspect=inspected_module(norm, tuple(layers), stats.receivers.get(norm, [])))
-        for norm, layers in by_norm.items()
-    ]
-
-
-def _explicit_groups(model: nn.Module, pairs: Sequence[Any], targets: dict[str, nn.Module]) -> list[ScaleGroup]:
-    modules = dict(model.named_modules())
-    groups = []
-    for item in pairs:
-        if isinstance(item, ScaleGroup):
-            group = item
-        elif isinstance(item, dict):
-            rows = item.get("prev_rows")
-            group = ScaleGroup(item["prev"], tuple(item["layers"]), None if rows is None else tuple(rows),
-                               item.get("inspect"))
-        elif isinstance(item, tuple | list) and len(item) == 2 and isinstance(item[0], str):
-            layers = (item[1],) if isinstance(item[1], str) else tuple(item[1])
-            group = ScaleGroup(item[0], layers)
-        else:
-            raise TypeError(f"each pair is (previous op name, [layer names]) or a ScaleGroup, got {item!r}")
-        prev = modules.get(group.prev)
-        if prev is None or not (_is_norm(prev) or _is_linear(prev)):
-            raise ValueError(f"pair {group.key}: {group.prev!r} is not a LayerNorm/RMSNorm or Linear of this model")
-        width = None
-        for layer in group.layers:
-            if layer not in targets:
-                raise ValueError(f"pair {group.key}: {layer!r} is not a Linear of this model outside skip patterns")
-            width = width or _weight(targets[layer]).shape[1]
-        produced = prev.weight.shape[0] if _is_norm(prev) else _weight(prev).shape[0]
-        if group.prev_rows is not None:
-            produced = group.prev_rows[1] - group.prev_rows[0]
-        if produced != width or any(_weight(targets[n]).shape[1] != width for n in group.layers):
-            raise ValueError(f"pair {group.key}: {group.prev!r} produces {produced} channels, the layers read {width}")
-        if group.inspect is not None and (
-            group.inspect not in modules or not all(n.startswith(group.inspect + ".") for n in group.layers)
-        ):
-            raise ValueError(
-                f"pair {group.key}: inspect={group.inspect!r} must name a module of this model that contains "
-                "every layer of the pair (the block whose output scores the search), or be None"
-            )
-        groups.append(group)
-    return groups
-
-
-def _tied_layers(model: nn.Module, targets: dict[str, nn.Module]) -> set[str]:
-    counts: dict[int, int] = {}
-    for _, p in model.named_parameters(remove_duplicate=False):
-        counts[id(p)] = counts.get(id(p), 0) + 1
-    return {n for n, m in targets.items() if counts.get(id(m.weight), 0) > 1}
-
-
-def _search_scale(x: torch.Tensor, x_mean: torch.Tensor, weights: list[torch.Tensor], spec: QuantSpec):
-    """The alpha (and scale vector) whose fake-quantized group output is closest to the float one."""
-    refs = [x @ w.t() for w in weights]
-    best = (math.inf, 0.0, torch.ones_like(x_mean))
-    for alpha, s in _scales(x_mean):
-        # W' = Q(W * s) / s is what the layer computes once x / s is folded into the previous op.
-        err = sum(
-            float((x @ (_fake_quant(w * s, spec) / s).t() - ref).pow(2).sum())
-            for w, ref in zip(weights, refs, strict=True)
-        )
-        if err < best[0]:
-            best = (err, alpha, s)
-    return best[1], best[2]
-
-
-def _scales(x_mean: torch.Tensor):
-    """The 20 candidate scale vectors `s_x^alpha`, each normalised so sqrt(max * min) = 1."""
-    for i in range(ALPHA_GRID):
-        alpha = i / ALPHA_GRID
-        s = x_mean.pow(alpha).clamp(min=1e-4)
-        yield alpha, s / (s.max() * s.min()).sqrt()
-
-
-def _search_scale_in_block(block: nn.Module, layers: list[nn.Module], calls: list[Call], x_mean: torch.Tensor,
-                           spec: QuantSpec):
-    """The alpha (and scale vector) whose block output, with the layers fake-quantized, is closest to the float one."""
-    views = [_weight(m) for m in layers]
-    originals = [w.clone() for w in views]
-    with torch.no_grad():
-        reference = [block(*args, **kwargs) for args, kwargs in calls]
-    best = (math.inf, 0.0, torch.ones_like(x_mean))
-    try:
-        for alpha, s in _scales(x_mean):
-            for view, w in zip(views, originals, strict=True):
-                view.copy_((_fake_quant(w.float() * s, spec) / s).to(view.dtype))
-            err = block_error(block, calls, reference)
-            if err < best[0]:
-                best = (err, alpha, s)
-    finally:
-        for view, w in zip(views, originals, strict=True):
-            view.copy_(w)
-    return best[1], best[2]
-
-
 def _fold(model: nn.Module, group: ScaleGroup, s: torch.Tensor) -> None:
     """Divide the producer's output channels by s and multiply the consumers' input columns by s (float-exact)."""
     prev = model.get_submodule(group.prev)
@@ -380,37 +115,6 @@ def _fold(model: nn.Module, group: ScaleGroup, s: torch.Tensor) -> None:
     w[rows].div_(s.to(w.dtype).unsqueeze(1))
     if prev.bias is not None:
         prev.bias.data[rows].div_(s.to(prev.bias.dtype))
-
-
-def _clip_rows(name: str, module: nn.Module) -> slice | None:
-    """Which output rows the clip search may shrink: none for query/key projections, only v of a fused qkv."""
-    leaf = name.rpartition(".")[2]
-    if leaf in _QUERY_KEY:
-        return None
-    if leaf == "c_attn":
-        third = _weight(module).shape[0] // 3
-        return slice(2 * third, 3 * third)
-    return slice(None)
-
-
-def _search_clip(w: torch.Tensor, x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
-    """Per (output channel, group) max |w| after the reference's shrink search; shape (out, groups, 1)."""
-    out_ch, width = w.shape
-    size = spec.granularity.size if isinstance(spec.granularity, PerGroup) else width
-    groups = width // size
-    xg = x.reshape(-1, groups, size).transpose(0, 1)  # (groups, tokens, size)
-    wg = w.reshape(out_ch, groups, size)
-    ref = torch.bmm(xg, wg.permute(1, 2, 0))  # (groups, tokens, out): each group's partial dot products
-    org_max = wg.abs().amax(dim=-1, keepdim=True)
-    best_max, best_err = org_max.clone(), torch.full_like(org_max, math.inf)
-    for i in range(int(CLIP_MAX_SHRINK * CLIP_GRID)):
-        max_val = org_max * (1 - i / CLIP_GRID)
-        q = _fake_quant(torch.clamp(wg, -max_val, max_val).reshape(out_ch, width), spec).reshape(out_ch, groups, size)
-        err = (torch.bmm(xg, q.permute(1, 2, 0)) - ref).pow(2).mean(dim=1).t().unsqueeze(-1)  # (out, groups, 1)
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best_max = torch.where(better, max_val, best_max)
-    return best_max
 
 
 def _check_args(bits, group_size, calib_batches, search_tokens) -> list[Any]:
@@ -476,12 +180,46 @@ def awq_fold_scales(
     spec = weight_spec(bits, group_size)
     if quantized_layers(model):
         raise ValueError("this model is already quantized; pass the original float model to awq")
+    batches = _checked_batches(model, bits, group_size, calib_batches, search_tokens)
+    spec = weight_spec(bits, group_size)
+    target = model if inplace else copy.deepcopy(model)
+    targets = _checked_targets(target, skip, group_size)
+    stats = _statistics(target, targets, batches, search_tokens, seed)
+    groups, tied = _groups(target, stats, targets, pairs)
+    with torch.no_grad():
+        alphas, inspected, input_scale = _search_and_fold(target, groups, stats, batches, search_tokens, spec)
+        clipped = _clip(targets, tied, stats, input_scale, spec) if clip else []
+    scaled = {n for g in groups for n in g.layers}
+    target.quantpilot_awq = {
+        "alphas": alphas,
+        "inspected": inspected,
+        "clipped": clipped,
+        "unscaled": [n for n in targets if n not in scaled],
+        "bits": bits,
+        "group_size": group_size,
+    }
+    return target
+
+
+def _checked_batches(
+    model: Any, bits: int, group_size: int | None, calib_batches: Any, search_tokens: int
+) -> list[Any]:
+    """The calibration batches, once the model and the arguments are checked (a float model, enough data)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    batches = _check_args(bits, group_size, calib_batches, search_tokens)
+    if quantized_layers(model):
+        raise ValueError("this model is already quantized; pass the original float model to awq")
     if not batches:
         raise ValueError(
             f"awq needs calibration batches: at least {MIN_CALIBRATION_TOKENS} tokens "
             "(the paper uses 128 sequences of 512 tokens)"
         )
-    target = model if inplace else copy.deepcopy(model)
+    return batches
+
+
+def _checked_targets(target: nn.Module, skip: Sequence[str], group_size: int | None) -> dict[str, nn.Module]:
+    """The layers AWQ scales and clips; each one's width must be a multiple of the group size."""
     targets = _targets(target, skip)
     if not targets:
         raise ValueError(
@@ -494,6 +232,13 @@ def awq_fold_scales(
                 f"layer {name!r} has {width} input features, not a multiple of group_size={group_size}; "
                 "pick a group size that divides every layer's width (e.g. 32 or 64), or skip the layer"
             )
+    return targets
+
+
+def _statistics(
+    target: nn.Module, targets: dict[str, nn.Module], batches: list[Any], search_tokens: int, seed: int
+) -> _Statistics:
+    """One float pass: each layer's input statistics (enough tokens, or a clear error)."""
     stats = _collect(target, targets, batches, search_tokens, seed)
     seen = min((stats.rows.get(n, 0) for n in targets), default=0)
     if seen < MIN_CALIBRATION_TOKENS:
@@ -501,6 +246,13 @@ def awq_fold_scales(
             f"too little calibration data: some layers saw {seen} tokens, AWQ needs at least {MIN_CALIBRATION_TOKENS} "
             "(the paper uses 128 sequences of 512 tokens, e.g. calibration_batches(tokenizer, n=128))"
         )
+    return stats
+
+
+def _groups(
+    target: nn.Module, stats: _Statistics, targets: dict[str, nn.Module], pairs: Sequence[Any] | None
+) -> tuple[list[ScaleGroup], set[str]]:
+    """The layer groups to scale (explicit `pairs`, or found), without tied weights; and the tied layers."""
     if pairs is not None:
         groups = _explicit_groups(target, pairs, targets)
     else:
@@ -513,7 +265,19 @@ def awq_fold_scales(
             )
     # A weight shared with another module (a head tied to the embedding) must not be scaled or clipped in place.
     tied = _tied_layers(target, targets)
-    groups = [g for g in groups if not tied.intersection(g.layers) and g.prev not in tied]
+    return [g for g in groups if not tied.intersection(g.layers) and g.prev not in tied], tied
+
+
+def _search_and_fold(
+    target: nn.Module,
+    groups: list[ScaleGroup],
+    stats: _Statistics,
+    batches: list[Any],
+    search_tokens: int,
+    spec: QuantSpec,
+) -> tuple[dict[str, float], dict[str, str], dict[str, torch.Tensor]]:
+    """Search each group's scales and fold them in, in order; returns the alphas, the inspected blocks and
+    each layer's accumulated input scale."""
     # Inputs of the blocks that score norm-fed groups, recorded before any fold changes the model. A block
     # is replayed only while its input is still what was recorded: its group is searched before any other
     # group folds into the same producer, which holds because norm-fed groups come first.
@@ -521,46 +285,46 @@ def awq_fold_scales(
     calls = capture_inputs(target, blocks, batches, search_tokens) if blocks else {}
     input_scale: dict[str, torch.Tensor] = {}
     alphas, inspected = {}, {}
-    with torch.no_grad():
-        for group in groups:
-            first = group.layers[0]
-            x_mean = stats.mean_abs(first) / input_scale.get(first, 1.0)
-            if group.inspect is not None and first not in input_scale:
-                layers = [target.get_submodule(n) for n in group.layers]
-                alphas[group.key], s = _search_scale_in_block(
-                    blocks[group.inspect], layers, calls[group.inspect], x_mean, spec
-                )
-                inspected[group.key] = group.inspect
-            else:
-                x = stats.sample(first) / input_scale.get(first, 1.0)
-                weights = [_weight(target.get_submodule(n)).float() for n in group.layers]
-                alphas[group.key], s = _search_scale(x, x_mean, weights, spec)
-            _fold(target, group, s)
-            for n in group.layers:
-                input_scale[n] = input_scale.get(n, 1.0) * s
-        clipped = []
-        if clip:
-            for name, m in targets.items():
-                rows = _clip_rows(name, m)
-                if rows is None or name in tied:
-                    continue
-                w = _weight(m)
-                sub = w[rows].float()
-                x = stats.sample(name)[:512] / input_scale.get(name, 1.0)
-                limit = _search_clip(sub, x, spec)
-                clamped = torch.clamp(sub.reshape(sub.shape[0], limit.shape[1], -1), -limit, limit)
-                w[rows] = clamped.reshape(sub.shape).to(w.dtype)  # through the view: the parameter itself
-                clipped.append(name)
-    scaled = {n for g in groups for n in g.layers}
-    target.quantpilot_awq = {
-        "alphas": alphas,
-        "inspected": inspected,
-        "clipped": clipped,
-        "unscaled": [n for n in targets if n not in scaled],
-        "bits": bits,
-        "group_size": group_size,
-    }
-    return target
+    for group in groups:
+        first = group.layers[0]
+        x_mean = stats.mean_abs(first) / input_scale.get(first, 1.0)
+        if group.inspect is not None and first not in input_scale:
+            layers = [target.get_submodule(n) for n in group.layers]
+            alphas[group.key], s = _search_scale_in_block(
+                blocks[group.inspect], layers, calls[group.inspect], x_mean, spec
+            )
+            inspected[group.key] = group.inspect
+        else:
+            x = stats.sample(first) / input_scale.get(first, 1.0)
+            weights = [_weight(target.get_submodule(n)).float() for n in group.layers]
+            alphas[group.key], s = _search_scale(x, x_mean, weights, spec)
+        _fold(target, group, s)
+        for n in group.layers:
+            input_scale[n] = input_scale.get(n, 1.0) * s
+    return alphas, inspected, input_scale
+
+
+def _clip(
+    targets: dict[str, nn.Module],
+    tied: set[str],
+    stats: _Statistics,
+    input_scale: dict[str, torch.Tensor],
+    spec: QuantSpec,
+) -> list[str]:
+    """Clip each layer's weights (in place) to the searched per-group limits; returns the clipped layers."""
+    clipped = []
+    for name, m in targets.items():
+        rows = _clip_rows(name, m)
+        if rows is None or name in tied:
+            continue
+        w = _weight(m)
+        sub = w[rows].float()
+        x = stats.sample(name)[:512] / input_scale.get(name, 1.0)
+        limit = _search_clip(sub, x, spec)
+        clamped = torch.clamp(sub.reshape(sub.shape[0], limit.shape[1], -1), -limit, limit)
+        w[rows] = clamped.reshape(sub.shape).to(w.dtype)  # through the view: the parameter itself
+        clipped.append(name)
+    return clipped
 
 
 def awq(
@@ -606,16 +370,7 @@ def awq(
     """
     from ..steps import AWQ
 
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    batches = _check_args(bits, group_size, calib_batches, search_tokens)
-    if quantized_layers(model):
-        raise ValueError("this model is already quantized; pass the original float model to awq")
-    if not batches:
-        raise ValueError(
-            f"awq needs calibration batches: at least {MIN_CALIBRATION_TOKENS} tokens "
-            "(the paper uses 128 sequences of 512 tokens)"
-        )
+    batches = _checked_batches(model, bits, group_size, calib_batches, search_tokens)
     pairs = None if pairs is None else tuple(_as_pair(p) for p in pairs)
     step = AWQ(clip=clip, search_tokens=search_tokens, seed=seed, pairs=pairs)
     recipe = weight_only_recipe(bits, group_size, False, ("*",), tuple(skip), torch.float16, "awq", (step,))
