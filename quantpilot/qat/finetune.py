@@ -131,24 +131,7 @@ def finetune(
         TypeError / ValueError: bad arguments, batches that are not pairs, or a loss that is not
             a finite scalar (lower the schedule's lr).
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(schedule, Schedule):
-        raise TypeError(f"schedule must be a quantpilot.qat.Schedule, got {type(schedule).__name__}")
-    if not callable(loss_fn) or (eval_fn is not None and not callable(eval_fn)):
-        raise TypeError("loss_fn (and eval_fn, when given) must be callables")
-    if iter(train_batches) is train_batches:
-        raise ValueError(
-            "train_batches is a one-shot iterator; finetune passes over it once per epoch, so give a list or "
-            "a DataLoader"
-        )
-    try:
-        steps_per_epoch = len(train_batches)
-    except TypeError:
-        steps_per_epoch = sum(1 for _ in train_batches)
-    if steps_per_epoch == 0:
-        raise ValueError("train_batches yields no batch: give at least one (inputs, target) pair")
-
+    steps_per_epoch = _steps_per_epoch(model, train_batches, loss_fn, schedule, eval_fn)
     params = [p for p in model.parameters() if p.requires_grad]
     device = params[0].device if params else torch.device("cpu")
     trained: nn.Module = model
@@ -163,32 +146,10 @@ def finetune(
     result, best_score, best_state = FinetuneResult(), -math.inf, None
     try:
         for epoch in range(schedule.epochs):
-            trained.train()
-            total, count = 0.0, 0
-            for item in train_batches:
-                if not isinstance(item, tuple | list) or len(item) != 2:
-                    raise ValueError(f"each batch must be an (inputs, target) pair, got {type(item).__name__}")
-                inputs, target = _to_device(item[0], device), _to_device(item[1], device)
-                loss = loss_fn(_call(trained, inputs), target)
-                if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-                    raise ValueError("loss_fn must return a scalar tensor (reduce the loss with mean or sum)")
-                if not torch.isfinite(loss):
-                    raise ValueError(
-                        f"the loss became {loss.item()} in epoch {epoch}: lower the schedule's lr "
-                        f"(now {schedule.lr}) or check the data"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                with torch.no_grad():
-                    for s in scales:
-                        s.clamp_(min=_MIN_SCALE)
-                total += float(loss.detach())
-                count += 1
-                bar.update(1)
-                bar.set_postfix(epoch=epoch, loss=f"{total / count:.4f}")
-            mean_loss = _global_mean(total / count, device)
+            epoch_loss = _train_epoch(
+                trained, train_batches, loss_fn, optimizer, scheduler, scales, device, bar, epoch, schedule.lr
+            )
+            mean_loss = _global_mean(epoch_loss, device)
             result.train_losses.append(mean_loss)
             if eval_fn is not None:
                 model.eval()
@@ -206,3 +167,65 @@ def finetune(
         model.load_state_dict(best_state)
     model.train()
     return result
+
+
+def _steps_per_epoch(model: Any, train_batches: Iterable, loss_fn: Any, schedule: Any, eval_fn: Any) -> int:
+    """Check `finetune`'s arguments; return how many batches one epoch has."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be a quantpilot.qat.Schedule, got {type(schedule).__name__}")
+    if not callable(loss_fn) or (eval_fn is not None and not callable(eval_fn)):
+        raise TypeError("loss_fn (and eval_fn, when given) must be callables")
+    if iter(train_batches) is train_batches:
+        raise ValueError(
+            "train_batches is a one-shot iterator; finetune passes over it once per epoch, so give a list or "
+            "a DataLoader"
+        )
+    try:
+        steps_per_epoch = len(train_batches)
+    except TypeError:
+        steps_per_epoch = sum(1 for _ in train_batches)
+    if steps_per_epoch == 0:
+        raise ValueError("train_batches yields no batch: give at least one (inputs, target) pair")
+    return steps_per_epoch
+
+
+def _train_epoch(
+    trained: nn.Module,
+    train_batches: Iterable,
+    loss_fn: Callable[[Any, Any], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scales: list[nn.Parameter],
+    device: torch.device,
+    bar: Any,
+    epoch: int,
+    lr: float,
+) -> float:
+    """One pass over `train_batches`: an optimizer step per batch; returns this rank's mean loss."""
+    trained.train()
+    total, count = 0.0, 0
+    for item in train_batches:
+        if not isinstance(item, tuple | list) or len(item) != 2:
+            raise ValueError(f"each batch must be an (inputs, target) pair, got {type(item).__name__}")
+        inputs, target = _to_device(item[0], device), _to_device(item[1], device)
+        loss = loss_fn(_call(trained, inputs), target)
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise ValueError("loss_fn must return a scalar tensor (reduce the loss with mean or sum)")
+        if not torch.isfinite(loss):
+            raise ValueError(
+                f"the loss became {loss.item()} in epoch {epoch}: lower the schedule's lr (now {lr}) or check the data"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        with torch.no_grad():
+            for s in scales:
+                s.clamp_(min=_MIN_SCALE)
+        total += float(loss.detach())
+        count += 1
+        bar.update(1)
+        bar.set_postfix(epoch=epoch, loss=f"{total / count:.4f}")
+    return total / count
