@@ -183,12 +183,9 @@ def select(
         ((), 'int8-static-hybrid')
     """
     recipe = stages.check_arguments(recipe, eval_fn, budget, strategy, rank_by, smoothing)
-    search, notes = stages.prepare(
-        model, recipe, calib_batches, eval_fn, budget, strategy == "selective", relative, lower_is_better,
-        candidates, statistics,
-    )  # fmt: skip
-    base, metric, start_notes = stages.start(search, smoothing)
-    notes.update(stages._smoothing_notes(start_notes, search.stats.alpha))
+    search, notes = stages.prepare(model, recipe, calib_batches, eval_fn, budget, strategy == "selective", relative,
+                                   lower_is_better, candidates, statistics)  # fmt: skip
+    base, metric = stages.start(search, smoothing, notes)
     base, metric, floats, harm, repairs = stages.repair(search, base, metric, rank_by, top_k, progress)
     return stages.finish(
         search, recipe, base, metric, floats, harm, repairs, notes,

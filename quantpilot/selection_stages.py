@@ -189,8 +189,10 @@ def prepare(
     return search, notes
 
 
-def start(search: Search, smoothing: Iterable[float]) -> tuple[Recipe, float, dict[str, str]]:
-    """The tuned start; for selective, SmoothQuant alphas tried when it misses the budget (may rebind `stats`)."""
+def start(search: Search, smoothing: Iterable[float], notes: dict[str, str]) -> tuple[Recipe, float]:
+    """The tuned start; for selective, SmoothQuant alphas tried when it misses the budget (may rebind `stats`).
+
+    Adds the start's notes (the calibrator choice, the SmoothQuant trials) to `notes`."""
     s = search
     base, metric, start_notes = _tuned_start(s.stats, s.quantized, s.candidates, s.selective, s.measure, s.loss)
     if s.selective and not s.within(metric):
@@ -208,7 +210,8 @@ def start(search: Search, smoothing: Iterable[float]) -> tuple[Recipe, float, di
                 best, (base, metric, start_notes) = s.stats, trial
         s.stats = best
         start_notes = {**start_notes, **trials}
-    return base, metric, start_notes
+    notes.update(_smoothing_notes(start_notes, s.stats.alpha))
+    return base, metric
 
 
 def repair(
