@@ -29,19 +29,16 @@ Example:
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..batches import eval_mode
-from ..install import replace_module
-from ..nn.packed import WeightOnlyLinear
 from ..primitives import dequantize, quantize
 from ..spec import PerChannel, PerGroup, QuantSpec
-from .rtn import DEFAULT_SKIP, _check_model, linear_weight, quantize_weight, run_pipeline, weight_only_recipe
+from .gptq_sequential import find_blocks, gptq_blocks, gptq_targets, spec_group  # noqa: F401 (re-exported)
+from .rtn import DEFAULT_SKIP, _check_model, quantize_weight, run_pipeline, weight_only_recipe
 
 __all__ = ["gptq", "gptq_quantize_weight", "gptq_blocks", "gptq_targets", "HessianAccumulator", "find_blocks"]
 
@@ -111,6 +108,21 @@ def gptq_quantize_weight(
         >>> codes.tolist()  # an identity Hessian has no cross terms: plain round to nearest
         [[9, 0, 15, 6]]
     """
+    group = _check_inputs(weight, hessian, spec, block_size, damp)
+    column_spec = _column_spec(spec)
+    w, h, scale, zero, have_grid = _initial_grids(weight, hessian, column_spec, group, act_order, scale_dtype)
+    perm = torch.argsort(torch.diag(h), descending=True) if act_order else torch.arange(weight.shape[1])
+    w, h = w[:, perm], h[perm][:, perm]
+    u = _inverse_cholesky(h, damp)
+    codes = _column_sweep(w, u, perm, scale, zero, have_grid, group, column_spec, block_size, scale_dtype)
+    inverse = torch.argsort(perm)
+    return codes[:, inverse], scale, zero
+
+
+def _check_inputs(
+    weight: torch.Tensor, hessian: torch.Tensor, spec: QuantSpec, block_size: int, damp: float
+) -> int | None:
+    """Validate `gptq_quantize_weight`'s arguments; the spec's group size (None for per channel)."""
     if weight.dim() != 2 or hessian.shape != (weight.shape[1], weight.shape[1]):
         raise ValueError(
             f"hessian must be (in_features, in_features) = {(weight.shape[-1],) * 2} for a weight of shape "
@@ -118,17 +130,32 @@ def gptq_quantize_weight(
         )
     if block_size < 1 or not 0 <= damp < 1:
         raise ValueError(f"block_size must be >= 1 and damp in [0, 1), got {block_size} and {damp}")
-    rows, columns = weight.shape
+    columns = weight.shape[1]
     group = spec.granularity.size if isinstance(spec.granularity, PerGroup) else None
     if group is not None and columns % group:
         raise ValueError(f"group_size={group} does not divide in_features={columns}")
+    return group
+
+
+def _initial_grids(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    column_spec: QuantSpec,
+    group: int | None,
+    act_order: bool,
+    scale_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Float copies of weight and Hessian (dead inputs zeroed) and the grids fixed before the sweep.
+
+    Returns (w, h, scale, zero, have_grid); groups whose grid waits for the sweep are False in have_grid.
+    """
+    rows, columns = weight.shape
     w = weight.detach().float().clone()
     h = hessian.detach().float().clone()
     # Inputs that never fire carry no information: their weights are set to zero, as the reference does.
     dead = torch.diag(h) == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
-    column_spec = _column_spec(spec)
     groups = 1 if group is None else columns // group
     scale = torch.zeros(rows, groups)
     zero = torch.zeros(rows, groups)
@@ -141,18 +168,41 @@ def gptq_quantize_weight(
             _, s, z = quantize_weight(w[:, cols], column_spec, scale_dtype)
             scale[:, g], zero[:, g] = s[:, 0], z[:, 0]
         have_grid[:] = True
-    perm = torch.argsort(torch.diag(h), descending=True) if act_order else torch.arange(columns)
-    w, h = w[:, perm], h[perm][:, perm]
+    return w, h, scale, zero, have_grid
+
+
+def _inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
+    """U, the upper Cholesky factor of the dampened H^-1 (`h` is dampened in place)."""
+    columns = h.shape[0]
     h.diagonal().add_(damp * torch.diag(h).mean())
     try:
         # H^-1 = L^-T L^-1 from a triangular solve: the same matrix as torch.cholesky_inverse(L), which
         # measured ~50x slower on this CPU build (9 s vs 0.2 s at 1024 x 1024).
         lower_inv = torch.linalg.solve_triangular(torch.linalg.cholesky(h), torch.eye(columns), upper=False)
-        u = torch.linalg.cholesky(lower_inv.T @ lower_inv, upper=True)
+        return torch.linalg.cholesky(lower_inv.T @ lower_inv, upper=True)
     except torch.linalg.LinAlgError:
         raise ValueError(
             "the dampened Hessian is not positive definite; pass more calibration data or a larger damp"
         ) from None
+
+
+def _column_sweep(
+    w: torch.Tensor,
+    u: torch.Tensor,
+    perm: torch.Tensor,
+    scale: torch.Tensor,
+    zero: torch.Tensor,
+    have_grid: torch.Tensor,
+    group: int | None,
+    column_spec: QuantSpec,
+    block_size: int,
+    scale_dtype: torch.dtype,
+) -> torch.Tensor:
+    """The column loop over the permuted `w` (updated in place): codes in permuted column order.
+
+    Grids still missing in `have_grid` are filled into `scale` / `zero` when the sweep reaches their group.
+    """
+    rows, columns = w.shape
     codes = torch.zeros(rows, columns, dtype=torch.uint8)
     for i1 in range(0, columns, block_size):
         i2 = min(i1 + block_size, columns)
@@ -181,84 +231,7 @@ def gptq_quantize_weight(
             err1[:, i] = e
         # The lazy batch update: the whole block's error reaches the later columns in one matmul.
         w[:, i2:].sub_(err1 @ u[i1:i2, i2:])
-    inverse = torch.argsort(perm)
-    return codes[:, inverse], scale, zero
-
-
-def find_blocks(model: nn.Module, targets: Iterable[str]) -> tuple[str, nn.ModuleList] | None:
-    """The `nn.ModuleList` of repeated blocks (transformer layers) holding the most target layers.
-
-    Example:
-        >>> from quantpilot.testing import tiny_causal_lm
-        >>> find_blocks(tiny_causal_lm("gpt2"), ["transformer.h.0.attn.c_attn"])[0]
-        'transformer.h'
-    """
-    targets = list(targets)
-    best, best_count = None, 0
-    for name, m in model.named_modules():
-        if not isinstance(m, nn.ModuleList) or len(m) == 0:
-            continue
-        prefix = f"{name}." if name else ""
-        count = sum(t.startswith(prefix) for t in targets)
-        if count > best_count:
-            best, best_count = (name, m), count
-    return best
-
-
-class _InputsCaught(Exception):
-    pass
-
-
-def _run(model: nn.Module, batch: Any) -> Any:
-    # No KV cache: a cache object captured with the block inputs would grow on every replay.
-    extra = {"use_cache": False} if getattr(model, "config", None) is not None else {}
-    if isinstance(batch, dict):
-        return model(**batch, **extra)
-    if isinstance(batch, tuple | list):
-        return model(*batch, **extra)
-    return model(batch, **extra)
-
-
-def _first_block_inputs(model: nn.Module, block: nn.Module, batches: Sequence[Any]) -> list[tuple[tuple, dict]]:
-    """The (args, kwargs) each calibration batch passes to the first block (the model stops there)."""
-    caught: list[tuple[tuple, dict]] = []
-
-    def catch(_module, args, kwargs):
-        caught.append((args, kwargs))
-        raise _InputsCaught
-
-    handle = block.register_forward_pre_hook(catch, with_kwargs=True)
-    try:
-        for batch in batches:
-            try:
-                _run(model, batch)
-            except _InputsCaught:
-                pass
-    finally:
-        handle.remove()
-    return caught
-
-
-def _hidden(output: Any) -> torch.Tensor:
-    return output[0] if isinstance(output, tuple | list) else output
-
-
-def _with_hidden(inputs: tuple[tuple, dict], hidden: torch.Tensor) -> tuple[tuple, dict]:
-    args, kwargs = inputs
-    if args:
-        return (hidden, *args[1:]), kwargs
-    return args, {**kwargs, "hidden_states": hidden}
-
-
-def _tokens(batch: Any) -> int:
-    if isinstance(batch, dict):
-        ids = batch.get("input_ids")
-        if isinstance(ids, torch.Tensor):
-            return ids.numel()
-        tensors = [v for v in batch.values() if isinstance(v, torch.Tensor)]
-        return tensors[0].shape[:-1].numel() if tensors else 0
-    t = batch[0] if isinstance(batch, tuple | list) else batch
-    return t.numel() if t.dtype in (torch.long, torch.int) else t.shape[:-1].numel()
+    return codes
 
 
 def gptq(
@@ -322,138 +295,3 @@ def gptq(
     step = GPTQ(block_size=block_size, damp=damp, act_order=act_order, blocks=blocks)
     recipe = weight_only_recipe(bits, group_size, symmetric, layers, skip, scale_dtype, "gptq", (step,))
     return run_pipeline(model, recipe, calib_batches, inplace=inplace)
-
-
-def gptq_targets(
-    model: nn.Module, names: list[str], batches: Sequence[Any], group_size: int | None, blocks: str | None
-) -> tuple[str, nn.ModuleList, dict[str, int]]:
-    """Check what GPTQ needs and find the repeated blocks: `(blocks name, the ModuleList, {layer: in_features})`.
-
-    Raises:
-        ValueError: naming what to change (too few tokens, a group size that does not divide a
-            layer, no blocks). Layers outside the blocks are named in a warning (they get RTN).
-
-    Example:
-        >>> from quantpilot.testing import tiny_causal_lm
-        >>> lm = tiny_causal_lm("gpt2")
-        >>> gptq_targets(lm, ["transformer.h.0.mlp.c_fc"], [{"input_ids": torch.zeros(1, 128, dtype=torch.long)}],
-        ...              None, None)[0]
-        'transformer.h'
-    """
-    if not names:
-        raise ValueError("GPTQ found no Linear / Conv1D layer to quantize: check the recipe's layers and skip")
-    widths = {n: linear_weight(model.get_submodule(n)).shape[1] for n in names}
-    if group_size is not None:
-        bad = [f"{n} (in_features={k})" for n, k in widths.items() if k % group_size]
-        if bad:
-            raise ValueError(f"group_size={group_size} does not divide the input width of {bad[:3]}")
-    tokens = sum(_tokens(b) for b in batches)
-    need = max(widths.values())
-    if tokens < need:
-        raise ValueError(
-            f"GPTQ needs at least {need} calibration tokens (the widest layer's in_features, so that H = 2XᵀX "
-            f"sees every input direction); got {tokens} in {len(batches)} batches. Pass more batches, e.g. "
-            "calibration_batches(tokenizer, n=128, seq_len=256)"
-        )
-    if blocks is not None:
-        found = (blocks, model.get_submodule(blocks))
-        if not isinstance(found[1], nn.ModuleList):
-            raise ValueError(f"blocks={blocks!r} names a {type(found[1]).__name__}, not an nn.ModuleList of blocks")
-    else:
-        found = find_blocks(model, names)
-    if found is None:
-        raise ValueError(
-            f"found no nn.ModuleList of repeated blocks holding the layers {names[:3]}...; pass blocks='<name of the "
-            "ModuleList>' (e.g. 'model.layers') or use quantpilot.algorithms.rtn"
-        )
-    block_list_name, block_list = found
-    outside = [n for n in names if not n.startswith(f"{block_list_name}.")]
-    if outside:
-        # The recipe still quantizes them: the walker that follows gives them round-to-nearest codes.
-        warnings.warn(
-            f"GPTQ quantizes the layers inside {block_list_name!r}; {outside[:5]} lie outside it and get "
-            "round-to-nearest weights (add them to the recipe's skip to keep them float)",
-            stacklevel=4,
-        )
-    return block_list_name, block_list, widths
-
-
-def gptq_blocks(
-    model: nn.Module,
-    batches: Sequence[Any],
-    names: list[str],
-    spec: QuantSpec,
-    *,
-    block_size: int = 128,
-    damp: float = 0.01,
-    act_order: bool = False,
-    blocks: str | None = None,
-    scale_dtype: torch.dtype = torch.float16,
-) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """GPTQ's sequential pass over the float `model`: `{layer: (codes, scale, zero point)}`.
-
-    Each block's Hessians come from the outputs of the blocks before it, already quantized: every
-    layer is replaced, as soon as it is quantized, by a packed `WeightOnlyLinear` holding its codes.
-    The float weights are read, never written.
-
-    Example:
-        >>> from quantpilot.testing import tiny_causal_lm
-        >>> from quantpilot.nn.packed import weight_only_spec
-        >>> lm = tiny_causal_lm("gpt2"); data = [{"input_ids": torch.randint(0, 512, (2, 64))}]
-        >>> out = gptq_blocks(lm, data, ["transformer.h.0.mlp.c_fc"], weight_only_spec(4, 64))
-        >>> out["transformer.h.0.mlp.c_fc"][0].dtype
-        torch.uint8
-    """
-    block_list_name, block_list, widths = gptq_targets(model, names, batches, spec_group(spec), blocks)
-    quantized: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-    with eval_mode(model), torch.no_grad():
-        inputs = _first_block_inputs(model, block_list[0], batches)
-        for index, block in enumerate(block_list):
-            prefix = f"{block_list_name}.{index}."
-            inside = {n[len(prefix) :]: n for n in names if n.startswith(prefix)}
-            accumulators = {n: HessianAccumulator(widths[full]) for n, full in inside.items()}
-            hooks = [
-                block.get_submodule(n).register_forward_hook(lambda _m, args, _out, acc=acc: acc.add(args[0]))
-                for n, acc in accumulators.items()
-            ]
-            try:
-                for args, kwargs in inputs:
-                    block(*args, **kwargs)
-            finally:
-                for handle in hooks:
-                    handle.remove()
-            for short, full in inside.items():
-                module = block.get_submodule(short)
-                result = gptq_quantize_weight(
-                    linear_weight(module),
-                    accumulators[short].hessian,
-                    spec,
-                    block_size=block_size,
-                    damp=damp,
-                    act_order=act_order,
-                    scale_dtype=scale_dtype,
-                )
-                quantized[full] = result
-                # The next blocks must see this layer quantized. A packed layer takes its place instead of
-                # the dequantized values being written into the float weight: the float tensors are only
-                # read, so `quantize` can share them with the user's model instead of copying them.
-                codes, scale, zero = result
-                bias = getattr(module, "bias", None)
-                packed = WeightOnlyLinear.from_codes(codes, scale, zero, spec, bias, scale_dtype)
-                packed.float_dtype = linear_weight(module).dtype
-                packed.train(module.training)
-                replace_module(block, short, packed)
-            # The next block sees what this quantized block outputs, as in the paper's sequential scheme.
-            inputs = [_with_hidden(inp, _hidden(block(*inp[0], **inp[1]))) for inp in inputs]
-    return quantized
-
-
-def spec_group(spec: QuantSpec) -> int | None:
-    """The group size of a weight spec, None for per-channel.
-
-    Example:
-        >>> from quantpilot.nn.packed import weight_only_spec
-        >>> spec_group(weight_only_spec(4, 64)), spec_group(weight_only_spec(8, None))
-        (64, None)
-    """
-    return spec.granularity.size if isinstance(spec.granularity, PerGroup) else None

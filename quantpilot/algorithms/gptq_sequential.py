@@ -1,0 +1,241 @@
+"""GPTQ's sequential pass: find the repeated blocks, catch their inputs, quantize block after block.
+
+Each block's Hessians come from the outputs of the blocks before it, already quantized (the paper's
+sequential scheme). The per-layer solver, `gptq_quantize_weight`, lives in `quantpilot.algorithms.gptq`,
+which re-exports everything public here.
+
+Example:
+    >>> from quantpilot.testing import tiny_causal_lm
+    >>> find_blocks(tiny_causal_lm("llama"), ["model.layers.0.mlp.down_proj"])[0]
+    'model.layers'
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..batches import eval_mode
+from ..install import replace_module
+from ..nn.packed import WeightOnlyLinear
+from ..spec import PerGroup, QuantSpec
+from .rtn import linear_weight
+
+__all__ = ["find_blocks", "gptq_targets", "gptq_blocks", "spec_group"]
+
+
+def find_blocks(model: nn.Module, targets: Iterable[str]) -> tuple[str, nn.ModuleList] | None:
+    """The `nn.ModuleList` of repeated blocks (transformer layers) holding the most target layers.
+
+    Example:
+        >>> from quantpilot.testing import tiny_causal_lm
+        >>> find_blocks(tiny_causal_lm("gpt2"), ["transformer.h.0.attn.c_attn"])[0]
+        'transformer.h'
+    """
+    targets = list(targets)
+    best, best_count = None, 0
+    for name, m in model.named_modules():
+        if not isinstance(m, nn.ModuleList) or len(m) == 0:
+            continue
+        prefix = f"{name}." if name else ""
+        count = sum(t.startswith(prefix) for t in targets)
+        if count > best_count:
+            best, best_count = (name, m), count
+    return best
+
+
+class _InputsCaught(Exception):
+    pass
+
+
+def _run(model: nn.Module, batch: Any) -> Any:
+    # No KV cache: a cache object captured with the block inputs would grow on every replay.
+    extra = {"use_cache": False} if getattr(model, "config", None) is not None else {}
+    if isinstance(batch, dict):
+        return model(**batch, **extra)
+    if isinstance(batch, tuple | list):
+        return model(*batch, **extra)
+    return model(batch, **extra)
+
+
+def _first_block_inputs(model: nn.Module, block: nn.Module, batches: Sequence[Any]) -> list[tuple[tuple, dict]]:
+    """The (args, kwargs) each calibration batch passes to the first block (the model stops there)."""
+    caught: list[tuple[tuple, dict]] = []
+
+    def catch(_module, args, kwargs):
+        caught.append((args, kwargs))
+        raise _InputsCaught
+
+    handle = block.register_forward_pre_hook(catch, with_kwargs=True)
+    try:
+        for batch in batches:
+            try:
+                _run(model, batch)
+            except _InputsCaught:
+                pass
+    finally:
+        handle.remove()
+    return caught
+
+
+def _hidden(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple | list) else output
+
+
+def _with_hidden(inputs: tuple[tuple, dict], hidden: torch.Tensor) -> tuple[tuple, dict]:
+    args, kwargs = inputs
+    if args:
+        return (hidden, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": hidden}
+
+
+def _tokens(batch: Any) -> int:
+    if isinstance(batch, dict):
+        ids = batch.get("input_ids")
+        if isinstance(ids, torch.Tensor):
+            return ids.numel()
+        tensors = [v for v in batch.values() if isinstance(v, torch.Tensor)]
+        return tensors[0].shape[:-1].numel() if tensors else 0
+    t = batch[0] if isinstance(batch, tuple | list) else batch
+    return t.numel() if t.dtype in (torch.long, torch.int) else t.shape[:-1].numel()
+
+
+def gptq_targets(
+    model: nn.Module, names: list[str], batches: Sequence[Any], group_size: int | None, blocks: str | None
+) -> tuple[str, nn.ModuleList, dict[str, int]]:
+    """Check what GPTQ needs and find the repeated blocks: `(blocks name, the ModuleList, {layer: in_features})`.
+
+    Raises:
+        ValueError: naming what to change (too few tokens, a group size that does not divide a
+            layer, no blocks). Layers outside the blocks are named in a warning (they get RTN).
+
+    Example:
+        >>> from quantpilot.testing import tiny_causal_lm
+        >>> lm = tiny_causal_lm("gpt2")
+        >>> gptq_targets(lm, ["transformer.h.0.mlp.c_fc"], [{"input_ids": torch.zeros(1, 128, dtype=torch.long)}],
+        ...              None, None)[0]
+        'transformer.h'
+    """
+    if not names:
+        raise ValueError("GPTQ found no Linear / Conv1D layer to quantize: check the recipe's layers and skip")
+    widths = {n: linear_weight(model.get_submodule(n)).shape[1] for n in names}
+    if group_size is not None:
+        bad = [f"{n} (in_features={k})" for n, k in widths.items() if k % group_size]
+        if bad:
+            raise ValueError(f"group_size={group_size} does not divide the input width of {bad[:3]}")
+    tokens = sum(_tokens(b) for b in batches)
+    need = max(widths.values())
+    if tokens < need:
+        raise ValueError(
+            f"GPTQ needs at least {need} calibration tokens (the widest layer's in_features, so that H = 2XᵀX "
+            f"sees every input direction); got {tokens} in {len(batches)} batches. Pass more batches, e.g. "
+            "calibration_batches(tokenizer, n=128, seq_len=256)"
+        )
+    if blocks is not None:
+        found = (blocks, model.get_submodule(blocks))
+        if not isinstance(found[1], nn.ModuleList):
+            raise ValueError(f"blocks={blocks!r} names a {type(found[1]).__name__}, not an nn.ModuleList of blocks")
+    else:
+        found = find_blocks(model, names)
+    if found is None:
+        raise ValueError(
+            f"found no nn.ModuleList of repeated blocks holding the layers {names[:3]}...; pass blocks='<name of the "
+            "ModuleList>' (e.g. 'model.layers') or use quantpilot.algorithms.rtn"
+        )
+    block_list_name, block_list = found
+    outside = [n for n in names if not n.startswith(f"{block_list_name}.")]
+    if outside:
+        # The recipe still quantizes them: the walker that follows gives them round-to-nearest codes.
+        warnings.warn(
+            f"GPTQ quantizes the layers inside {block_list_name!r}; {outside[:5]} lie outside it and get "
+            "round-to-nearest weights (add them to the recipe's skip to keep them float)",
+            stacklevel=4,
+        )
+    return block_list_name, block_list, widths
+
+
+def gptq_blocks(
+    model: nn.Module,
+    batches: Sequence[Any],
+    names: list[str],
+    spec: QuantSpec,
+    *,
+    block_size: int = 128,
+    damp: float = 0.01,
+    act_order: bool = False,
+    blocks: str | None = None,
+    scale_dtype: torch.dtype = torch.float16,
+) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """GPTQ's sequential pass over the float `model`: `{layer: (codes, scale, zero point)}`.
+
+    Each block's Hessians come from the outputs of the blocks before it, already quantized: every
+    layer is replaced, as soon as it is quantized, by a packed `WeightOnlyLinear` holding its codes.
+    The float weights are read, never written.
+
+    Example:
+        >>> from quantpilot.testing import tiny_causal_lm
+        >>> from quantpilot.nn.packed import weight_only_spec
+        >>> lm = tiny_causal_lm("gpt2"); data = [{"input_ids": torch.randint(0, 512, (2, 64))}]
+        >>> out = gptq_blocks(lm, data, ["transformer.h.0.mlp.c_fc"], weight_only_spec(4, 64))
+        >>> out["transformer.h.0.mlp.c_fc"][0].dtype
+        torch.uint8
+    """
+    from .gptq import HessianAccumulator, gptq_quantize_weight
+
+    block_list_name, block_list, widths = gptq_targets(model, names, batches, spec_group(spec), blocks)
+    quantized: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+    with eval_mode(model), torch.no_grad():
+        inputs = _first_block_inputs(model, block_list[0], batches)
+        for index, block in enumerate(block_list):
+            prefix = f"{block_list_name}.{index}."
+            inside = {n[len(prefix) :]: n for n in names if n.startswith(prefix)}
+            accumulators = {n: HessianAccumulator(widths[full]) for n, full in inside.items()}
+            hooks = [
+                block.get_submodule(n).register_forward_hook(lambda _m, args, _out, acc=acc: acc.add(args[0]))
+                for n, acc in accumulators.items()
+            ]
+            try:
+                for args, kwargs in inputs:
+                    block(*args, **kwargs)
+            finally:
+                for handle in hooks:
+                    handle.remove()
+            for short, full in inside.items():
+                module = block.get_submodule(short)
+                result = gptq_quantize_weight(
+                    linear_weight(module),
+                    accumulators[short].hessian,
+                    spec,
+                    block_size=block_size,
+                    damp=damp,
+                    act_order=act_order,
+                    scale_dtype=scale_dtype,
+                )
+                quantized[full] = result
+                # The next blocks must see this layer quantized. A packed layer takes its place instead of
+                # the dequantized values being written into the float weight: the float tensors are only
+                # read, so `quantize` can share them with the user's model instead of copying them.
+                codes, scale, zero = result
+                bias = getattr(module, "bias", None)
+                packed = WeightOnlyLinear.from_codes(codes, scale, zero, spec, bias, scale_dtype)
+                packed.float_dtype = linear_weight(module).dtype
+                packed.train(module.training)
+                replace_module(block, short, packed)
+            # The next block sees what this quantized block outputs, as in the paper's sequential scheme.
+            inputs = [_with_hidden(inp, _hidden(block(*inp[0], **inp[1]))) for inp in inputs]
+    return quantized
+
+
+def spec_group(spec: QuantSpec) -> int | None:
+    """The group size of a weight spec, None for per-channel.
+
+    Example:
+        >>> from quantpilot.nn.packed import weight_only_spec
+        >>> spec_group(weight_only_spec(4, 64)), spec_group(weight_only_spec(8, None))
+        (64, None)
+    """
+    return spec.granularity.size if isinstance(spec.granularity, PerGroup) else None
