@@ -193,42 +193,10 @@ def layer_errors(
         >>> row.activation_sqnr_db
         inf
     """
-    if not isinstance(qmodel, nn.Module):
-        raise TypeError(f"qmodel must be a torch.nn.Module, got {type(qmodel).__name__}")
-    if not quantized_layers(qmodel):
-        raise ValueError("qmodel is not quantized: pass the model returned by quantpilot.quantize (and calibrated)")
-    work = copy.deepcopy(qmodel)
-    layers = quantized_layers(work)
-    twins = {name: _float_twin(name, layer, float_model) for name, layer in layers}
-    if any(t is None for t in twins.values()):
-        warnings.warn(
-            "qmodel is frozen, so its float weights are gone: weight and output SQNR are NaN; "
-            "pass float_model= (the model it was quantized from) to measure them",
-            stacklevel=2,
-        )
-    float_weights = {name: _float_weight(name, layer, twins[name]) for name, layer in layers}
-    if not is_frozen(work):
-        freeze(work)  # raises a clear error when calibration never ran
+    work, layers, twins, float_weights = _prepare(qmodel, float_model)
     act = {name: _Accumulator() for name, _ in layers}
     out = {name: _Accumulator() for name, _ in layers}
-
-    def hook_for(name: str, layer: QuantModule):
-        def hook(_module, args, output):
-            x = args[0]
-            smoothing = getattr(layer, "input_smoothing", None)
-            if isinstance(x, torch.Tensor) and smoothing is not None:
-                x = x / smoothing.to(x.dtype)  # SmoothQuant: the quantizer sees the smoothed input
-            if isinstance(x, torch.Tensor) and x.is_floating_point() and layer.input_quantizer.spec is not None:
-                act[name].add(x, layer.input_quantizer(x))
-            elif isinstance(x, torch.Tensor) and x.is_floating_point():
-                act[name].add(x, x)
-            twin = twins[name]
-            if twin is not None and isinstance(output, torch.Tensor):
-                out[name].add(twin(*args), output)
-
-        return hook
-
-    handles = [layer.register_forward_hook(hook_for(name, layer)) for name, layer in layers]
+    handles = [layer.register_forward_hook(_layer_hook(name, layer, act, out, twins)) for name, layer in layers]
     points = _functional_points(work)
     point_act = {name: _Accumulator() for name in points}
     for name, quantizers in points.items():
@@ -247,18 +215,67 @@ def layer_errors(
             handle.remove()
     if seen == 0:
         raise ValueError("batches is empty: pass at least one input batch")
-    rows = []
-    for name, layer in layers:
-        weight = float_weights[name]
-        if weight is None or layer.weight_spec is None:
-            weight_db = math.inf if layer.weight_spec is None else math.nan
-        else:
-            deq = layer.quantized_weight(torch.float64)  # the frozen codes, dequantized (whatever their storage)
-            weight_db = _db(float((weight.double() ** 2).sum()), float(((weight.double() - deq) ** 2).sum()))
-        rows.append(LayerError(name, type(layer).__name__, weight_db, act[name].db(), out[name].db()))
+    rows = [
+        LayerError(name, type(layer).__name__, _weight_db(layer, float_weights[name]), act[name].db(), out[name].db())
+        for name, layer in layers
+    ]
     for name in points:
         rows.append(LayerError(name, name.rpartition(":")[2], math.inf, point_act[name].db(), math.nan))
     return LayerErrorReport(rows)
+
+
+def _prepare(qmodel: nn.Module, float_model: nn.Module | None):
+    """A frozen copy of `qmodel`, its quantized layers, their float twins and float weights (checks first)."""
+    if not isinstance(qmodel, nn.Module):
+        raise TypeError(f"qmodel must be a torch.nn.Module, got {type(qmodel).__name__}")
+    if not quantized_layers(qmodel):
+        raise ValueError("qmodel is not quantized: pass the model returned by quantpilot.quantize (and calibrated)")
+    work = copy.deepcopy(qmodel)
+    layers = quantized_layers(work)
+    twins = {name: _float_twin(name, layer, float_model) for name, layer in layers}
+    if any(t is None for t in twins.values()):
+        warnings.warn(
+            "qmodel is frozen, so its float weights are gone: weight and output SQNR are NaN; "
+            "pass float_model= (the model it was quantized from) to measure them",
+            stacklevel=3,  # the caller of layer_errors
+        )
+    float_weights = {name: _float_weight(name, layer, twins[name]) for name, layer in layers}
+    if not is_frozen(work):
+        freeze(work)  # raises a clear error when calibration never ran
+    return work, layers, twins, float_weights
+
+
+def _layer_hook(
+    name: str,
+    layer: QuantModule,
+    act: dict[str, _Accumulator],
+    out: dict[str, _Accumulator],
+    twins: dict[str, nn.Module | None],
+):
+    """Forward hook adding `layer`'s input-quantization and output errors to `act[name]` / `out[name]`."""
+
+    def hook(_module, args, output):
+        x = args[0]
+        smoothing = getattr(layer, "input_smoothing", None)
+        if isinstance(x, torch.Tensor) and smoothing is not None:
+            x = x / smoothing.to(x.dtype)  # SmoothQuant: the quantizer sees the smoothed input
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and layer.input_quantizer.spec is not None:
+            act[name].add(x, layer.input_quantizer(x))
+        elif isinstance(x, torch.Tensor) and x.is_floating_point():
+            act[name].add(x, x)
+        twin = twins[name]
+        if twin is not None and isinstance(output, torch.Tensor):
+            out[name].add(twin(*args), output)
+
+    return hook
+
+
+def _weight_db(layer: QuantModule, weight: torch.Tensor | None) -> float:
+    """Weight SQNR of the frozen `layer` against its float weight (inf when unquantized, NaN when unknown)."""
+    if weight is None or layer.weight_spec is None:
+        return math.inf if layer.weight_spec is None else math.nan
+    deq = layer.quantized_weight(torch.float64)  # the frozen codes, dequantized (whatever their storage)
+    return _db(float((weight.double() ** 2).sum()), float(((weight.double() - deq) ** 2).sum()))
 
 
 def _functional_points(model: nn.Module) -> dict[str, list[TensorQuantizer]]:
