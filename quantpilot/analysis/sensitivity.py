@@ -285,14 +285,52 @@ def sensitivity(
     stats = statistics if statistics is not None else CalibrationStatistics(model, recipe, batches)
     units = sweep_units(stats, batches, top_k, layers, recipe)
     all_units = quantization_units(stats.quantized)
+    float_metric, quantized_metric = _reference_metrics(model, stats, recipe, eval_fn, reference_metrics)
+    reference = float_metric if mode == MODES[0] else quantized_metric
+    show = _show_progress() if progress is None else progress
+    rows, refused = _sweep(
+        stats, recipe, eval_fn, mode, units, all_units, float_metric, reference, lower_is_better, show
+    )
+    if refused:
+        warnings.warn(
+            f"sensitivity: {refused[:5]} could not be quantized on their own ({mode}) and are not ranked; "
+            "use mode='leave-one-out' to rank them",
+            stacklevel=2,
+        )
+    rows.sort(key=lambda r: r.harm, reverse=True)
+    return SensitivityReport(mode, rows, float_metric, quantized_metric, lower_is_better)
+
+
+def _reference_metrics(
+    model: nn.Module,
+    stats: CalibrationStatistics,
+    recipe: Recipe,
+    eval_fn: Callable[[nn.Module], float],
+    reference_metrics: tuple[float, float] | None,
+) -> tuple[float, float]:
+    """(FP32 metric, all-quantized metric): the given ones checked, else measured with `eval_fn`."""
     if reference_metrics is not None:
         float_metric, quantized_metric = (check_metric(v, "reference_metrics") for v in reference_metrics)
-    else:
-        float_metric = check_metric(eval_fn(model), "eval_fn(float model)")
-        quantized_metric = check_metric(eval_fn(stats.build(recipe)), "eval_fn(quantized model)")
-    reference = float_metric if mode == MODES[0] else quantized_metric
+        return float_metric, quantized_metric
+    float_metric = check_metric(eval_fn(model), "eval_fn(float model)")
+    quantized_metric = check_metric(eval_fn(stats.build(recipe)), "eval_fn(quantized model)")
+    return float_metric, quantized_metric
+
+
+def _sweep(
+    stats: CalibrationStatistics,
+    recipe: Recipe,
+    eval_fn: Callable[[nn.Module], float],
+    mode: str,
+    units: Sequence[str],
+    all_units: Sequence[str],
+    float_metric: float,
+    reference: float,
+    lower_is_better: bool,
+    show: bool,
+) -> tuple[list[SensitivityRow], list[str]]:
+    """One variant per unit: (rows in sweep order, units whose variant could not be quantized)."""
     rows, refused = [], []
-    show = _show_progress() if progress is None else progress
     for name in tqdm(units, desc=f"sensitivity ({mode})", unit="layer", disable=not show):
         floats = [n for n in all_units if n != name] if mode == MODES[0] else [name]
         if set(floats) >= set(all_units):
@@ -310,11 +348,4 @@ def sensitivity(
         else:
             harm = harm_of(reference, metric, lower_is_better)
         rows.append(SensitivityRow(name, metric, harm))
-    if refused:
-        warnings.warn(
-            f"sensitivity: {refused[:5]} could not be quantized on their own ({mode}) and are not ranked; "
-            "use mode='leave-one-out' to rank them",
-            stacklevel=2,
-        )
-    rows.sort(key=lambda r: r.harm, reverse=True)
-    return SensitivityReport(mode, rows, float_metric, quantized_metric, lower_is_better)
+    return rows, refused
