@@ -173,6 +173,31 @@ def export_onnx(
     """
     import onnx
 
+    _check_args(qmodel, target, opset)
+    path = Path(path)
+    if path.exists():
+        raise ValueError(f"{path} already exists; export to a new path")
+    names, tensors = _inputs(example_inputs)
+    input_names = names or [f"input_{i}" for i in range(len(tensors))]
+    dynamic = _dynamic_axes(tensors)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    program = _export_program(qmodel, names, tensors, opset, input_names, dynamic)
+    if target == "tensorrt":
+        problems = tensorrt_violations(program.model_proto)
+        if problems:
+            raise ValueError(
+                f"the graph breaks {len(problems)} TensorRT QDQ rule(s), e.g. {problems[:3]}; quantize with the "
+                "'int8-tensorrt' preset (symmetric int8, matmul and add points) and export again"
+            )
+    proto = program.model_proto
+    hoist_qdq_above_zero_pads(proto)
+    onnx.save(proto, str(path))
+    onnx.checker.check_model(str(path))
+    return path
+
+
+def _check_args(qmodel: nn.Module, target: str, opset: int) -> None:
+    """Reject an unknown target, an opset below 13, a non-module, or a model with no QDQ form for `target`."""
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     if opset < 13:
@@ -180,18 +205,27 @@ def export_onnx(
     if not isinstance(qmodel, nn.Module):
         raise TypeError(f"qmodel must be an nn.Module, got {type(qmodel).__name__}")
     _validate(qmodel, target)  # a float model (no quantized layer) exports as plain ONNX
-    path = Path(path)
-    if path.exists():
-        raise ValueError(f"{path} already exists; export to a new path")
-    names, tensors = _inputs(example_inputs)
-    input_names = names or [f"input_{i}" for i in range(len(tensors))]
+
+
+def _dynamic_axes(tensors: tuple[torch.Tensor, ...]) -> tuple[dict, ...]:
+    """Dynamic batch axis for every input; also the sequence axis of 2-D integer inputs (token ids)."""
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    dynamic = tuple(
+    return tuple(
         {0: batch, 1: seq} if t.dim() == 2 and not t.is_floating_point() else ({0: batch} if t.dim() else {})
         for t in tensors
     )
+
+
+def _export_program(
+    qmodel: nn.Module,
+    names: list[str] | None,
+    tensors: tuple[torch.Tensor, ...],
+    opset: int,
+    input_names: list[str],
+    dynamic: tuple[dict, ...],
+):
+    """Trace `qmodel` into an ONNX program, its quantizers and parameters restored afterwards."""
     wrapper = _NamedInputs(qmodel, names)
-    path.parent.mkdir(parents=True, exist_ok=True)
     per_tensor = [
         m
         for m in qmodel.modules()
@@ -208,24 +242,12 @@ def export_onnx(
         with torch.no_grad(), eval_mode(qmodel):
             output_names = [name for name, _ in _tensor_outputs(_call(qmodel, names, tensors))]
             with eval_mode(qmodel):
-                program = _trace(wrapper, tensors, opset, input_names, output_names, dynamic)
+                return _trace(wrapper, tensors, opset, input_names, output_names, dynamic)
     finally:
         for q in per_tensor:
             q.export_qparams = None
         for p in grad_params:
             p.requires_grad_(True)
-    if target == "tensorrt":
-        problems = tensorrt_violations(program.model_proto)
-        if problems:
-            raise ValueError(
-                f"the graph breaks {len(problems)} TensorRT QDQ rule(s), e.g. {problems[:3]}; quantize with the "
-                "'int8-tensorrt' preset (symmetric int8, matmul and add points) and export again"
-            )
-    proto = program.model_proto
-    hoist_qdq_above_zero_pads(proto)
-    onnx.save(proto, str(path))
-    onnx.checker.check_model(str(path))
-    return path
 
 
 def _call(model: nn.Module, names: list[str] | None, tensors: tuple[torch.Tensor, ...]) -> Any:
@@ -245,4 +267,3 @@ def _trace(wrapper, tensors, opset, input_names, output_names, dynamic):
             dynamic_shapes=(dynamic,),  # forward(*tensors): one varargs entry
             verbose=False,
         )
-
