@@ -13,14 +13,13 @@ from .api import (  # noqa: E402
     calibrate,
     freeze,
     is_frozen,
-    load,
     quantize,
     quantized_layers,
     recipe_of,
-    save,
     unfrozen_parts,
 )
 from .export import export_onnx  # noqa: E402
+from .persistence import load, save  # noqa: E402
 from .recipe import Recipe  # noqa: E402
 from .selection import select  # noqa: E402
 from .spec import PerChannel, PerGroup, PerTensor, PerToken, QuantDtype, QuantSpec  # noqa: E402

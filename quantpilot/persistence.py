@@ -1,0 +1,249 @@
+"""`save` and `load`: a frozen model as safetensors plus a small versioned JSON map; loading never unpickles.
+
+Example:
+    >>> import tempfile, torch, quantpilot as qp
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    >>> d = save(qp.freeze(qp.quantize(net, "w8a16")), tempfile.mkdtemp())
+    >>> torch.equal(load(net, d)[0].weight_codes(), qp.freeze(qp.quantize(net, "w8a16"))[0].weight_codes())
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+from torch import nn
+
+from . import __version__
+from .api import RECIPE_ATTR, _check_model, _static_quantizers, is_frozen, quantize, quantized_layers
+from .deferred import BATCHES_ATTR, CHOICES_ATTR, is_pending
+from .install import install_layers
+from .meta_device import load_weights_file
+from .nn import QuantModule
+from .recipe import FORMAT_VERSION, READABLE_VERSIONS, Recipe
+
+__all__ = ["save", "load", "WEIGHTS_FILE", "MAP_FILE"]
+
+WEIGHTS_FILE = "model.safetensors"
+MAP_FILE = "quantpilot.json"
+
+
+def _layer_map(model: nn.Module) -> dict[str, dict[str, Any]]:
+    out = {}
+    for name, m in quantized_layers(model):
+        q = m.input_quantizer
+        out[name] = {
+            "type": type(m).__name__,
+            "weights": None if m.weight_spec is None else m.weight_spec.to_dict(),
+            "activations": None if q.spec is None else q.spec.to_dict(),
+            "dynamic": q.dynamic,
+            "smoothed": getattr(m, "input_smoothing", None) is not None,
+        }
+        if hasattr(m, "saved_config"):
+            # Layers a Recipe cannot express (packed int4, LLM.int8()) record what rebuilds them.
+            out[name]["config"] = m.saved_config()
+    return out
+
+
+def _rebuildable_layer_types() -> dict[str, type[QuantModule]]:
+    """QuantModule subclasses that `load` rebuilds from their saved entry, by class name.
+
+    A layer type an algorithm creates and a Recipe cannot express defines a classmethod
+    `from_saved(module, entry)` (an empty layer shaped as the saved one; `module` is what the
+    recipe put at that name, `entry` the layer's saved map entry) and a method `saved_config()`
+    (a JSON-ready dict stored in that entry under "config"). Found by walking the subclasses, so a
+    new type needs no registration here; it only has to be imported (quantpilot imports its
+    algorithms, which import their layers). A layer that shares another's tensors also defines
+    `restore_ties(root)`, called once every saved layer is back in place.
+    """
+    found: dict[str, type[QuantModule]] = {}
+    stack = list(QuantModule.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        if callable(getattr(cls, "from_saved", None)) and callable(getattr(cls, "saved_config", None)):
+            found[cls.__name__] = cls
+    return found
+
+
+def _rebuild_algorithm_layers(qmodel: nn.Module, saved_layers: dict[str, Any]) -> nn.Module:
+    """Swap in, at each saved name whose type rebuilds itself, an empty layer of that type."""
+    types = _rebuildable_layer_types()
+    rebuilt = []
+    for name, entry in saved_layers.items():
+        cls = types.get((entry or {}).get("type")) if isinstance(entry, dict) else None
+        if cls is None:
+            continue
+        try:
+            current = qmodel.get_submodule(name)
+        except AttributeError:
+            raise ValueError(
+                f"the saved layer {name!r} does not exist in this float model; load it onto the architecture "
+                "it was saved from"
+            ) from None
+        layer = cls.from_saved(current, entry)
+        rebuilt.append(layer)
+        if name == "":
+            qmodel = layer
+        else:
+            parent, _, child = name.rpartition(".")
+            setattr(qmodel.get_submodule(parent), child, layer)
+    for layer in rebuilt:
+        # A layer reading another's tensors (a head tied to the token table) shares them again, so
+        # the file's single copy fills both.
+        if callable(getattr(layer, "restore_ties", None)):
+            layer.restore_ties(qmodel)
+    return qmodel
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    return value if isinstance(value, str | int | float | bool) or value is None else str(value)
+
+
+def save(model: nn.Module, directory: str | Path) -> Path:
+    """Save a frozen model as safetensors plus a versioned JSON map (no pickle anywhere).
+
+    Args:
+        model: a frozen quantized model.
+        directory: created if needed; existing quantpilot files in it are never overwritten.
+
+    Returns:
+        The directory.
+
+    Example:
+        >>> import tempfile, torch, quantpilot as qp
+        >>> qm = qp.freeze(qp.quantize(torch.nn.Sequential(torch.nn.Linear(4, 4)), "w8a16"))
+        >>> sorted(p.name for p in qp.save(qm, tempfile.mkdtemp()).iterdir())
+        ['model.safetensors', 'quantpilot.json']
+    """
+    _check_model(model)
+    if not quantized_layers(model):
+        raise ValueError("this model is not quantized: quantize, calibrate and freeze it before saving")
+    if not is_frozen(model):
+        raise ValueError("the model is not frozen: call quantpilot.freeze(model) before quantpilot.save")
+    directory = Path(directory)
+    for fname in (WEIGHTS_FILE, MAP_FILE):
+        if (directory / fname).exists():
+            raise ValueError(f"{directory / fname} already exists; save into a new or empty directory")
+    directory.mkdir(parents=True, exist_ok=True)
+    recipe = getattr(model, RECIPE_ATTR, None)
+    if recipe is None:
+        raise ValueError("the model carries no recipe; quantize it with quantpilot.quantize")
+    safetensors.torch.save_model(model, str(directory / WEIGHTS_FILE), metadata={"format": "quantpilot"})
+    meta = {
+        "format": "quantpilot",
+        "format_version": FORMAT_VERSION,
+        "quantpilot_version": __version__,
+        "model_class": type(model).__name__,
+        "recipe": recipe.to_dict(),
+        "layers": _layer_map(model),
+        # What the recipe's steps chose on the calibration data (AWQ alphas, smoothed layers), for the record.
+        "choices": _jsonable(model.__dict__.get(CHOICES_ATTR) or {}),
+    }
+    (directory / MAP_FILE).write_text(json.dumps(meta, indent=2))
+    return directory
+
+
+def _read_map(directory: Path) -> dict[str, Any]:
+    """The saved JSON map, checked: both files present, valid JSON, a quantpilot map of a readable version."""
+    for fname in (WEIGHTS_FILE, MAP_FILE):
+        if not (directory / fname).is_file():
+            raise ValueError(
+                f"{directory} has no {fname}: point quantpilot.load at a directory written by quantpilot.save"
+            )
+    try:
+        meta = json.loads((directory / MAP_FILE).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{directory / MAP_FILE} is not valid JSON ({err}); the file is damaged") from None
+    if not isinstance(meta, dict) or meta.get("format") != "quantpilot":
+        raise ValueError(f"{directory / MAP_FILE} is not a quantpilot map")
+    if meta.get("format_version") not in READABLE_VERSIONS:
+        raise ValueError(
+            f"format_version {meta.get('format_version')!r} is not supported by this quantpilot "
+            f"(it reads {list(READABLE_VERSIONS)}); save the model again with this version"
+        )
+    return meta
+
+
+def load(float_model: nn.Module, directory: str | Path) -> nn.Module:
+    """Rebuild a saved quantized model on a fresh float model of the same architecture.
+
+    Args:
+        float_model: the float model the saved one was made from (weights may be random; they
+            are replaced). It is not modified.
+        directory: what `quantpilot.save` wrote.
+
+    Layers an algorithm made that the saved recipe cannot express (packed int4 weights from
+    `quantpilot.algorithms.rtn` / `gptq`, LLM.int8() layers) are rebuilt by their own class: a
+    `QuantModule` subclass with `from_saved(module, entry)` and `saved_config()` (see
+    `_rebuildable_layer_types`), dispatched on the saved map's "type".
+
+    `float_model` may be built on the meta device (`with torch.device("meta"):` or accelerate's
+    `init_empty_weights()`): only the storage the file fills is allocated, and non-persistent
+    buffers are recomputed by the model's Hugging Face `_init_weights` (see `quantpilot.meta_device`).
+
+    Returns:
+        The frozen quantized model; its outputs equal the saved model's bit for bit.
+
+    Raises:
+        ValueError: missing files, an unknown format or version, or a file from another model.
+
+    Example:
+        >>> import tempfile, torch, quantpilot as qp
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 4))
+        >>> d = qp.save(qp.freeze(qp.quantize(net, "w8a16")), tempfile.mkdtemp())
+        >>> qp.load(net, d)[0].is_frozen
+        True
+    """
+    _check_model(float_model)
+    directory = Path(directory)
+    meta = _read_map(directory)
+    recipe = Recipe.from_dict(meta["recipe"])
+    with warnings.catch_warnings():
+        # quantize names the weights it leaves float; the saved model was warned about when it was made.
+        warnings.filterwarnings("ignore", message=".*keep their weights in float")
+        qmodel = quantize(float_model, recipe)
+    if is_pending(qmodel):
+        # Deferred steps (GPTQ, AWQ, SmoothQuant) chose the values the file holds; only the structure is rebuilt.
+        del qmodel.__dict__[BATCHES_ATTR]
+        qmodel = install_layers(qmodel, recipe)
+    saved_layers = meta.get("layers") if isinstance(meta.get("layers"), dict) else {}
+    qmodel = _rebuild_algorithm_layers(qmodel, saved_layers)
+    for name, module in quantized_layers(qmodel):
+        if (saved_layers.get(name) or {}).get("smoothed") and hasattr(module, "smooth"):
+            module.input_smoothing = torch.ones(module.in_features)  # placeholder; the file holds the values
+    layers = _layer_map(qmodel)
+    if layers != meta.get("layers"):
+        saved, here = set(meta.get("layers") or {}), set(layers)
+        raise ValueError(
+            "the saved model does not match this float model: layers only in the file "
+            f"{sorted(saved - here)[:5]}, only in the model {sorted(here - saved)[:5]}; "
+            "load it onto the architecture it was saved from"
+        )
+    for _, module in quantized_layers(qmodel):
+        module.store_weight_as_integers()  # the integer layout; values come from the file
+    try:
+        with safetensors.safe_open(str(directory / WEIGHTS_FILE), framework="pt") as f:
+            for q in _static_quantizers(qmodel):
+                q.scale = f.get_tensor(f"{q.qualname}.scale")
+                q.zero_point = f.get_tensor(f"{q.qualname}.zero_point")
+        missing, unexpected = load_weights_file(qmodel, str(directory / WEIGHTS_FILE))  # meta models: assigned
+    except (RuntimeError, OSError, safetensors.SafetensorError) as err:
+        raise ValueError(f"{directory / WEIGHTS_FILE} does not fit this model or is damaged: {err}") from None
+    if missing or unexpected:
+        raise ValueError(
+            f"the saved tensors do not match this model: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}"
+        )
+    return qmodel
