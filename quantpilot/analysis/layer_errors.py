@@ -34,6 +34,7 @@ from torch import nn
 from ..api import freeze, is_frozen, quantized_layers
 from ..batches import call_model, eval_mode
 from ..nn import QuantModule, TensorQuantizer
+from ..surgery import observe
 from .statistics import point_quantizers
 
 __all__ = ["LayerError", "LayerErrorReport", "layer_errors"]
@@ -196,23 +197,21 @@ def layer_errors(
     work, layers, twins, float_weights = _prepare(qmodel, float_model)
     act = {name: _Accumulator() for name, _ in layers}
     out = {name: _Accumulator() for name, _ in layers}
-    handles = [layer.register_forward_hook(_layer_hook(name, layer, act, out, twins)) for name, layer in layers]
     points = _functional_points(work)
     point_act = {name: _Accumulator() for name in points}
-    for name, quantizers in points.items():
-        for q in quantizers:
-            handles.append(
-                q.register_forward_hook(lambda _m, args, output, acc=point_act[name]: acc.add(args[0], output))
-            )
+    # One label per quantizer ("point[i]"), each adding to its point's accumulator.
+    point_modules = {f"{name}[{i}]": q for name, qs in points.items() for i, q in enumerate(qs)}
+    point_accs = {f"{name}[{i}]": point_act[name] for name, qs in points.items() for i in range(len(qs))}
     seen = 0
-    try:
-        with eval_mode(work), torch.no_grad():
-            for batch in batches:
-                call_model(work, batch)
-                seen += 1
-    finally:
-        for handle in handles:
-            handle.remove()
+    with (
+        observe(work, dict(layers), after=_layer_observer(dict(layers), act, out, twins)),
+        observe(work, point_modules, after=lambda label, args, _kw, output: point_accs[label].add(args[0], output)),
+        eval_mode(work),
+        torch.no_grad(),
+    ):
+        for batch in batches:
+            call_model(work, batch)
+            seen += 1
     if seen == 0:
         raise ValueError("batches is empty: pass at least one input batch")
     rows = [
@@ -245,16 +244,16 @@ def _prepare(qmodel: nn.Module, float_model: nn.Module | None):
     return work, layers, twins, float_weights
 
 
-def _layer_hook(
-    name: str,
-    layer: QuantModule,
+def _layer_observer(
+    layers: dict[str, QuantModule],
     act: dict[str, _Accumulator],
     out: dict[str, _Accumulator],
     twins: dict[str, nn.Module | None],
 ):
-    """Forward hook adding `layer`'s input-quantization and output errors to `act[name]` / `out[name]`."""
+    """`observe` callback adding each layer's input-quantization and output errors to `act[name]` / `out[name]`."""
 
-    def hook(_module, args, output):
+    def record(name, args, _kwargs, output):
+        layer = layers[name]
         x = args[0]
         smoothing = getattr(layer, "input_smoothing", None)
         if isinstance(x, torch.Tensor) and smoothing is not None:
@@ -267,7 +266,7 @@ def _layer_hook(
         if twin is not None and isinstance(output, torch.Tensor):
             out[name].add(twin(*args), output)
 
-    return hook
+    return record
 
 
 def _weight_db(layer: QuantModule, weight: torch.Tensor | None) -> float:

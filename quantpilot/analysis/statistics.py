@@ -34,6 +34,7 @@ from ..nn.residual_add import QuantAdd
 from ..nn.tensor_quantizer import CalibratorConfig
 from ..recipe import Recipe
 from ..spec import PerTensor, QuantSpec
+from ..surgery import observe
 
 __all__ = ["CalibrationStatistics", "literal_pattern", "point_quantizers"]
 
@@ -137,31 +138,29 @@ class CalibrationStatistics:
         quantizers = _static_quantizers(self.quantized)
         self._histograms: dict[str, Histogram] = {}
         self.inputs: dict[str, list[torch.Tensor]] = {}
-        hooks = []
+        feeders: dict[str, nn.Module] = {}
         for name, q in quantizers.items():
             if isinstance(q.spec.granularity, PerTensor) and not _is_histogram(q.calibrator_config):
                 # The recipe's own calibrator is not a histogram: keep one beside it for the other candidates.
                 self._histograms[name] = Histogram(q.spec, method="mse")
-                hooks.append(q.register_forward_pre_hook(self._feeder(name, q)))
+                feeders[name] = q
+        keepers: dict[str, nn.Module] = {}
         if keep_inputs:
             layer_quantizers = set()
             for name, layer in quantized_layers(self.quantized):
-                self.inputs[name] = []
+                keepers[name] = layer
                 layer_quantizers.add(layer.input_quantizer.qualname)
-                hooks.append(layer.register_forward_pre_hook(self._keeper(name, input_budget)))
-            for name, q in quantizers.items():
-                if name not in layer_quantizers:
-                    self.inputs[name] = []
-                    hooks.append(q.register_forward_pre_hook(self._keeper(name, input_budget)))
+            keepers.update((name, q) for name, q in quantizers.items() if name not in layer_quantizers)
+            self.inputs = {name: [] for name in keepers}
         seen = 0
-        try:
-            with calibrate(self.quantized, progress=False):
-                for batch in batches:
-                    call_model(self.quantized, batch)
-                    seen += 1
-        finally:
-            for hook in hooks:
-                hook.remove()
+        with (
+            observe(self.quantized, feeders, before=self._feeder(quantizers)),
+            observe(self.quantized, keepers, before=self._keeper(input_budget)),
+            calibrate(self.quantized, progress=False),
+        ):
+            for batch in batches:
+                call_model(self.quantized, batch)
+                seen += 1
         if seen == 0:
             raise ValueError("calib_batches is empty: pass at least one calibration batch")
         self.points: dict[str, tuple[QuantSpec, CalibratorConfig, Calibrator]] = {}
@@ -175,15 +174,15 @@ class CalibrationStatistics:
             if _is_histogram(q.calibrator_config):
                 self._histograms[name] = q.calibrator
 
-    def _feeder(self, name: str, q: TensorQuantizer):
-        def hook(_module, args):
-            if q.collecting:
+    def _feeder(self, quantizers: dict[str, TensorQuantizer]):
+        def feed(name, args, _kwargs):
+            if quantizers[name].collecting:
                 self._histograms[name].collect(args[0])
 
-        return hook
+        return feed
 
-    def _keeper(self, name: str, budget: int):
-        def hook(_module, args):
+    def _keeper(self, budget: int):
+        def keep(name, args, _kwargs):
             kept = sum(t.numel() for t in self.inputs[name])
             x = args[0]
             if kept >= budget or not isinstance(x, torch.Tensor) or not x.is_floating_point():
@@ -191,7 +190,7 @@ class CalibrationStatistics:
             rows = max(1, (budget - kept) // max(1, x[0].numel())) if x.dim() > 1 else x.shape[0]
             self.inputs[name].append(x[:rows].detach().clone())
 
-        return hook
+        return keep
 
     def calibrator_for(self, point: str, config: CalibratorConfig | dict | str, spec: QuantSpec) -> Calibrator:
         """A calibrator of kind `config` holding the statistics of quantization point `point`.

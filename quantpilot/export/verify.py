@@ -38,6 +38,7 @@ from torch import nn
 from ..batches import call_model, first_tensor
 from ..nn import TensorQuantizer
 from ..primitives import dequantize, quantize
+from ..surgery import observe
 
 __all__ = ["AgreementReport", "compare_with_onnxruntime"]
 
@@ -149,8 +150,13 @@ def compare_with_onnxruntime(qmodel: nn.Module, path: str | Path, inputs: Any) -
     feeds = {k: v.detach().cpu().numpy() for k, v in tensors.items()}
     onnx_codes, onnx_output = _onnx_codes(Path(path), feeds)
     stats = {"points": 0, "max": 0, "differing": 0, "total": 0}
+    # Every quantizer, under a label of its own (a shared one is observed once, as `modules()` yields it once).
+    quantizers = {
+        f"{i}:{m.qualname}": m for i, m in enumerate(m for m in qmodel.modules() if isinstance(m, TensorQuantizer))
+    }
 
-    def teacher_force(module: TensorQuantizer, args: tuple, output: torch.Tensor) -> torch.Tensor:
+    def teacher_force(label: str, args: tuple, _kwargs: dict, output: torch.Tensor) -> torch.Tensor:
+        module = quantizers[label]
         if module.spec is None or module.scale is None:
             return output
         x = args[0]
@@ -175,13 +181,8 @@ def compare_with_onnxruntime(qmodel: nn.Module, path: str | Path, inputs: Any) -
         forced = reference.to(module.spec.dtype.torch_dtype)
         return dequantize(forced, module.scale, module.zero_point, module.spec, x.dtype)
 
-    hooks = [m.register_forward_hook(teacher_force) for m in qmodel.modules() if isinstance(m, TensorQuantizer)]
-    try:
-        with torch.inference_mode():
-            output = first_tensor(call_model(qmodel, inputs)).float().numpy()
-    finally:
-        for hook in hooks:
-            hook.remove()
+    with observe(qmodel, quantizers, after=teacher_force), torch.inference_mode():
+        output = first_tensor(call_model(qmodel, inputs)).float().numpy()
     return AgreementReport(
         points=stats["points"],
         max_code_difference=stats["max"],
