@@ -20,24 +20,9 @@ from torch import nn
 
 from .nn import QuantModule, TensorQuantizer, lookup
 from .recipe import Recipe
+from .surgery import replace_module
 
 __all__ = ["plan_layers", "install_layers", "replace_module"]
-
-
-def replace_module(root: nn.Module, name: str, module: nn.Module) -> nn.Module:
-    """Put `module` at the qualified `name` inside `root`; returns the root (the module itself for name "").
-
-    Example:
-        >>> import torch
-        >>> net = replace_module(torch.nn.Sequential(torch.nn.ReLU()), "0", torch.nn.Tanh())
-        >>> type(net[0]).__name__
-        'Tanh'
-    """
-    if name == "":
-        return module
-    parent, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, child, module)
-    return root
 
 
 def plan_layers(model: nn.Module, recipe: Recipe) -> tuple[list[tuple[str, nn.Module, Any, Any, bool]], set[str]]:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..batches import call_model, eval_mode, first_tensor
+from ..surgery import observe
 
 __all__ = ["inspected_module", "capture_inputs", "block_error", "Call"]
 
@@ -103,26 +104,18 @@ def capture_inputs(
     calls: dict[str, list[Call]] = {name: [] for name in modules}
     seen = dict.fromkeys(modules, 0)
 
-    def hook(name):
-        def record(_module, args, kwargs):
-            if seen[name] >= tokens:
-                return
-            x = args[0] if args else next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
-            calls[name].append((_detached(tuple(args)), _detached(_replayable(kwargs))))
-            seen[name] += x.numel() // x.shape[-1] if isinstance(x, torch.Tensor) and x.dim() else 1
+    def record(name: str, args: tuple, kwargs: dict) -> None:
+        if seen[name] >= tokens:
+            return
+        x = args[0] if args else next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
+        calls[name].append((_detached(tuple(args)), _detached(_replayable(kwargs))))
+        seen[name] += x.numel() // x.shape[-1] if isinstance(x, torch.Tensor) and x.dim() else 1
 
-        return record
-
-    handles = [m.register_forward_pre_hook(hook(n), with_kwargs=True) for n, m in modules.items()]
-    try:
-        with eval_mode(model), torch.no_grad():
-            for batch in batches:
-                if all(count >= tokens for count in seen.values()):
-                    break
-                call_model(model, batch)
-    finally:
-        for h in handles:
-            h.remove()
+    with observe(model, dict(modules), before=record), eval_mode(model), torch.no_grad():
+        for batch in batches:
+            if all(count >= tokens for count in seen.values()):
+                break
+            call_model(model, batch)
     return calls
 
 

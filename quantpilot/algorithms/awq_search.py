@@ -17,6 +17,7 @@ from ..batches import call_model, eval_mode
 from ..nn.registry import is_linear
 from ..primitives import choose_qparams, fake_quantize, min_max
 from ..spec import PerGroup, QuantSpec
+from ..surgery import observe
 from .awq_blocks import Call, block_error, inspected_module
 
 ALPHA_GRID = 20
@@ -108,50 +109,40 @@ class _Statistics:
 
 def _collect(model: nn.Module, targets: dict[str, nn.Module], batches: list[Any], search_tokens: int, seed: int):
     stats = _Statistics(targets, max(1, math.ceil(search_tokens / len(batches))), seed)
-    norm_names = {m: n for n, m in model.named_modules() if _is_norm(m)}
+    norms = {n: m for n, m in model.named_modules() if _is_norm(m)}
     norm_outputs: dict[int, tuple[str, torch.Tensor]] = {}
 
-    def on_norm(module, _inputs, output):
+    def on_norm(name: str, _args: tuple, _kwargs: dict, output: Any) -> None:
         if stats.batch_index == 0 and isinstance(output, torch.Tensor):
             # Keep the tensor referenced so its id cannot be reused by another tensor during the pass.
-            norm_outputs[id(output)] = (norm_names[module], output)
+            norm_outputs[id(output)] = (name, output)
 
-    def on_linear(name):
-        def hook(_module, inputs):
-            x = inputs[0]
-            if stats.batch_index == 0 and id(x) in norm_outputs and norm_outputs[id(x)][1] is x:
-                stats.producer[name] = norm_outputs[id(x)][0]
-            stats.record(name, x)
+    def on_linear(name: str, args: tuple, _kwargs: dict) -> None:
+        x = args[0]
+        if stats.batch_index == 0 and id(x) in norm_outputs and norm_outputs[id(x)][1] is x:
+            stats.producer[name] = norm_outputs[id(x)][0]
+        stats.record(name, x)
 
-        return hook
-
-    def on_module(name):
-        def hook(_module, args, kwargs):
-            if stats.batch_index != 0:
+    def on_module(name: str, args: tuple, kwargs: dict) -> None:
+        if stats.batch_index != 0:
+            return
+        for x in (*args, *kwargs.values()):
+            if isinstance(x, torch.Tensor) and id(x) in norm_outputs and norm_outputs[id(x)][1] is x:
+                stats.receivers.setdefault(norm_outputs[id(x)][0], []).append(name)
                 return
-            for x in (*args, *kwargs.values()):
-                if isinstance(x, torch.Tensor) and id(x) in norm_outputs and norm_outputs[id(x)][1] is x:
-                    stats.receivers.setdefault(norm_outputs[id(x)][0], []).append(name)
-                    return
 
-        return hook
-
-    handles = [m.register_forward_hook(on_norm) for m in norm_names]
-    handles += [m.register_forward_pre_hook(on_linear(n)) for n, m in targets.items()]
-    handles += [
-        m.register_forward_pre_hook(on_module(n), with_kwargs=True)
-        for n, m in model.named_modules()
-        if n and m not in norm_names and n not in targets
-    ]
-    try:
-        with eval_mode(model), torch.no_grad():
-            for index, batch in enumerate(batches):
-                stats.batch_index = index
-                call_model(model, batch)
-                norm_outputs.clear()
-    finally:
-        for h in handles:
-            h.remove()
+    others = {n: m for n, m in model.named_modules() if n and n not in norms and n not in targets}
+    with (
+        observe(model, norms, after=on_norm),
+        observe(model, targets, before=on_linear),
+        observe(model, others, before=on_module),
+        eval_mode(model),
+        torch.no_grad(),
+    ):
+        for index, batch in enumerate(batches):
+            stats.batch_index = index
+            call_model(model, batch)
+            norm_outputs.clear()
     return stats
 
 

@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from ..batches import eval_mode
-from ..install import replace_module
 from ..nn.packed import WeightOnlyLinear
 from ..spec import PerGroup, QuantSpec
+from ..surgery import inputs_of, observe, replace_module
 from .rtn import linear_weight
 
 __all__ = ["find_blocks", "gptq_targets", "gptq_blocks", "spec_group"]
@@ -48,10 +48,6 @@ def find_blocks(model: nn.Module, targets: Iterable[str]) -> tuple[str, nn.Modul
     return best
 
 
-class _InputsCaught(Exception):
-    pass
-
-
 def _run(model: nn.Module, batch: Any) -> Any:
     # No KV cache: a cache object captured with the block inputs would grow on every replay.
     extra = {"use_cache": False} if getattr(model, "config", None) is not None else {}
@@ -64,22 +60,7 @@ def _run(model: nn.Module, batch: Any) -> Any:
 
 def _first_block_inputs(model: nn.Module, block: nn.Module, batches: Sequence[Any]) -> list[tuple[tuple, dict]]:
     """The (args, kwargs) each calibration batch passes to the first block (the model stops there)."""
-    caught: list[tuple[tuple, dict]] = []
-
-    def catch(_module, args, kwargs):
-        caught.append((args, kwargs))
-        raise _InputsCaught
-
-    handle = block.register_forward_pre_hook(catch, with_kwargs=True)
-    try:
-        for batch in batches:
-            try:
-                _run(model, batch)
-            except _InputsCaught:
-                pass
-    finally:
-        handle.remove()
-    return caught
+    return inputs_of(model, block, batches, run=_run)
 
 
 def _hidden(output: Any) -> torch.Tensor:
@@ -194,16 +175,10 @@ def gptq_blocks(
             prefix = f"{block_list_name}.{index}."
             inside = {n[len(prefix) :]: n for n in names if n.startswith(prefix)}
             accumulators = {n: HessianAccumulator(widths[full]) for n, full in inside.items()}
-            hooks = [
-                block.get_submodule(n).register_forward_hook(lambda _m, args, _out, acc=acc: acc.add(args[0]))
-                for n, acc in accumulators.items()
-            ]
-            try:
+            record = lambda n, args, _kw, _out, acc=accumulators: acc[n].add(args[0])  # noqa: E731
+            with observe(block, list(accumulators), after=record):
                 for args, kwargs in inputs:
                     block(*args, **kwargs)
-            finally:
-                for handle in hooks:
-                    handle.remove()
             for short, full in inside.items():
                 module = block.get_submodule(short)
                 result = gptq_quantize_weight(

@@ -30,6 +30,7 @@ from torch import nn
 from ..batches import call_model, eval_mode
 from ..deferred import CHOICES_ATTR
 from ..recipe import Recipe
+from ..surgery import observe
 from .rtn import run_pipeline
 
 __all__ = ["smoothquant", "smoothing_factors", "MIN_CALIBRATION_ROWS"]
@@ -66,24 +67,17 @@ def _input_statistics(
     amax: dict[str, torch.Tensor] = {}
     rows: dict[str, int] = {}
 
-    def hook(name: str):
-        def record(_module, inputs):
-            x = inputs[0].detach().float()
-            x = x.reshape(-1, x.shape[-1])
-            batch_amax = x.abs().amax(dim=0)
-            amax[name] = batch_amax if name not in amax else torch.maximum(amax[name], batch_amax)
-            rows[name] = rows.get(name, 0) + x.shape[0]
+    def record(name: str, args: tuple, _kwargs: dict) -> None:
+        x = args[0].detach().float()
+        x = x.reshape(-1, x.shape[-1])
+        batch_amax = x.abs().amax(dim=0)
+        amax[name] = batch_amax if name not in amax else torch.maximum(amax[name], batch_amax)
+        rows[name] = rows.get(name, 0) + x.shape[0]
 
-        return record
-
-    handles = [m.register_forward_pre_hook(hook(n)) for n, m in model.named_modules() if n in names]
-    try:
-        with eval_mode(model), torch.no_grad():
-            for batch in batches:
-                call_model(model, batch)
-    finally:
-        for h in handles:
-            h.remove()
+    layers = {n: m for n, m in model.named_modules() if n in names}
+    with observe(model, layers, before=record), eval_mode(model), torch.no_grad():
+        for batch in batches:
+            call_model(model, batch)
     return amax, rows
 
 
