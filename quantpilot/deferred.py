@@ -23,6 +23,7 @@ from torch import nn
 
 from .batches import call_model
 from .steps import StepContext
+from .surgery import observe
 
 __all__ = ["BATCHES_ATTR", "CHOICES_ATTR", "is_pending", "mark_pending", "recording", "run_deferred_steps"]
 
@@ -67,7 +68,7 @@ def recording(model: nn.Module) -> Iterator[None]:
     """
     batches = model.__dict__[BATCHES_ATTR]
 
-    def record(_module, args, kwargs):
+    def record(_name: str, args: tuple, kwargs: dict) -> None:
         # Stored as `call_model` replays them: keywords alone as a dict, one positional as itself.
         if kwargs and not args:
             batches.append(dict(kwargs))
@@ -78,11 +79,8 @@ def recording(model: nn.Module) -> Iterator[None]:
         else:
             raise ValueError("calibrate records either positional or keyword inputs, not both in one call")
 
-    handle = model.register_forward_pre_hook(record, with_kwargs=True)
-    try:
+    with observe(model, {"model": model}, before=record):
         yield
-    finally:
-        handle.remove()
 
 
 def run_deferred_steps(model: nn.Module, recipe: Any) -> nn.Module:
