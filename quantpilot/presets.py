@@ -10,14 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .calibrator_config import CalibratorConfig
-from .recipe import Recipe
+from .recipe import OUTPUT_HEADS, Recipe
 from .spec import PerChannel, PerGroup, PerTensor, QuantSpec
 from .steps import AWQ, GPTQ, LLMInt8, SmoothQuant, Step
 
 __all__ = ["PRESETS"]
 
-# Output heads the weight-only methods keep float (RTN's default skip).
-_HEADS = ("lm_head", "*.lm_head", "score", "classifier")
+_HEADS = OUTPUT_HEADS
 
 _INT8_WEIGHTS = QuantSpec("int8", symmetric=True, narrow_range=True, granularity=PerChannel(0))
 
@@ -59,12 +58,12 @@ PRESETS: dict[str, Callable[[], Recipe]] = {
     # on the batches calibrate records.
     "rtn-w4-g128": lambda: _weight_only_lm("rtn-w4-g128"),
     "gptq-w4-g128": lambda: _weight_only_lm("gptq-w4-g128", GPTQ()),
-    "awq-w4-g128": lambda: _weight_only_lm("awq-w4-g128", AWQ(), skip=("lm_head",)),
+    "awq-w4-g128": lambda: _weight_only_lm("awq-w4-g128", AWQ()),
     # SmoothQuant W8A8 (per-token dynamic activations, the paper's O1) and LLM.int8() on every Linear but the head.
     "smoothquant-w8a8": lambda: Recipe(
         activations="dynamic",
         module_types=("Linear", "Conv1D"),
-        skip=("lm_head",),
+        skip=_HEADS,
         steps=(SmoothQuant(alpha=0.5),),
         name="smoothquant-w8a8",
     ),
@@ -72,7 +71,7 @@ PRESETS: dict[str, Callable[[], Recipe]] = {
         weights=None,
         activations=None,
         module_types=("Linear", "Conv1D"),
-        skip=("lm_head",),
+        skip=_HEADS,
         steps=(LLMInt8(threshold=6.0),),
         name="llm-int8",
     ),

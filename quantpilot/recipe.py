@@ -29,7 +29,7 @@ from .layer_recipe import LayerRecipe, _check_layer, _normalise_activations, _sp
 from .spec import PerChannel, PerTensor, QuantSpec
 from .steps.base import Step, as_step
 
-__all__ = ["Recipe", "LayerRecipe", "FORMAT_VERSION", "FUNCTIONAL_OPS"]
+__all__ = ["Recipe", "LayerRecipe", "FORMAT_VERSION", "FUNCTIONAL_OPS", "OUTPUT_HEADS"]
 
 # 2: recipes hold `steps` (methods registered by name), `layers` include patterns and the packed `scale_dtype`.
 # Version-1 files have none of them and load unchanged.
@@ -42,6 +42,9 @@ DEFAULT_MODULE_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "Conv1D", "Embed
 # attention products Q·Kᵀ and P·V) and "add" (both inputs of a residual addition). LayerNorm and
 # softmax stay in float: every engine we target runs them in float anyway.
 FUNCTIONAL_OPS = ("matmul", "add")
+# Output layers every method keeps float by default, as the papers and their reference code do: the
+# head decides every logit (and in GPT-2 it is tied to the token table).
+OUTPUT_HEADS = ("lm_head", "*.lm_head", "score", "classifier")
 _OVERRIDABLE = ("weights", "activations", "dynamic", "weight_calibrator", "activation_calibrator")
 
 

@@ -50,6 +50,7 @@ from torch import nn
 from ..api import quantized_layers
 from ..deferred import CHOICES_ATTR
 from ..nn.packed import weight_only_spec
+from ..recipe import OUTPUT_HEADS
 from ..spec import QuantSpec
 from .awq_blocks import capture_inputs
 from .awq_search import (  # noqa: F401  (the grid constants: re-exported)
@@ -134,7 +135,7 @@ def awq_fold_scales(
     *,
     pairs: Sequence[Any] | None = None,
     clip: bool = True,
-    skip: Sequence[str] = ("lm_head",),
+    skip: Sequence[str] = OUTPUT_HEADS,
     search_tokens: int = 4096,
     seed: int = 0,
     inplace: bool = False,
@@ -335,7 +336,7 @@ def awq(
     *,
     pairs: Sequence[Any] | None = None,
     clip: bool = True,
-    skip: Sequence[str] = ("lm_head",),
+    skip: Sequence[str] = OUTPUT_HEADS,
     search_tokens: int = 4096,
     seed: int = 0,
     inplace: bool = False,

@@ -16,6 +16,7 @@ from torch import nn
 from ..batches import call_model, eval_mode
 from ..nn.registry import is_linear
 from ..primitives import choose_qparams, fake_quantize, min_max
+from ..recipe import OUTPUT_HEADS
 from ..spec import PerGroup, QuantSpec
 from ..surgery import observe
 from .awq_blocks import Call, block_error, inspected_module
@@ -169,7 +170,7 @@ def _linear_pairs(model: nn.Module, targets: dict[str, nn.Module]) -> list[Scale
     return groups
 
 
-def find_scale_groups(model: nn.Module, example_batch: Any, *, skip: Sequence[str] = ("lm_head",)) -> list[ScaleGroup]:
+def find_scale_groups(model: nn.Module, example_batch: Any, *, skip: Sequence[str] = OUTPUT_HEADS) -> list[ScaleGroup]:
     """The AWQ layer groups of a model, found by running one batch (see the module docstring).
 
     Args:

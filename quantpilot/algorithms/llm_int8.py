@@ -20,7 +20,7 @@ from torch import nn
 
 from ..api import freeze, quantize, quantized_layers
 from ..nn.llm_int8_linear import LLMInt8Linear
-from ..recipe import Recipe
+from ..recipe import OUTPUT_HEADS, Recipe
 from ..steps import LLMInt8
 
 __all__ = ["llm_int8", "outlier_fraction", "reset_outlier_stats"]
@@ -30,7 +30,7 @@ def llm_int8(
     model: nn.Module,
     threshold: float = 6.0,
     *,
-    skip: Sequence[str] = ("lm_head",),
+    skip: Sequence[str] = OUTPUT_HEADS,
     inplace: bool = False,
 ) -> nn.Module:
     """Replace every Linear (and GPT-2 `Conv1D`) by an `LLMInt8Linear`.

@@ -29,7 +29,7 @@ from ..batches import call_model
 from ..nn.packed import WeightOnlyLinear, weight_only_spec
 from ..nn.registry import linear_layers
 from ..nn.storage import quantize_weight  # the arithmetic lives with the packed storage; name kept here
-from ..recipe import Recipe
+from ..recipe import OUTPUT_HEADS, Recipe
 from ..spec import PerChannel, QuantSpec
 
 __all__ = [
@@ -44,7 +44,7 @@ __all__ = [
 
 _READ_ONLY_STEPS = ("gptq", "llm_int8", "quantize_embeddings")
 # Layers the papers keep in float: the output head (tied to the embedding in GPT-2) decides every logit.
-DEFAULT_SKIP = ("lm_head", "*.lm_head", "score", "classifier")
+DEFAULT_SKIP = OUTPUT_HEADS
 
 
 def _is_conv1d(module: nn.Module) -> bool:

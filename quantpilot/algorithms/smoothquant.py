@@ -29,7 +29,7 @@ from torch import nn
 
 from ..batches import call_model, eval_mode
 from ..deferred import CHOICES_ATTR
-from ..recipe import Recipe
+from ..recipe import OUTPUT_HEADS, Recipe
 from ..surgery import observe
 from .rtn import run_pipeline
 
@@ -84,7 +84,7 @@ def _input_statistics(
 def _with_activations(recipe: Recipe | str | None, activations: str | None) -> Recipe | str:
     """The recipe (None: the decoder default) with its activations replaced by "static" or "dynamic" ranges."""
     if recipe is None:
-        recipe = Recipe.preset("int8-static").replace(module_types=("Linear", "Conv1D"), skip=("lm_head",))
+        recipe = Recipe.preset("int8-static").replace(module_types=("Linear", "Conv1D"), skip=OUTPUT_HEADS)
     if activations is None:
         return recipe
     base = Recipe.preset(recipe) if isinstance(recipe, str) else recipe
