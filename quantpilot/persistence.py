@@ -241,6 +241,13 @@ def load(float_model: nn.Module, directory: str | Path) -> nn.Module:
         missing, unexpected = load_weights_file(qmodel, str(directory / WEIGHTS_FILE))  # meta models: assigned
     except (RuntimeError, OSError, safetensors.SafetensorError) as err:
         raise ValueError(f"{directory / WEIGHTS_FILE} does not fit this model or is damaged: {err}") from None
+    unpacked = [k for k in missing if k.endswith(".weight_packed") and k.replace("_packed", "_int") in unexpected]
+    if unpacked:
+        # Format 1 stored a recipe layer's 4-bit codes one per byte; they are packed two per byte now.
+        raise ValueError(
+            f"{directory} stores 4-bit codes one per byte (quantpilot format {meta.get('format_version')}, e.g. "
+            f"{unpacked[0].removesuffix('.weight_packed')}); this version packs them: quantize and save the model again"
+        )
     if missing or unexpected:
         raise ValueError(
             f"the saved tensors do not match this model: missing {sorted(missing)[:5]}, "
