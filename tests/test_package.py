@@ -52,8 +52,13 @@ def test_the_library_never_imports_the_testbed_at_module_level():
     assert offenders == []
 
 
-def test_the_package_holds_no_testbed_folders_or_data():
-    assert not [p.name for p in PACKAGE.iterdir() if p.name in ("tasks", "demos", "data", "datasets.py")]
+def test_the_package_holds_no_testbed_code_only_aliases_at_the_old_paths():
+    assert not (PACKAGE / "data").exists()
+    old_paths = [PACKAGE / "datasets.py", *(PACKAGE / "tasks").glob("*.py"), *(PACKAGE / "demos").glob("*.py")]
+    old_paths += [PACKAGE / "models" / f"{m}.py" for m in ("digits_cnn", "resnet", "imagenet_samples")]
+    for path in old_paths:
+        text = path.read_text()
+        assert "alias_" in text and len(text.splitlines()) < 25, f"{path} should only alias its moved module"
 
 
 def test_unknown_attribute_still_raises_attribute_error():
