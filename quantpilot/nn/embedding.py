@@ -31,6 +31,8 @@ class QuantEmbedding(QuantModule):
         5
     """
 
+    computes = "lookup"
+
     def __init__(self, embedding: nn.Embedding, **quant) -> None:
         super().__init__()
         if type(embedding) is not nn.Embedding:

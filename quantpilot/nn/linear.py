@@ -36,6 +36,8 @@ class QuantLinear(QuantModule):
         4
     """
 
+    computes = "linear"
+
     def __init__(
         self,
         weight: torch.Tensor,

@@ -64,6 +64,8 @@ class WeightOnlyLinear(PackedWeight):
         [[4.0, 4.0]]
     """
 
+    computes = "linear"
+
     def __init__(
         self,
         in_features: int,
@@ -228,6 +230,8 @@ class WeightOnlyEmbedding(PackedWeight):
         >>> emb(torch.tensor([[1, 0]])).tolist()
         [[[15.0, 0.0], [0.0, 15.0]]]
     """
+
+    computes = "lookup"
 
     def __init__(
         self,

@@ -58,6 +58,10 @@ class QuantModule(nn.Module):
 
     # Multiplies the gradient of a learned weight scale (LSQ's gradient scale; set by `quantpilot.qat.prepare`).
     weight_scale_grad_factor: float = 1.0
+    # What `forward` computes, so engines pick an implementation from the layer's interface instead of
+    # its class: "linear" (`x @ W.T + b` over the last dimension), "lookup" (rows of W gathered by
+    # index: an embedding) or None (anything else). A subclass computing something else resets it.
+    computes: str | None = None
 
     def _setup_quantization(
         self,

@@ -33,10 +33,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..spec import PerChannel
+from ..spec import PerChannel, PerGroup, QuantDtype
 from .packed import WeightOnlyLinear
 
-__all__ = ["WeightOnlyKernelLinear", "kernel_problem", "unpack_cpu_int4pack"]
+__all__ = ["WeightOnlyKernelLinear", "is_packed_weight_only", "kernel_problem", "unpack_cpu_int4pack"]
 
 _INT4_GROUPS = (32, 64, 128, 256)
 # Rows (tokens) up to which the packed kernel beats dequantize + bf16 matmul on this CPU (measured:
@@ -48,26 +48,67 @@ def _has_op(name: str) -> bool:
     return hasattr(torch.ops.aten, name)
 
 
+def is_packed_weight_only(layer: nn.Module) -> bool:
+    """Whether a quantized layer stores the weight-only scheme of RTN / GPTQ / AWQ and takes float input.
+
+    Read from the storage interface: uint4 / uint8 codes, qparams `(q - z) * s` with the zero point
+    in the scales' float dtype (integer-domain layers such as `QuantLinear` keep int32 zero points),
+    and no input quantizer.
+
+    Example:
+        >>> import torch
+        >>> from quantpilot.nn import QuantLinear
+        >>> from quantpilot.nn.packed import WeightOnlyLinear, weight_only_spec
+        >>> is_packed_weight_only(WeightOnlyLinear(64, 64, weight_only_spec(4, 32)))
+        True
+        >>> is_packed_weight_only(QuantLinear.from_float(torch.nn.Linear(4, 2), weight_spec=weight_only_spec(8, None)))
+        False
+    """
+    spec = getattr(layer, "weight_spec", None)
+    if spec is None or spec.dtype not in (QuantDtype.UINT4, QuantDtype.UINT8):
+        return False
+    if layer.input_quantizer.spec is not None or not layer.is_frozen:
+        return False
+    return layer.weight_qparams()[1].is_floating_point()
+
+
+def _bits(layer: WeightOnlyLinear) -> int:
+    return 4 if layer.weight_spec.dtype is QuantDtype.UINT4 else 8
+
+
+def _group_size(layer: WeightOnlyLinear) -> int:
+    """Input columns sharing one scale: the spec's group, or every column for per-channel scales."""
+    g = layer.weight_spec.granularity
+    return g.size if isinstance(g, PerGroup) else layer.in_features
+
+
 def kernel_problem(layer: WeightOnlyLinear) -> str | None:
     """Why `layer` cannot run on PyTorch's packed weight-only kernels, or None.
+
+    Decided on the layer's interface (`computes`, `weight_spec`, `weight_qparams()`, the input
+    quantizer), not its class.
 
     Example:
         >>> from quantpilot.nn.packed import WeightOnlyLinear, weight_only_spec
         >>> kernel_problem(WeightOnlyLinear(128, 64, weight_only_spec(8, 64)))
         'int8 weights with per-group scales: _weight_int8pack_mm takes one scale per output channel'
     """
-    if not isinstance(layer, WeightOnlyLinear):
-        return f"{type(layer).__name__} is not a WeightOnlyLinear"
-    if layer.weight_packed.device.type != "cpu":
+    if getattr(layer, "computes", None) != "linear" or not is_packed_weight_only(layer):
+        return (
+            f"{type(layer).__name__} is not a packed weight-only Linear "
+            "(uint4 / uint8 codes, 16-bit scales and zero points, float input)"
+        )
+    if layer.weight_qparams()[0].device.type != "cpu":
         return "the packed kernels used here are the CPU ones"
-    if layer.bits == 8:
+    if _bits(layer) == 8:
         if not isinstance(layer.weight_spec.granularity, PerChannel):
             return "int8 weights with per-group scales: _weight_int8pack_mm takes one scale per output channel"
         if not _has_op("_weight_int8pack_mm"):
             return "this PyTorch build has no aten._weight_int8pack_mm"
         return None
-    if layer.group_size not in _INT4_GROUPS:
-        return f"int4 group size {layer.group_size}: _weight_int4pack_mm_for_cpu takes groups of {_INT4_GROUPS}"
+    group_size = _group_size(layer)
+    if group_size not in _INT4_GROUPS:
+        return f"int4 group size {group_size}: _weight_int4pack_mm_for_cpu takes groups of {_INT4_GROUPS}"
     if layer.out_features % 64:
         return f"out_features={layer.out_features} is not a multiple of 64 (the CPU int4 pack's row block)"
     if not (_has_op("_weight_int4pack_mm_for_cpu") and _has_op("_convert_weight_to_int4pack_for_cpu")):
@@ -113,12 +154,11 @@ class WeightOnlyKernelLinear(nn.Module):
         problem = kernel_problem(layer)
         if problem is not None:
             raise ValueError(f"WeightOnlyKernelLinear cannot serve this layer: {problem}")
-        self.in_features, self.out_features, self.bits = layer.in_features, layer.out_features, layer.bits
+        self.in_features, self.out_features, self.bits = layer.in_features, layer.out_features, _bits(layer)
         self.kernel_max_rows = int(kernel_max_rows)
         self.compute_dtype = torch.bfloat16
-        scale = layer.weight_scale.float()  # (out, groups)
-        zero = layer.weight_zero_point.float()
-        codes = layer.weight_codes()
+        scale, zero = (t.float() for t in layer.weight_qparams())  # (out, groups)
+        codes = layer.weight_codes()  # unpacked: the int4 kernel repacks them into its own layout below
         self.register_buffer("bias", None if layer.bias is None else layer.bias.detach().to(self.compute_dtype))
         if self.bits == 8:
             self.group_size = self.in_features
@@ -130,7 +170,7 @@ class WeightOnlyKernelLinear(nn.Module):
             self.register_buffer("zero_term", (scale[:, 0] * (zero[:, 0] - 128)).contiguous())
             self.path = "int8 _weight_int8pack_mm (decode) / dequantize+bf16 matmul (prefill)"
         else:
-            self.group_size = layer.group_size
+            self.group_size = _group_size(layer)
             packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).contiguous(), 1)
             if not torch.equal(unpack_cpu_int4pack(packed, self.out_features, self.in_features), codes):
                 raise ValueError(

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import quantpilot as qp
-from quantpilot.nn import integer_linear
+from quantpilot.nn import int8_gemm, integer_linear
 from quantpilot.nn.integer_linear import Int8Linear, Int8WeightOnlyLinear, int8_matmul, int_mm_fits, to_integer
 from quantpilot.primitives import SCALE_EPS, choose_qparams, min_max, quantize
 from quantpilot.spec import PerChannel, PerGroup, PerToken, QuantSpec
@@ -345,7 +345,7 @@ def test_shapes_cuda_int_mm_rejects_are_exact_through_both_gemms(rows, monkeypat
         check_layers_against_fake_quant(runner, qmodel, x)
         with_int_mm = runner(x)
         with monkeypatch.context() as m:
-            m.setattr(integer_linear, "int_mm_fits", lambda *_: False)
+            m.setattr(int8_gemm, "int_mm_fits", lambda *_: False)
             assert torch.equal(runner(x), with_int_mm)  # the int32 accumulator is exact either way
 
 
@@ -394,7 +394,7 @@ def test_int8_matmul_is_exact(m, k, n, seed, a_layout, b_layout, fallback):
     a, b = with_layout(a0, *a_layout), with_layout(b0, *b_layout)
     with pytest.MonkeyPatch.context() as mp:
         if fallback:
-            mp.setattr(integer_linear, "int_mm_fits", lambda *_: False)
+            mp.setattr(int8_gemm, "int_mm_fits", lambda *_: False)
         out = int8_matmul(a, b)
     assert out.dtype == torch.int32 and torch.equal(out.long(), a0.long() @ b0.long())
 
