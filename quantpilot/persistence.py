@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from torch import nn
 
 from . import __version__
 from .api import RECIPE_ATTR, _check_model, _static_quantizers, is_frozen, quantize, quantized_layers
+from .atomic import atomic_directory
 from .deferred import BATCHES_ATTR, CHOICES_ATTR, is_pending
 from .install import install_layers
 from .meta_device import load_weights_file
@@ -116,7 +118,8 @@ def save(model: nn.Module, directory: str | Path) -> Path:
 
     Args:
         model: a frozen quantized model.
-        directory: created if needed; existing quantpilot files in it are never overwritten.
+        directory: created if needed; existing quantpilot files in it are never overwritten, and a
+            symbolic link in their place is refused. The files appear only whole (see `quantpilot.atomic`).
 
     Returns:
         The directory.
@@ -134,12 +137,21 @@ def save(model: nn.Module, directory: str | Path) -> Path:
         raise ValueError("the model is not frozen: call quantpilot.freeze(model) before quantpilot.save")
     directory = Path(directory)
     for fname in (WEIGHTS_FILE, MAP_FILE):
-        if (directory / fname).exists():
-            raise ValueError(f"{directory / fname} already exists; save into a new or empty directory")
-    directory.mkdir(parents=True, exist_ok=True)
+        if os.path.lexists(directory / fname):
+            what = "is a symbolic link" if (directory / fname).is_symlink() else "already exists"
+            raise ValueError(f"{directory / fname} {what}; save into a new or empty directory")
     recipe = getattr(model, RECIPE_ATTR, None)
     if recipe is None:
         raise ValueError("the model carries no recipe; quantize it with quantpilot.quantize")
+    # Both files are written in a hidden folder beside `directory`, then appear at once (a new
+    # folder is renamed into place; into an existing one the map moves last): an interrupted save
+    # leaves nothing that blocks a rerun or that `load` would misread.
+    with atomic_directory(directory, last=(MAP_FILE,)) as staging:
+        _write_files(model, recipe, staging)
+    return directory
+
+
+def _write_files(model: nn.Module, recipe: Recipe, directory: Path) -> None:
     safetensors.torch.save_model(model, str(directory / WEIGHTS_FILE), metadata={"format": "quantpilot"})
     meta = {
         "format": "quantpilot",
@@ -152,7 +164,6 @@ def save(model: nn.Module, directory: str | Path) -> Path:
         "choices": _jsonable(model.__dict__.get(CHOICES_ATTR) or {}),
     }
     (directory / MAP_FILE).write_text(json.dumps(meta, indent=2))
-    return directory
 
 
 def _read_map(directory: Path) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from .atomic import atomic_path
 from .calibrator_config import CalibratorConfig
 from .layer_recipe import LayerRecipe, _check_layer, _normalise_activations, _spec
 from .spec import PerChannel, PerTensor, QuantSpec
@@ -358,9 +359,8 @@ class Recipe:
 
 
 def _write_new(path: str | Path, text: str) -> Path:
+    """Write `text` to a new file atomically; an existing path or a symbolic link (even dangling) is refused."""
     path = Path(path)
-    if path.exists():
-        raise ValueError(f"{path} already exists; quantpilot never overwrites a file, choose another path")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
     return path

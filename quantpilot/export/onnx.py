@@ -31,6 +31,7 @@ import torch.ao.quantization.fx._decomposed  # noqa: F401
 from torch import nn
 
 from ..api import quantized_layers
+from ..atomic import atomic_path, check_new
 from ..batches import eval_mode, first_tensor
 from ..nn import QuantModule, TensorQuantizer
 from ..spec import PerChannel, PerTensor, QuantSpec
@@ -174,13 +175,10 @@ def export_onnx(
     import onnx
 
     _check_args(qmodel, target, opset)
-    path = Path(path)
-    if path.exists():
-        raise ValueError(f"{path} already exists; export to a new path")
+    path = check_new(path)  # an existing file or a symbolic link (even dangling) is refused before the trace
     names, tensors = _inputs(example_inputs)
     input_names = names or [f"input_{i}" for i in range(len(tensors))]
     dynamic = _dynamic_axes(tensors)
-    path.parent.mkdir(parents=True, exist_ok=True)
     program = _export_program(qmodel, names, tensors, opset, input_names, dynamic)
     if target == "tensorrt":
         problems = tensorrt_violations(program.model_proto)
@@ -191,8 +189,10 @@ def export_onnx(
             )
     proto = program.model_proto
     hoist_qdq_above_zero_pads(proto)
-    onnx.save(proto, str(path))
-    onnx.checker.check_model(str(path))
+    # Written under a hidden temporary name and checked there: the .onnx file appears only whole and valid.
+    with atomic_path(path) as tmp:
+        onnx.save(proto, str(tmp))
+        onnx.checker.check_model(str(tmp))
     return path
 
 
