@@ -4,11 +4,16 @@
     quantpilot presets
 
 `--model` is a bundled model name (`quantpilot.models.available()`) or a local Hugging Face model
-directory; `--recipe` is a preset name or a recipe YAML/JSON file. `--data` gives the calibration
+directory (`config.json`, weights, and a tokenizer for a text model or an image processor for an
+image model); `--recipe` is a preset name or a recipe YAML/JSON file. `--data` gives the calibration
 data: for a text model a text file with one sentence per line, for an image model a folder of
 images; the first `--calib-size` calibrate and the rest are held out to check the result. Without
 `--data`, the repository's testbed (`pip install -e testbed`) supplies its bundled sentences or the
 ImageNet sample photos under shared/data, calibration and evaluation kept apart.
+
+Every mistake in the input is one line on stderr (`quantpilot: error: ...`) and exit status 2,
+checked before any work starts; Ctrl-C exits 130. Nothing half-written is left behind: a `--out`
+folder the command created is removed again when it fails or is interrupted.
 
 Example:
     >>> import contextlib, io
@@ -22,10 +27,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
+import yaml
 
 from . import api
 from .evaluate import size_on_disk
@@ -35,13 +44,47 @@ from .summary import summary
 __all__ = ["main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (`quantpilot: error: ...`) and exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"quantpilot: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
 def _recipe(value: str) -> Recipe:
     path = Path(value)
-    if path.suffix in (".yaml", ".yml", ".json"):
-        if not path.is_file():
-            raise ValueError(f"recipe file {path} does not exist")
-        return Recipe.from_json(path) if path.suffix == ".json" else Recipe.from_yaml(path)
-    return Recipe.preset(value)
+    if path.suffix.lower() not in (".yaml", ".yml", ".json"):
+        return Recipe.preset(value)
+    if not path.is_file():
+        raise ValueError(f"recipe file {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"recipe file {path} is not UTF-8 text") from None
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"recipe file {path} is not valid JSON: {err}") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        raise ValueError(
+            f"recipe file {path} is not valid YAML: {where}{getattr(err, 'problem', None) or err}"
+        ) from None
+    try:
+        return Recipe.from_dict(data)
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ValueError(f"recipe file {path}: {err}") from None
 
 
 def _is_tokenizer(prep) -> bool:
@@ -49,6 +92,84 @@ def _is_tokenizer(prep) -> bool:
 
 
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+_TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model", "tokenizer.model",
+    "sentencepiece.bpe.model",
+)  # fmt: skip
+_BUNDLED_KINDS = {"minilm": "text", "efficientnet-lite0": "image"}
+
+
+def _folder_kind(folder: Path) -> str:
+    """The input kind of a local Hugging Face model folder: "text" (a tokenizer) or "image" (an image processor).
+
+    Checked before anything is loaded: the folder exists and has config.json, weights and one input kind.
+    """
+    if not folder.exists():
+        raise ValueError(f"--model {folder}: no such folder")
+    if not folder.is_dir():
+        raise ValueError(f"--model {folder} is a file; pass a Hugging Face model folder or a bundled model name")
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"--model {folder} has no config.json: it is not a Hugging Face model folder")
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+        raise ValueError(f"--model {folder} has config.json but no weights (no *.safetensors or *.bin file)")
+    text = any((folder / name).is_file() for name in _TOKENIZER_FILES)
+    image = False
+    for name in ("preprocessor_config.json", "image_processor_config.json"):
+        try:
+            config = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        image = image or (isinstance(config, dict) and any("image" in str(key) for key in config))
+    if text and image:
+        raise ValueError(
+            f"--model {folder} has both a tokenizer and an image processor; "
+            "quantpilot quantize handles text-only or image-only models"
+        )
+    if not text and not image:
+        raise ValueError(
+            f"--model {folder} has neither a tokenizer ({', '.join(_TOKENIZER_FILES[:2])}) nor an image processor "
+            "(preprocessor_config.json), so there is no way to prepare calibration data for it"
+        )
+    return "text" if text else "image"
+
+
+def _model_kind(name: str) -> str | None:
+    """The model's input kind when it can be told without loading it (None: tell from what `load` returns)."""
+    from .models import available
+
+    if name in available():
+        return _BUNDLED_KINDS.get(name)
+    path = Path(name).expanduser()
+    if path.exists() or any(sep in name for sep in ("/", "\\")) or name.startswith((".", "~")):
+        return _folder_kind(path)
+    raise ValueError(
+        f"unknown model {name!r}: use one of {', '.join(available())}, "
+        "or the path of a local folder holding a Hugging Face model (with config.json)"
+    )
+
+
+def _load_image_folder(folder: Path) -> tuple[torch.nn.Module, Any]:
+    """An image model from a local Hugging Face folder and a PIL image -> (1, 3, H, W) function."""
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
+    heads = [a for a in (getattr(config, "architectures", None) or []) if a.endswith("ForImageClassification")]
+    auto = transformers.AutoModelForImageClassification if heads else transformers.AutoModel
+    model = auto.from_pretrained(folder, local_files_only=True)
+    processor = transformers.AutoImageProcessor.from_pretrained(folder, local_files_only=True)
+    return model.eval(), lambda image: processor(images=image, return_tensors="pt")["pixel_values"]
+
+
+def _load(name: str, kind: str | None) -> tuple[torch.nn.Module, Any]:
+    from .models import available
+    from .models import load as load_model
+
+    try:
+        if kind == "image" and name not in available():
+            return _load_image_folder(Path(name).expanduser())
+        return load_model(Path(name).expanduser() if name not in available() else name)
+    except (OSError, RuntimeError, KeyError) as err:  # damaged or mismatched files in the user's folder
+        raise ValueError(f"cannot load model {name}: {err}") from None
 
 
 def _testbed(module: str, instead: str):
@@ -61,25 +182,61 @@ def _testbed(module: str, instead: str):
         ) from err
 
 
-def _split(items: list, calib_size: int, data: Path) -> tuple[list, list]:
+def _split(items: list, calib_size: int, data: Path, what: str) -> tuple[list, list]:
     if len(items) <= calib_size:
         raise ValueError(
-            f"--data {data} holds {len(items)} samples: need more than --calib-size {calib_size}, "
-            "the rest being held out to check the quantized model"
+            f"--data {data} holds {len(items)} {what}: need more than --calib-size {calib_size}, the rest being "
+            f"held out to check the quantized model (use --calib-size {max(len(items) - 1, 1)} or less, or more data)"
         )
     return items[:calib_size], items[calib_size:]
+
+
+def _enough(available: int, calib_size: int, what: str) -> None:
+    if calib_size > available:
+        raise ValueError(
+            f"--calib-size {calib_size} is more than the testbed's {available} calibration {what}: "
+            f"use --calib-size {available} or less, or pass --data"
+        )
+
+
+def _check_data_kind(data: str | None, kind: str, model: str) -> None:
+    """Refuse a data path of the wrong kind for the model before anything heavy runs."""
+    if data is None:
+        return
+    path = Path(data)
+    if not path.exists():
+        raise ValueError(f"--data {path} does not exist")
+    if kind == "text":
+        if path.is_dir():
+            raise ValueError(
+                f"--data {path} is a folder, but {model} is a text model (it has a tokenizer): "
+                "pass a text file with one sentence per line"
+            )
+        if path.suffix.lower() in _IMAGE_SUFFIXES:
+            raise ValueError(
+                f"--data {path} is an image, but {model} is a text model (it has a tokenizer): "
+                "pass a text file with one sentence per line"
+            )
+    elif not path.is_dir():
+        raise ValueError(
+            f"--data {path} is a file, but {model} is an image model (it takes images): pass a folder of images"
+        )
 
 
 def _sentences(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     """Calibration and held-out sentences: from `--data` (one per line) or the testbed's bundled ones."""
     if args.data is None:
         datasets = _testbed("datasets", "FILE (one sentence per line)")
-        return datasets.sentences("calibration")[: args.calib_size], datasets.sentences("eval")
+        calibration = datasets.sentences("calibration")
+        _enough(len(calibration), args.calib_size, "sentences")
+        return calibration[: args.calib_size], datasets.sentences("eval")
     path = Path(args.data)
-    if not path.is_file():
-        raise ValueError(f"--data {path} is not a file; a text model needs a text file with one sentence per line")
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return _split(lines, args.calib_size, path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"--data {path} is not UTF-8 text; a text model needs one sentence per line") from None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return _split(lines, args.calib_size, path, "sentences")
 
 
 def _images(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
@@ -87,55 +244,124 @@ def _images(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
     if args.data is None:
         samples = _testbed("imagenet_samples", "DIR (a folder of images)")
         calib_set, eval_set = samples.split_calibration(*samples.load_samples())
+        _enough(len(calib_set.paths), args.calib_size, "images")
         return list(calib_set.paths)[: args.calib_size], list(eval_set.paths)
     folder = Path(args.data)
-    if not folder.is_dir():
-        raise ValueError(f"--data {folder} is not a folder; an image model needs a folder of images")
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
-    return _split(paths, args.calib_size, folder)
+    return _split(paths, args.calib_size, folder, f"images ({', '.join(sorted(_IMAGE_SUFFIXES))})")
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise ValueError(f"--out {out} is an existing file; choose a new directory (nothing is overwritten)")
+        if any(out.iterdir()):
+            raise ValueError(f"--out {out} exists and is not empty; choose a new directory (nothing is overwritten)")
+        return
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise ValueError(f"--out {out}: {parent} is a file, not a directory")
+
+
+def _created_root(out: Path) -> Path | None:
+    """The outermost folder on the way to `out` that does not exist yet (what the command will create)."""
+    out = out.absolute()
+    if out.exists():
+        return None
+    root = out
+    while not root.parent.exists() and root.parent != root.parent.parent:
+        root = root.parent
+    return root
+
+
+def _undo(out: Path, created: Path | None, existed: set[str]) -> None:
+    """Remove what this command wrote: the folders it created, or new entries of a pre-existing empty --out."""
+    if created is not None:
+        shutil.rmtree(created, ignore_errors=True)
+        return
+    if out.is_dir():
+        for entry in out.iterdir():
+            if entry.name not in existed:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+
+
+def _logits(output: Any) -> torch.Tensor:
+    """An image model's class scores (or, for a model without a head, its pooled features)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    for name in ("logits", "pooler_output"):
+        value = getattr(output, name, None)
+        if isinstance(value, torch.Tensor):
+            return value.flatten(1)
+    return output[0].flatten(1)
 
 
 def _quantize(args: argparse.Namespace) -> int:
-    from .models import load as load_model
-
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        raise ValueError(f"--out {out} exists and is not empty; choose a new directory (nothing is overwritten)")
+    _check_out(out)
     recipe = _recipe(args.recipe)
+    kind = _model_kind(args.model)
+    if kind is not None:
+        _check_data_kind(args.data, kind, args.model)
+        calib, held_out = _sentences(args) if kind == "text" else _images(args)  # all checked before loading
     torch.set_num_threads(args.threads)
-    model, prep = load_model(args.model)
-    qmodel = api.quantize(model, recipe)
-    static = api.needs_calibration(qmodel)
-    if _is_tokenizer(prep):
-        from .text import embed, token_batches
+    model, prep = _load(args.model, kind)
+    if kind is None:  # a registered model of unlisted kind: tell from its input preparation
+        kind = "text" if _is_tokenizer(prep) else "image"
+        _check_data_kind(args.data, kind, args.model)
+        calib, held_out = _sentences(args) if kind == "text" else _images(args)
 
-        calib, held_out = _sentences(args)
-        if static:
-            with api.calibrate(qmodel, progress=True):
-                for batch in token_batches(prep, calib, batch_size=32):
-                    qmodel(**batch)
-        api.freeze(qmodel)
-        cos = (embed(model, prep, held_out) * embed(qmodel, prep, held_out)).sum(-1)
-        check = (
-            f"embedding cosine vs float on {len(held_out)} held-out sentences: "
-            f"mean {cos.mean():.4f}, min {cos.min():.4f}"
-        )
-    else:
-        from PIL import Image  # Pillow comes with the models extra, as image models do
+    created, existed = _created_root(out), {p.name for p in out.iterdir()} if out.is_dir() else set()
+    try:
+        qmodel = api.quantize(model, recipe)
+        static = api.needs_calibration(qmodel)
+        if kind == "text":
+            from .text import embed, token_batches
 
-        calib_paths, eval_paths = _images(args)
-        images = lambda paths: torch.cat([prep(Image.open(p).convert("RGB")) for p in paths])  # noqa: E731
-        if static:
-            x = images(calib_paths)
-            with api.calibrate(qmodel, progress=True):
-                for chunk in x.split(16):
-                    qmodel(chunk)
-        api.freeze(qmodel)
-        x = images(eval_paths[:64])
-        with torch.no_grad():
-            agree = (model(x).argmax(-1) == qmodel(x).argmax(-1)).float().mean()
-        check = f"top-1 agreement with float on {len(x)} held-out photos: {agree:.3f}"
-    api.save(qmodel, out)
+            if static:
+                with api.calibrate(qmodel, progress=True):
+                    for batch in token_batches(prep, calib, batch_size=32):
+                        qmodel(**batch)
+            api.freeze(qmodel)
+            cos = (embed(model, prep, held_out) * embed(qmodel, prep, held_out)).sum(-1)
+            check = (
+                f"embedding cosine vs float on {len(held_out)} held-out sentences: "
+                f"mean {cos.mean():.4f}, min {cos.min():.4f}"
+            )
+        else:
+            from PIL import Image  # Pillow comes with the models extra, as image models do
+
+            def images(paths: list[Path]) -> torch.Tensor:
+                try:
+                    return torch.cat([prep(Image.open(p).convert("RGB")) for p in paths])
+                except OSError as err:  # PIL.UnidentifiedImageError too
+                    raise ValueError(f"--data: cannot read an image: {err}") from None
+
+            if static:
+                x = images(calib)
+                with api.calibrate(qmodel, progress=True):
+                    for chunk in x.split(16):
+                        qmodel(chunk)
+            api.freeze(qmodel)
+            x = images(held_out[:64])
+            with torch.no_grad():
+                ref_out = model(x)
+                ref, got = _logits(ref_out), _logits(qmodel(x))
+            if isinstance(ref_out, torch.Tensor) or getattr(ref_out, "logits", None) is not None:
+                agree = (ref.argmax(-1) == got.argmax(-1)).float().mean()
+                check = f"top-1 agreement with float on {len(x)} held-out photos: {agree:.3f}"
+            else:
+                cos = torch.nn.functional.cosine_similarity(ref, got, dim=-1)
+                check = f"feature cosine vs float on {len(x)} held-out photos: mean {cos.mean():.4f}"
+        api.save(qmodel, out)
+    except BaseException:
+        _undo(out, created, existed)
+        raise
     print(summary(qmodel))
     print(check)
     print(
@@ -153,32 +379,47 @@ def _presets(_: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `quantpilot` command."""
-    parser = argparse.ArgumentParser(prog="quantpilot", description="Quantize PyTorch models and measure the cost.")
+    parser = _Parser(prog="quantpilot", description="Quantize PyTorch models and measure the cost.")
     sub = parser.add_subparsers(dest="command", required=True)
     q = sub.add_parser("quantize", help="quantize, calibrate, freeze and save a model")
     q.add_argument("--model", required=True, help="bundled model name or local Hugging Face model directory")
     q.add_argument("--recipe", default="int8-static", help="preset name or recipe .yaml/.json file")
-    q.add_argument("--out", required=True, help="new directory for the quantized model")
+    q.add_argument("--out", required=True, help="new (or empty) directory for the quantized model")
     q.add_argument(
         "--data",
         help="calibration data: a text file (one sentence per line) or a folder of images; "
         "default: the repository testbed's bundled sentences or ImageNet samples",
     )
-    q.add_argument("--calib-size", type=int, default=200, help="calibration samples (sentences or images)")
-    q.add_argument("--threads", type=int, default=2)
+    q.add_argument(
+        "--calib-size", type=_positive_int, default=200, help="calibration samples (sentences or images), at least 1"
+    )
+    q.add_argument("--threads", type=_positive_int, default=2, help="CPU threads, at least 1")
     q.set_defaults(func=_quantize)
     p = sub.add_parser("presets", help="list the recipe presets")
     p.set_defaults(func=_presets)
     return parser
 
 
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; errors in the user's input (and a missing extra) print one line and exit 2."""
-    args = build_parser().parse_args(argv)
+    """Run the command line; errors in the user's input (and a missing extra) print one line and exit 2.
+
+    Ctrl-C prints one line and exits 130, after removing whatever the command had started to write.
+    """
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # a usage error (one line, status 2), or --help (status 0)
+        return done.code if isinstance(done.code, int) else 2
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, ModuleNotFoundError) as err:  # a missing extra too
-        print(f"quantpilot: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("quantpilot: error: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, OSError, ModuleNotFoundError) as err:  # a missing extra too
+        print(f"quantpilot: error: {_one_line(err)}", file=sys.stderr)
         return 2
 
 
