@@ -3,6 +3,9 @@
 Usage:
     python scripts/train_lm.py [--dir DIR] [--steps N] [--force]
 
+--dir must be a new or empty folder (a folder holding anything else is refused, never deleted);
+--force replaces an existing trained testbed there, once the new one is written.
+
 The checkpoint goes to $QUANTPILOT_CACHE/lm-testbed (default ~/.cache/quantpilot/lm-testbed), outside
 git; `quantpilot_testbed.language_model.load_testbed()` loads it. Prints the final train loss and the
 test perplexity (non-overlapping 256-token windows of test.txt).
@@ -12,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -28,13 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, default=None, help="cache folder (default: %(default)s -> testbed cache)")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the testbed's)")
     parser.add_argument("--max-seconds", type=float, default=None, help="wall-clock cap on training")
-    parser.add_argument("--force", action="store_true", help="delete an existing checkpoint in --dir and retrain")
+    parser.add_argument("--force", action="store_true", help="retrain and replace an existing trained testbed in --dir")
     args = parser.parse_args(argv)
     directory = args.dir or default_cache_dir()
-    if args.force and directory.exists():
-        shutil.rmtree(directory)
     try:
-        out = train_testbed(directory, steps=args.steps, max_seconds=args.max_seconds)
+        out = train_testbed(directory, steps=args.steps, max_seconds=args.max_seconds, overwrite=args.force)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -152,17 +152,22 @@ def train_testbed(
     steps: int | None = None,
     max_seconds: float | None = None,
     log: Any = print,
+    overwrite: bool = False,
 ) -> Path:
     """Train the testbed tokenizer and GPT-2 on `valid.txt` and write them to `directory`.
 
-    The files appear atomically (written to a temporary folder, then renamed), so a concurrent
-    `load_testbed` never sees half a checkpoint. Refuses to overwrite an existing checkpoint.
+    The files appear atomically (written to a temporary sibling folder, then renamed), so a
+    concurrent `load_testbed` never sees half a checkpoint. `directory` must not exist or be empty:
+    a folder holding anything else is refused before training starts, and nothing of the user's is
+    ever deleted. An existing checkpoint (a folder with `train_log.json`) is refused too, unless
+    `overwrite`, which replaces it only once the new one is written.
 
     Args:
         directory: target folder (default `default_cache_dir()`).
         steps: optimizer steps (default `TESTBED_CONFIG["train_steps"]`; small values for smoke runs).
         max_seconds: wall-clock cap on the training loop (default `TESTBED_CONFIG["max_seconds"]`).
         log: called with progress lines.
+        overwrite: replace an existing trained testbed in `directory` (after the new one is written).
 
     Returns:
         The directory, holding `tokenizer.json`, the model (`config.json`, `model.safetensors`) and
@@ -172,15 +177,83 @@ def train_testbed(
         >>> callable(train_testbed)
         True
     """
-    from transformers import GPT2LMHeadModel
-
     cfg = TESTBED_CONFIG
     directory = Path(directory) if directory is not None else default_cache_dir()
-    if (directory / _DONE_FILE).exists():
-        raise ValueError(f"{directory} already holds a trained testbed; delete it first to retrain")
+    _check_target(directory, overwrite)
     steps = cfg["train_steps"] if steps is None else int(steps)
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    model, tokenizer, record = _train(steps, max_seconds, log)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-", dir=directory.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / _DONE_FILE).write_text(json.dumps(record, indent=2))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # the temporary folder is ours
+        raise
+    return _install(tmp, directory, overwrite)
+
+
+def _check_target(directory: Path, overwrite: bool = False) -> None:
+    """Refuse, before any training, a target the testbed may not write: it must be absent or an empty folder.
+
+    A folder holding a trained testbed (its `train_log.json`) is accepted only with `overwrite`; a
+    folder holding anything else is the user's, and is never deleted.
+    """
+    if not directory.exists() and not directory.is_symlink():
+        return
+    if not directory.is_dir():
+        raise ValueError(f"{directory} is a file, not a folder for the testbed; choose another path")
+    if (directory / _DONE_FILE).is_file():
+        if overwrite:
+            return
+        raise ValueError(f"{directory} already holds a trained testbed; delete it first to retrain (or use --force)")
+    if any(directory.iterdir()):
+        raise ValueError(
+            f"{directory} exists and is not a quantpilot testbed (no {_DONE_FILE}); "
+            "choose a new or empty folder: nothing in it is deleted"
+        )
+
+
+def _install(tmp: Path, directory: Path, overwrite: bool = False) -> Path:
+    """Rename the written checkpoint `tmp` to `directory`, which must be absent or empty (or, with
+    `overwrite`, a trained testbed, set aside and deleted only after the rename). Never deletes a
+    folder quantpilot did not write; if `directory` was filled meanwhile, `tmp` is kept and named."""
+    old = None
+    if overwrite and (directory / _DONE_FILE).is_file():
+        old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
+        directory.rename(old / directory.name)
+    elif directory.is_dir() and not any(directory.iterdir()):
+        try:
+            directory.rmdir()  # only ever succeeds on an empty folder
+        except OSError:
+            pass
+    if directory.exists() or directory.is_symlink():
+        if (directory / _DONE_FILE).is_file():  # another process trained it meanwhile: use that one
+            shutil.rmtree(tmp, ignore_errors=True)
+            return directory
+        raise ValueError(
+            f"{directory} appeared while training and is not a quantpilot testbed; nothing in it was touched. "
+            f"The trained testbed is in {tmp}"
+        )
+    try:
+        tmp.rename(directory)
+    except BaseException:
+        if old is not None and not directory.exists():
+            (old / directory.name).rename(directory)  # put the previous testbed back
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)  # the previous testbed, with its train_log.json
+    return directory
+
+
+def _train(steps: int, max_seconds: float | None, log: Any) -> tuple[nn.Module, Any, dict]:
+    """Train the tokenizer and GPT-2 (minutes): (model, tokenizer, the train_log.json record)."""
+    from transformers import GPT2LMHeadModel
+
+    cfg = TESTBED_CONFIG
     start = time.perf_counter()
     torch.manual_seed(cfg["seed"])
     text = _read_split("valid")
@@ -188,9 +261,7 @@ def train_testbed(
     data = wikitext_tokens("valid", tokenizer)
     log(f"tokenizer: {len(tokenizer)} tokens; valid.txt -> {data.numel()} tokens ({time.perf_counter() - start:.0f}s)")
     model = GPT2LMHeadModel(
-        _gpt2_config(
-            len(tokenizer), cfg["n_embd"], cfg["n_layer"], cfg["n_head"], cfg["n_positions"], cfg["dropout"]
-        )
+        _gpt2_config(len(tokenizer), cfg["n_embd"], cfg["n_layer"], cfg["n_head"], cfg["n_positions"], cfg["dropout"])
     )
     log(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters")
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -231,23 +302,19 @@ def train_testbed(
         model, wikitext_tokens("test", tokenizer), window=cfg["seq_len"], max_windows=cfg["eval_windows"]
     )
     seconds = time.perf_counter() - start
-    log(f"final train loss {final_loss:.3f} (mean of last 20 steps); test perplexity {test_ppl:.2f} "
-        f"(first {cfg['eval_windows']} windows of {cfg['seq_len']}); {seconds:.0f}s")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=directory.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        record = {"config": cfg, "steps": len(losses), "final_train_loss": final_loss, "test_perplexity": test_ppl,
-                  "seconds": seconds, "torch": torch.__version__}
-        (tmp / _DONE_FILE).write_text(json.dumps(record, indent=2))
-        if directory.exists():
-            shutil.rmtree(directory)  # an unfinished folder without train_log.json (checked above)
-        tmp.rename(directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return directory
+    log(
+        f"final train loss {final_loss:.3f} (mean of last 20 steps); test perplexity {test_ppl:.2f} "
+        f"(first {cfg['eval_windows']} windows of {cfg['seq_len']}); {seconds:.0f}s"
+    )
+    record = {
+        "config": cfg,
+        "steps": len(losses),
+        "final_train_loss": final_loss,
+        "test_perplexity": test_ppl,
+        "seconds": seconds,
+        "torch": torch.__version__,
+    }
+    return model, tokenizer, record
 
 
 def load_testbed(directory: str | Path | None = None, *, train: bool = True) -> tuple[nn.Module, Any]:

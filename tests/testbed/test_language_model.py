@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -61,3 +64,108 @@ def test_learning_rate_warms_up_then_anneals_to_a_tenth():
     assert lm._learning_rate(1.0, 1.0) == pytest.approx(0.1)
     values = [lm._learning_rate(1.0, p / 100) for p in range(5, 101)]
     assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+
+
+# ---------------------------------------------------------------- the target folder: never delete the user's files
+
+
+class _FakeCheckpoint:
+    """Stands in for the trained model and tokenizer: `save_pretrained` writes one small file."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def save_pretrained(self, folder):
+        (Path(folder) / f"{self.name}.json").write_text("{}")
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    calls = []
+
+    def fake_train(steps, max_seconds, log):
+        calls.append(steps)
+        return _FakeCheckpoint("model"), _FakeCheckpoint("tokenizer"), {"steps": steps}
+
+    monkeypatch.setattr(lm, "_train", fake_train)
+    return calls
+
+
+def test_a_folder_of_the_users_files_is_refused_before_training_and_kept(tmp_path, no_training):
+    mine = tmp_path / "my-project"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    for call in (lambda: lm.train_testbed(mine, steps=1), lambda: lm.load_testbed(mine)):
+        with pytest.raises(ValueError, match="not a quantpilot testbed"):
+            call()
+    with pytest.raises(ValueError, match="not a quantpilot testbed"):
+        lm.train_testbed(mine, steps=1, overwrite=True)
+    assert no_training == []
+    assert (mine / "thesis.tex").read_text() == "years of work" and len(list(mine.iterdir())) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["my-project"]  # no temporary folder left either
+    afile = tmp_path / "notes.txt"
+    afile.write_text("keep")
+    with pytest.raises(ValueError, match="is a file"):
+        lm.train_testbed(afile, steps=1)
+    assert afile.read_text() == "keep"
+
+
+def test_training_goes_into_a_new_or_empty_folder(tmp_path, no_training):
+    new = lm.train_testbed(tmp_path / "a" / "testbed", steps=2, log=lambda line: None)
+    assert sorted(p.name for p in new.iterdir()) == ["model.json", "tokenizer.json", "train_log.json"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert lm.train_testbed(empty, steps=1) == empty and (empty / "train_log.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "empty"]
+    with pytest.raises(ValueError, match="already holds a trained testbed"):
+        lm.train_testbed(empty, steps=1)
+    assert no_training == [2, 1]
+
+
+def test_overwrite_replaces_only_a_trained_testbed_after_the_new_one_is_written(tmp_path, no_training, monkeypatch):
+    target = lm.train_testbed(tmp_path / "testbed", steps=1)
+    (target / "stale.bin").write_text("old weights")
+    lm.train_testbed(target, steps=3, overwrite=True)
+    assert not (target / "stale.bin").exists()
+    assert json.loads((target / "train_log.json").read_text()) == {"steps": 3}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["testbed"]
+
+    def failing_train(steps, max_seconds, log):
+        raise KeyboardInterrupt
+
+    (target / "stale.bin").write_text("old weights")
+    monkeypatch.setattr(lm, "_train", failing_train)
+    with pytest.raises(KeyboardInterrupt):
+        lm.train_testbed(target, steps=1, overwrite=True)
+    assert (target / "stale.bin").read_text() == "old weights"  # the old testbed stays until a new one exists
+
+
+def test_a_folder_filled_while_training_is_left_alone_and_the_result_kept(tmp_path):
+    target, tmp = tmp_path / "testbed", tmp_path / ".partial"
+    tmp.mkdir()
+    (tmp / "train_log.json").write_text("{}")
+    target.mkdir()
+    (target / "mine.txt").write_text("keep")
+    with pytest.raises(ValueError, match=r"nothing in it was touched.*\.partial"):
+        lm._install(tmp, target)
+    assert (target / "mine.txt").read_text() == "keep" and (tmp / "train_log.json").is_file()
+
+
+def test_train_lm_script_refuses_a_users_folder_even_with_force(tmp_path, no_training, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "train_lm", Path(__file__).resolve().parents[2] / "scripts" / "train_lm.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.train_testbed = lm.train_testbed  # the patched module's function, with _train mocked
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "data.csv").write_text("1,2")
+    assert script.main(["--dir", str(mine), "--force", "--steps", "1"]) == 2
+    assert "not a quantpilot testbed" in capsys.readouterr().err
+    assert (mine / "data.csv").read_text() == "1,2"
+    assert script.main(["--dir", str(tmp_path / "fresh"), "--steps", "1"]) == 0
+    assert script.main(["--dir", str(tmp_path / "fresh"), "--steps", "1", "--force"]) == 0
+    assert no_training == [1, 1]
