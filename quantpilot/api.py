@@ -26,9 +26,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .batches import eval_mode
-from .deferred import is_pending, mark_pending, recording, run_deferred_steps
+from .deferred import FAILED_ATTR, is_pending, mark_failed, mark_pending, recording, run_deferred_steps
 from .distributed import merged_across_ranks
-from .install import install_layers, plan_layers
+from .install import check_plan, install_layers, plan_layers
 from .nn import QuantModule, TensorQuantizer
 from .nn.registry import warn_unhandled
 from .recipe import Recipe
@@ -118,8 +118,12 @@ def quantize(
     """
     _check_model(model)
     recipe = _as_recipe(recipe)
+    if FAILED_ATTR in model.__dict__:
+        raise ValueError(model.__dict__[FAILED_ATTR])
     if quantized_layers(model) or is_pending(model):
         raise ValueError("this model is already quantized; pass the original float model to quantpilot.quantize")
+    # Everything the recipe needs is checked on the model as given, before anything changes (inplace too).
+    check_plan(plan_layers(model, recipe)[0])
     if inplace:
         target = model
     else:
@@ -265,11 +269,15 @@ def freeze(model: nn.Module) -> nn.Module:
     recipe = getattr(model, RECIPE_ATTR, None)
     # The packed weight-only layers' scale dtype is the recipe's (float16 unless it says bfloat16).
     scale_dtype = getattr(torch, getattr(recipe, "scale_dtype", "float16"))
-    for name, module in layers:
-        # The spec picks the storage: weight-only uint4/uint8 Linear/Embedding layers become packed layers.
-        frozen = frozen_form(module, scale_dtype)
-        if frozen is not module:
-            model = replace_module(model, name, frozen)
+    try:
+        for name, module in layers:
+            # The spec picks the storage: weight-only uint4/uint8 Linear/Embedding layers become packed layers.
+            frozen = frozen_form(module, scale_dtype)
+            if frozen is not module:
+                model = replace_module(model, name, frozen)
+    except BaseException as err:
+        mark_failed(model, err)  # some layers frozen, some not: refuse to run rather than mix them silently
+        raise
     if recipe is not None and getattr(model, RECIPE_ATTR, None) is None:
         setattr(model, RECIPE_ATTR, recipe)  # the root itself was replaced
     for q in _static_quantizers(model):  # functional points (matmul, add) sit outside the layers

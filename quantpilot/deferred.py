@@ -25,11 +25,47 @@ from .batches import call_model
 from .steps import StepContext
 from .surgery import observe
 
-__all__ = ["BATCHES_ATTR", "CHOICES_ATTR", "is_pending", "mark_pending", "recording", "run_deferred_steps"]
+__all__ = [
+    "BATCHES_ATTR",
+    "CHOICES_ATTR",
+    "FAILED_ATTR",
+    "is_pending",
+    "mark_pending",
+    "recording",
+    "run_deferred_steps",
+    "mark_failed",
+]
 
 BATCHES_ATTR = "quantpilot_recorded_batches"
 # What the steps chose (AWQ alphas, smoothed layers, ...): `save` writes it into the saved map.
 CHOICES_ATTR = "quantpilot_choices"
+# Set on a model a quantpilot step or freeze failed part-way through: it is neither the float model nor a
+# quantized one, so it refuses to run or to be quantized again (the message says why).
+FAILED_ATTR = "quantpilot_failed"
+
+
+def mark_failed(model: nn.Module, error: BaseException) -> None:
+    """Make a model a failure left part-way changed refuse every forward and every `quantize`, saying why.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Linear(2, 2); mark_failed(net, KeyboardInterrupt())
+        >>> try:
+        ...     net(torch.ones(1, 2))
+        ... except ValueError as err:
+        ...     print(str(err)[:44])
+        quantpilot stopped part-way through changing
+    """
+    reason = (
+        f"quantpilot stopped part-way through changing this model ({type(error).__name__}: {error}); "
+        "its weights are neither the float ones nor a finished quantization: load the float model again"
+    )
+    model.__dict__[FAILED_ATTR] = reason
+
+    def refuse(*_args: Any, **_kwargs: Any) -> None:
+        raise ValueError(reason)
+
+    model.register_forward_pre_hook(refuse)
 
 
 def is_pending(model: nn.Module) -> bool:
@@ -99,16 +135,26 @@ def run_deferred_steps(model: nn.Module, recipe: Any) -> nn.Module:
         >>> type(run_deferred_steps(qm, qp.recipe_of(qm))[0]).__name__
         'QuantLinear'
     """
-    from .api import calibrate
-    from .install import install_layers
 
-    batches = model.__dict__[BATCHES_ATTR]
+    # Checked before anything changes: a missing calibration pass leaves the model as it was.
     hungry = [step.name for step in recipe.steps if step.needs_data]
-    if hungry and not batches:
+    if hungry and not model.__dict__[BATCHES_ATTR]:
         raise ValueError(
             f"the recipe's steps {hungry} run on calibration data: call the model on batches inside "
             "`with quantpilot.calibrate(model):` before quantpilot.freeze"
         )
+    try:
+        return _run_steps(model, recipe)
+    except BaseException as err:
+        mark_failed(model, err)
+        raise
+
+
+def _run_steps(model: nn.Module, recipe: Any) -> nn.Module:
+    from .api import calibrate
+    from .install import install_layers
+
+    batches = model.__dict__[BATCHES_ATTR]
     context = StepContext(list(batches))
     for step in recipe.steps:
         model = step.before_install(model, recipe, context)

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from .nn import QuantModule, TensorQuantizer, lookup
 from .recipe import Recipe
+from .spec import PerGroup
 from .surgery import replace_module
 
-__all__ = ["plan_layers", "install_layers", "replace_module"]
+__all__ = ["plan_layers", "check_plan", "install_layers", "replace_module"]
 
 
 def plan_layers(model: nn.Module, recipe: Recipe) -> tuple[list[tuple[str, nn.Module, Any, Any, bool]], set[str]]:
@@ -55,6 +57,41 @@ def plan_layers(model: nn.Module, recipe: Recipe) -> tuple[list[tuple[str, nn.Mo
             continue
         plan.append((name, module, entry, layer, has_activation))
     return plan, seen_types
+
+
+def _grouped_width(module: nn.Module) -> int | None:
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() < 2:
+        return None
+    # transformers' Conv1D stores (in, out); every other layer groups along its last weight axis.
+    return weight.shape[0] if type(module).__name__ == "Conv1D" else weight.shape[-1]
+
+
+def check_plan(plan: list) -> None:
+    """Raise, before anything changes, if a planned layer cannot take its scheme (a group size that does not divide it).
+
+    Example:
+        >>> import torch, quantpilot as qp
+        >>> plan, _ = plan_layers(torch.nn.Sequential(torch.nn.Linear(100, 4)), qp.Recipe.preset("w4a16-g128"))
+        >>> check_plan(plan)
+        Traceback (most recent call last):
+        ...
+        ValueError: PerGroup(size=128) does not divide the grouped width of layers ['0' (Linear, 100)]; skip them ...
+    """
+    bad = []
+    for name, module, _entry, layer, _has_input in plan:
+        spec = layer.weights
+        width = _grouped_width(module)
+        if spec is not None and isinstance(spec.granularity, PerGroup) and width and width % spec.granularity.size:
+            bad.append((name, type(module).__name__, width, spec.granularity))
+    if bad:
+        listed = ", ".join(f"'{n}' ({t}, {w})" for n, t, w, _ in bad[:3]) + (
+            f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        )
+        raise ValueError(
+            f"{bad[0][3]} does not divide the grouped width of layers [{listed}]; skip them in the recipe "
+            "(skip=...) or choose a group size that divides every quantized layer's input width"
+        )
 
 
 def install_layers(model: nn.Module, recipe: Recipe, plan: list | None = None) -> nn.Module:

@@ -1,5 +1,7 @@
 """Methods as recipe steps: serialised, validated, and rebuilding bit for bit what the one-shot wrappers return."""
 
+import sys
+
 import pytest
 import torch
 
@@ -134,3 +136,30 @@ def test_methods_leave_the_float_model_untouched_and_share_nothing_it_keeps(meth
     # What the quantized model keeps in float (norms, the head) is its own copy, not the user's tensors.
     float_ptrs = {t.data_ptr() for t in model.state_dict().values()}
     assert not float_ptrs & {t.data_ptr() for t in qmodel.state_dict().values()}
+
+
+def test_a_group_size_that_does_not_divide_a_layer_is_refused_before_anything_changes():
+    net = torch.nn.Sequential(torch.nn.Linear(128, 100), torch.nn.Linear(100, 8))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(ValueError, match=r"does not divide .*'1' \(Linear, 100\)"):
+        qp.quantize(net, "w4a16-g128", inplace=True)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert net(torch.randn(1, 128)).shape == (1, 8)  # still the float model, untouched
+
+
+def test_a_method_that_fails_part_way_in_place_leaves_a_model_that_says_so(monkeypatch):
+    model = tiny_causal_lm("llama")
+    data = lm_batches(n=4, seq=64)
+
+    def boom(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    ids = data[0]["input_ids"]
+    # Interrupted inside GPTQ's block loop (the first quantized weight), in place.
+    monkeypatch.setattr(sys.modules["quantpilot.algorithms.gptq"], "gptq_quantize_weight", boom)
+    with pytest.raises(KeyboardInterrupt):
+        qp.algorithms.gptq(model, data, bits=4, group_size=64, inplace=True)
+    with pytest.raises(ValueError, match="stopped part-way"):
+        model(input_ids=ids)
+    with pytest.raises(ValueError, match="stopped part-way"):
+        qp.quantize(model, "int8-dynamic")
