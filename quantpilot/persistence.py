@@ -25,6 +25,15 @@ from .api import RECIPE_ATTR, _check_model, _static_quantizers, is_frozen, quant
 from .atomic import atomic_directory
 from .deferred import BATCHES_ATTR, CHOICES_ATTR, is_pending
 from .install import install_layers
+from .load_checks import (
+    check_layer_entries,
+    check_map,
+    check_tensor_layout,
+    check_values,
+    read_header,
+    tensor_checksums,
+    verify_checksums,
+)
 from .meta_device import load_weights_file
 from .nn import QuantModule
 from .recipe import FORMAT_VERSION, READABLE_VERSIONS, Recipe
@@ -162,6 +171,8 @@ def _write_files(model: nn.Module, recipe: Recipe, directory: Path) -> None:
         "layers": _layer_map(model),
         # What the recipe's steps chose on the calibration data (AWQ alphas, smoothed layers), for the record.
         "choices": _jsonable(model.__dict__.get(CHOICES_ATTR) or {}),
+        # sha256 of each tensor's bytes: `load` refuses a file whose data changed under an intact header.
+        "checksums": tensor_checksums(model.state_dict()),
     }
     (directory / MAP_FILE).write_text(json.dumps(meta, indent=2))
 
@@ -174,7 +185,13 @@ def _read_map(directory: Path) -> dict[str, Any]:
                 f"{directory} has no {fname}: point quantpilot.load at a directory written by quantpilot.save"
             )
     try:
-        meta = json.loads((directory / MAP_FILE).read_text())
+        meta = json.loads((directory / MAP_FILE).read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{directory / MAP_FILE} is not UTF-8 text; the file is damaged") from None
+    except RecursionError:
+        raise ValueError(
+            f"{directory / MAP_FILE} is nested too deep to be a quantpilot map; the file is damaged"
+        ) from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{directory / MAP_FILE} is not valid JSON ({err}); the file is damaged") from None
     if not isinstance(meta, dict) or meta.get("format") != "quantpilot":
@@ -184,6 +201,7 @@ def _read_map(directory: Path) -> dict[str, Any]:
             f"format_version {meta.get('format_version')!r} is not supported by this quantpilot "
             f"(it reads {list(READABLE_VERSIONS)}); save the model again with this version"
         )
+    check_map(meta, directory / MAP_FILE)
     return meta
 
 
@@ -220,7 +238,11 @@ def load(float_model: nn.Module, directory: str | Path) -> nn.Module:
     _check_model(float_model)
     directory = Path(directory)
     meta = _read_map(directory)
-    recipe = Recipe.from_dict(meta["recipe"])
+    check_layer_entries(float_model, meta["layers"])  # before anything is built from the map's sizes
+    try:
+        recipe = Recipe.from_dict(meta["recipe"])
+    except (TypeError, KeyError, AttributeError) as err:
+        raise ValueError(f"{directory / MAP_FILE} holds a damaged recipe: {err}") from None
     with warnings.catch_warnings():
         # quantize names the weights it leaves float; the saved model was warned about when it was made.
         warnings.filterwarnings("ignore", message=".*keep their weights in float")
@@ -244,6 +266,9 @@ def load(float_model: nn.Module, directory: str | Path) -> nn.Module:
         )
     for _, module in quantized_layers(qmodel):
         module.store_weight_as_integers()  # the integer layout; values come from the file
+    header, data_start = read_header(directory / WEIGHTS_FILE)
+    check_tensor_layout(qmodel, header, directory / WEIGHTS_FILE)  # loading would cast a wrong dtype silently
+    verify_checksums(meta.get("checksums") or {}, header, data_start, directory / WEIGHTS_FILE)
     try:
         with safetensors.safe_open(str(directory / WEIGHTS_FILE), framework="pt") as f:
             for q in _static_quantizers(qmodel):
@@ -264,4 +289,5 @@ def load(float_model: nn.Module, directory: str | Path) -> nn.Module:
             f"the saved tensors do not match this model: missing {sorted(missing)[:5]}, "
             f"unexpected {sorted(unexpected)[:5]}"
         )
+    check_values(qmodel)  # codes, zero points and scales the spec allows, before anything runs
     return qmodel

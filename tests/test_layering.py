@@ -20,7 +20,7 @@ LAYERS = {
     "primitives": 2, "qparams": 2,
     "calibrators": 3, "metrics": 3,
     "nn": 4, "transforms": 4, "distributed": 4,
-    "api": 6, "persistence": 6, "install": 6, "deferred": 6, "functional_points": 6, "meta_device": 6,
+    "api": 6, "persistence": 6, "load_checks": 6, "install": 6, "deferred": 6, "functional_points": 6, "meta_device": 6,
     "algorithms": 7, "analysis": 7, "qat": 7, "summary": 7, "evaluate": 7,
     "export": 8,
     "engines": 9,

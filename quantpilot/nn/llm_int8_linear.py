@@ -32,6 +32,7 @@ from torch import nn
 from ..primitives import choose_qparams, dequantize, min_max, quantize
 from ..spec import PerChannel, PerToken, QuantSpec
 from .integer_linear import int8_matmul
+from .packed_weight import check_saved_sizes
 from .quant_module import QuantModule
 
 __all__ = ["LLMInt8Linear", "WEIGHT_SPEC", "ROW_SPEC"]
@@ -124,6 +125,9 @@ class LLMInt8Linear(QuantModule):
         cfg = entry.get("config") if isinstance(entry, dict) else None
         if not isinstance(cfg, dict) or not {"in_features", "out_features", "bias", "threshold"} <= set(cfg):
             raise ValueError("the saved LLM.int8() layer has no complete config; the quantpilot.json map is damaged")
+        check_saved_sizes(cls.__name__, cfg)
+        if isinstance(cfg["threshold"], bool) or not isinstance(cfg["threshold"], int | float):
+            raise ValueError(f"the saved LLM.int8() layer has threshold={cfg['threshold']!r}; the map is damaged")
         out_features, in_features = int(cfg["out_features"]), int(cfg["in_features"])
         bias = torch.zeros(out_features) if cfg["bias"] else None
         weight = getattr(module, "weight", None)

@@ -21,7 +21,7 @@ from .packing import pack_int4, unpack_int4
 from .quant_module import QuantModule
 from .tensor_quantizer import TensorQuantizer
 
-__all__ = ["weight_only_spec", "PackedWeight", "SCALE_DTYPES", "OUTPUT_DTYPES"]
+__all__ = ["weight_only_spec", "check_saved_sizes", "PackedWeight", "SCALE_DTYPES", "OUTPUT_DTYPES"]
 
 SCALE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 OUTPUT_DTYPES = {"float32": torch.float32, **SCALE_DTYPES}
@@ -40,6 +40,22 @@ def weight_only_spec(bits: int, group_size: int | None, symmetric: bool = False)
         raise ValueError(f"group_size must be None (per output channel) or an integer >= 2, got {group_size!r}")
     granularity = PerChannel(0) if group_size is None else PerGroup(group_size)
     return QuantSpec("uint4" if bits == 4 else "uint8", symmetric=symmetric, granularity=granularity)
+
+
+def check_saved_sizes(layer_type: str, config: dict[str, Any]) -> None:
+    """The sizes a saved layer config declares are positive integers (a damaged map is a `ValueError`).
+
+    Example:
+        >>> check_saved_sizes("Q", {"in_features": -128, "out_features": 4})
+        Traceback (most recent call last):
+        ValueError: the saved Q has in_features=-128; sizes must be positive integers (the map is damaged)
+    """
+    for key in ("in_features", "out_features", "num_embeddings", "embedding_dim"):
+        size = config.get(key, 1)
+        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+            raise ValueError(
+                f"the saved {layer_type} has {key}={size!r}; sizes must be positive integers (the map is damaged)"
+            )
 
 
 class PackedWeight(QuantModule):
@@ -87,6 +103,9 @@ class PackedWeight(QuantModule):
     def _from_entry(cls, entry: dict[str, Any], build: Any) -> Any:
         """`build(config, spec, scale_dtype)` on a saved map entry; a missing or bad field is a damaged map."""
         config = entry.get("config") or {}
+        if not isinstance(config, dict):
+            raise ValueError(f"the saved config of a {cls.__name__} is not a mapping; the map file is damaged")
+        check_saved_sizes(cls.__name__, config)
         try:
             return build(config, QuantSpec.from_dict(entry["weights"]), SCALE_DTYPES[config["scale_dtype"]])
         except (KeyError, TypeError) as err:
