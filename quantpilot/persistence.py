@@ -266,6 +266,13 @@ def load(float_model: nn.Module, directory: str | Path) -> nn.Module:
         )
     for _, module in quantized_layers(qmodel):
         module.store_weight_as_integers()  # the integer layout; values come from the file
+    _fill_from_file(qmodel, directory, meta)
+    check_values(qmodel)  # codes, zero points and scales the spec allows, before anything runs
+    return qmodel
+
+
+def _fill_from_file(qmodel: nn.Module, directory: Path, meta: dict[str, Any]) -> None:
+    """Fill the empty quantized layout from the safetensors file, after checking its header and checksums."""
     header, data_start = read_header(directory / WEIGHTS_FILE)
     check_tensor_layout(qmodel, header, directory / WEIGHTS_FILE)  # loading would cast a wrong dtype silently
     verify_checksums(meta.get("checksums") or {}, header, data_start, directory / WEIGHTS_FILE)
@@ -289,5 +296,3 @@ def load(float_model: nn.Module, directory: str | Path) -> nn.Module:
             f"the saved tensors do not match this model: missing {sorted(missing)[:5]}, "
             f"unexpected {sorted(unexpected)[:5]}"
         )
-    check_values(qmodel)  # codes, zero points and scales the spec allows, before anything runs
-    return qmodel
