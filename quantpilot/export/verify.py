@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,7 +130,8 @@ def compare_with_onnxruntime(qmodel: nn.Module, path: str | Path, inputs: Any) -
     Args:
         qmodel: the frozen model that was exported (not modified).
         path: the ONNX file `export_onnx` wrote for it.
-        inputs: a batch in the form used for export (tensor, tuple or dict of named tensors).
+        inputs: a batch in the form used for export (tensor, tuple, or a mapping of named tensors such
+            as a tokenizer's `BatchEncoding`).
 
     Returns:
         An `AgreementReport`.
@@ -141,7 +143,9 @@ def compare_with_onnxruntime(qmodel: nn.Module, path: str | Path, inputs: Any) -
         >>> compare_with_onnxruntime.__name__
         'compare_with_onnxruntime'
     """
-    if isinstance(inputs, dict):
+    if isinstance(inputs, Mapping):
+        # Any mapping (a tokenizer's `BatchEncoding` is a `UserDict`, not a dict): a dict of tensors.
+        inputs = {str(k): torch.as_tensor(v) for k, v in inputs.items()}
         tensors = dict(inputs)
     elif isinstance(inputs, torch.Tensor):
         tensors = {"input_0": inputs}
