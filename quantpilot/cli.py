@@ -26,7 +26,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import shutil
 import sys
@@ -37,6 +36,7 @@ import torch
 import yaml
 
 from . import api
+from .cli_inputs import _check_data_kind, _images, _is_tokenizer, _load, _model_kind, _sentences
 from .evaluate import size_on_disk
 from .recipe import Recipe
 from .summary import summary
@@ -85,170 +85,6 @@ def _recipe(value: str) -> Recipe:
         return Recipe.from_dict(data)
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise ValueError(f"recipe file {path}: {err}") from None
-
-
-def _is_tokenizer(prep) -> bool:
-    return hasattr(prep, "tokenize") and hasattr(prep, "pad_token")
-
-
-_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-_TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model", "tokenizer.model",
-    "sentencepiece.bpe.model",
-)  # fmt: skip
-_BUNDLED_KINDS = {"minilm": "text", "efficientnet-lite0": "image"}
-
-
-def _folder_kind(folder: Path) -> str:
-    """The input kind of a local Hugging Face model folder: "text" (a tokenizer) or "image" (an image processor).
-
-    Checked before anything is loaded: the folder exists and has config.json, weights and one input kind.
-    """
-    if not folder.exists():
-        raise ValueError(f"--model {folder}: no such folder")
-    if not folder.is_dir():
-        raise ValueError(f"--model {folder} is a file; pass a Hugging Face model folder or a bundled model name")
-    if not (folder / "config.json").is_file():
-        raise ValueError(f"--model {folder} has no config.json: it is not a Hugging Face model folder")
-    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
-        raise ValueError(f"--model {folder} has config.json but no weights (no *.safetensors or *.bin file)")
-    text = any((folder / name).is_file() for name in _TOKENIZER_FILES)
-    image = False
-    for name in ("preprocessor_config.json", "image_processor_config.json"):
-        try:
-            config = json.loads((folder / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        image = image or (isinstance(config, dict) and any("image" in str(key) for key in config))
-    if text and image:
-        raise ValueError(
-            f"--model {folder} has both a tokenizer and an image processor; "
-            "quantpilot quantize handles text-only or image-only models"
-        )
-    if not text and not image:
-        raise ValueError(
-            f"--model {folder} has neither a tokenizer ({', '.join(_TOKENIZER_FILES[:2])}) nor an image processor "
-            "(preprocessor_config.json), so there is no way to prepare calibration data for it"
-        )
-    return "text" if text else "image"
-
-
-def _model_kind(name: str) -> str | None:
-    """The model's input kind when it can be told without loading it (None: tell from what `load` returns)."""
-    from .models import available
-
-    if name in available():
-        return _BUNDLED_KINDS.get(name)
-    path = Path(name).expanduser()
-    if path.exists() or any(sep in name for sep in ("/", "\\")) or name.startswith((".", "~")):
-        return _folder_kind(path)
-    raise ValueError(
-        f"unknown model {name!r}: use one of {', '.join(available())}, "
-        "or the path of a local folder holding a Hugging Face model (with config.json)"
-    )
-
-
-def _load_image_folder(folder: Path) -> tuple[torch.nn.Module, Any]:
-    """An image model from a local Hugging Face folder and a PIL image -> (1, 3, H, W) function."""
-    import transformers
-
-    config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
-    heads = [a for a in (getattr(config, "architectures", None) or []) if a.endswith("ForImageClassification")]
-    auto = transformers.AutoModelForImageClassification if heads else transformers.AutoModel
-    model = auto.from_pretrained(folder, local_files_only=True)
-    processor = transformers.AutoImageProcessor.from_pretrained(folder, local_files_only=True)
-    return model.eval(), lambda image: processor(images=image, return_tensors="pt")["pixel_values"]
-
-
-def _load(name: str, kind: str | None) -> tuple[torch.nn.Module, Any]:
-    from .models import available
-    from .models import load as load_model
-
-    try:
-        if kind == "image" and name not in available():
-            return _load_image_folder(Path(name).expanduser())
-        return load_model(Path(name).expanduser() if name not in available() else name)
-    except (OSError, RuntimeError, KeyError) as err:  # damaged or mismatched files in the user's folder
-        raise ValueError(f"cannot load model {name}: {err}") from None
-
-
-def _testbed(module: str, instead: str):
-    """A module of the repository's testbed, which brings the default calibration data."""
-    try:
-        return importlib.import_module(f"quantpilot_testbed.{module}")
-    except ModuleNotFoundError as err:
-        raise ValueError(
-            f"no calibration data: pass --data {instead}, or install the repository's testbed (pip install -e testbed)"
-        ) from err
-
-
-def _split(items: list, calib_size: int, data: Path, what: str) -> tuple[list, list]:
-    if len(items) <= calib_size:
-        raise ValueError(
-            f"--data {data} holds {len(items)} {what}: need more than --calib-size {calib_size}, the rest being "
-            f"held out to check the quantized model (use --calib-size {max(len(items) - 1, 1)} or less, or more data)"
-        )
-    return items[:calib_size], items[calib_size:]
-
-
-def _enough(available: int, calib_size: int, what: str) -> None:
-    if calib_size > available:
-        raise ValueError(
-            f"--calib-size {calib_size} is more than the testbed's {available} calibration {what}: "
-            f"use --calib-size {available} or less, or pass --data"
-        )
-
-
-def _check_data_kind(data: str | None, kind: str, model: str) -> None:
-    """Refuse a data path of the wrong kind for the model before anything heavy runs."""
-    if data is None:
-        return
-    path = Path(data)
-    if not path.exists():
-        raise ValueError(f"--data {path} does not exist")
-    if kind == "text":
-        if path.is_dir():
-            raise ValueError(
-                f"--data {path} is a folder, but {model} is a text model (it has a tokenizer): "
-                "pass a text file with one sentence per line"
-            )
-        if path.suffix.lower() in _IMAGE_SUFFIXES:
-            raise ValueError(
-                f"--data {path} is an image, but {model} is a text model (it has a tokenizer): "
-                "pass a text file with one sentence per line"
-            )
-    elif not path.is_dir():
-        raise ValueError(
-            f"--data {path} is a file, but {model} is an image model (it takes images): pass a folder of images"
-        )
-
-
-def _sentences(args: argparse.Namespace) -> tuple[list[str], list[str]]:
-    """Calibration and held-out sentences: from `--data` (one per line) or the testbed's bundled ones."""
-    if args.data is None:
-        datasets = _testbed("datasets", "FILE (one sentence per line)")
-        calibration = datasets.sentences("calibration")
-        _enough(len(calibration), args.calib_size, "sentences")
-        return calibration[: args.calib_size], datasets.sentences("eval")
-    path = Path(args.data)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"--data {path} is not UTF-8 text; a text model needs one sentence per line") from None
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return _split(lines, args.calib_size, path, "sentences")
-
-
-def _images(args: argparse.Namespace) -> tuple[list[Path], list[Path]]:
-    """Calibration and held-out image paths: from the `--data` folder or the testbed's ImageNet samples."""
-    if args.data is None:
-        samples = _testbed("imagenet_samples", "DIR (a folder of images)")
-        calib_set, eval_set = samples.split_calibration(*samples.load_samples())
-        _enough(len(calib_set.paths), args.calib_size, "images")
-        return list(calib_set.paths)[: args.calib_size], list(eval_set.paths)
-    folder = Path(args.data)
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
-    return _split(paths, args.calib_size, folder, f"images ({', '.join(sorted(_IMAGE_SUFFIXES))})")
 
 
 def _check_out(out: Path) -> None:
