@@ -322,6 +322,10 @@ class WeightOnlyEmbedding(PackedWeight):
         if indices.dtype not in (torch.int32, torch.int64):
             raise TypeError(f"an embedding looks up integer token ids, got {indices.dtype}")
         flat = indices.reshape(-1)
+        if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.num_embeddings):
+            # nn.Embedding raises here; Python indexing would wrap -1 around to the last row silently.
+            low, high = int(flat.min()), int(flat.max())
+            raise IndexError(f"token ids must lie in 0..{self.num_embeddings - 1}, got {low}..{high}")
         rows = self._dequantize_rows(
             self.weight_packed[flat], self.weight_scale[flat], self.weight_zero_point[flat], self.float_dtype
         )

@@ -16,6 +16,8 @@ Example:
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -24,6 +26,9 @@ from ..primitives import choose_qparams, fake_quantize, min_max
 from ..spec import QuantSpec
 
 __all__ = ["CalibratorConfig", "TensorQuantizer"]
+
+# Scales at or below this mean the calibrated range collapsed to (almost) a point: nothing passes.
+_EMPTY_RANGE_SCALE = 1e-6
 
 
 class TensorQuantizer(nn.Module):
@@ -99,6 +104,15 @@ class TensorQuantizer(nn.Module):
                 "inside `with quantpilot.calibrate(model):` before `quantpilot.freeze(model)`"
             )
         scale, zero_point = self.calibrator.qparams()
+        if not self.spec.dtype.is_float and float(scale.max()) <= _EMPTY_RANGE_SCALE:
+            # An input that was all zeros (or one constant) in calibration gets an empty range: at inference it
+            # would pass (almost) nothing, so say so instead of freezing it silently.
+            warnings.warn(
+                f"'{self.qualname or 'quantizer'}' saw only zeros (or one constant value) during calibration: its "
+                "range is empty and it will pass almost nothing at inference; calibrate on representative data or "
+                "skip that layer in the recipe",
+                stacklevel=5,  # the caller of quantpilot.freeze (through the layer's freeze)
+            )
         self.scale, self.zero_point = scale, zero_point
         self.calibrator = None
 
