@@ -22,6 +22,7 @@ from typing import Any
 from torch import nn
 
 from .batches import call_model
+from .distributed import is_distributed
 from .steps import StepContext
 from .surgery import observe
 
@@ -138,6 +139,12 @@ def run_deferred_steps(model: nn.Module, recipe: Any) -> nn.Module:
 
     # Checked before anything changes: a missing calibration pass leaves the model as it was.
     hungry = [step.name for step in recipe.steps if step.needs_data]
+    if hungry and is_distributed():
+        # Each rank would fit GPTQ/AWQ/SmoothQuant to its own shard and build a different model.
+        raise ValueError(
+            f"the recipe's steps {hungry} fit the model to one process's calibration data: under torchrun each "
+            "rank would build a different model; run them in one process (e.g. rank 0) and load the saved result"
+        )
     if hungry and not model.__dict__[BATCHES_ATTR]:
         raise ValueError(
             f"the recipe's steps {hungry} run on calibration data: call the model on batches inside "

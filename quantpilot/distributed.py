@@ -88,6 +88,20 @@ def merge_calibration_across_ranks(quantizers: Sequence[TensorQuantizer]) -> Non
             q.calibrator = merged
 
 
+def any_rank_failed(failed_here: bool) -> bool:
+    """All ranks' verdict: True if any rank passes `failed_here=True` (a collective call; no-op in one process).
+
+    Example:
+        >>> any_rank_failed(False)
+        False
+    """
+    if not is_distributed():
+        return False
+    flag = torch.tensor([1 if failed_here else 0], dtype=torch.int32)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item()) and not failed_here
+
+
 @contextlib.contextmanager
 def merged_across_ranks(quantizers: Sequence[TensorQuantizer]) -> Iterator[None]:
     """Collect into fresh calibrators inside the block, then fold every rank's into the earlier ones.
@@ -114,12 +128,15 @@ def merged_across_ranks(quantizers: Sequence[TensorQuantizer]) -> Iterator[None]
     earlier = {id(q): q.calibrator for q in quantizers}
     for q in quantizers:
         q.calibrator = None  # start_collecting builds a fresh one for this block
-    clean_exit = False
+    clean_exit = failed_elsewhere = False
     try:
         yield
         clean_exit = True
     finally:
-        if clean_exit:
+        # Every rank reaches this once per block, failed or not: a rank that raised inside the block
+        # tells the others here, instead of leaving them waiting in the merge until torch's timeout.
+        failed_elsewhere = any_rank_failed(not clean_exit)
+        if clean_exit and not failed_elsewhere:
             merge_calibration_across_ranks(quantizers)
         for q in quantizers:
             before = earlier[id(q)]
@@ -127,3 +144,8 @@ def merged_across_ranks(quantizers: Sequence[TensorQuantizer]) -> Iterator[None]
                 q.calibrator = before.merge(q.calibrator)
             elif before is not None:
                 q.calibrator = before
+    if failed_elsewhere:
+        raise ValueError(
+            "calibration failed on another rank (its own error is in that rank's output); every rank stops here "
+            "instead of waiting for it: fix that rank's data or model and run again"
+        )
