@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import operator
+import warnings
 from fnmatch import fnmatch
 
 import torch
@@ -47,6 +48,27 @@ __all__ = ["install_matmul_points", "install_add_points", "functional_points"]
 _ADD_TARGETS = (operator.add, operator.iadd, torch.add)
 
 
+def _warn_unreached_attention(model: nn.Module, reached: set[str]) -> None:
+    """Name attention modules whose matmuls `ops=("matmul",)` cannot reach (their own code, not the interface)."""
+    candidates = {
+        name: type(m).__name__
+        for name, m in model.named_modules()
+        if type(m).__name__.endswith(("Attention", "SelfAttention", "Attention2"))
+        and name not in reached
+        and not any(name.startswith(f"{r}.") or r.startswith(f"{name}.") for r in reached)
+    }
+    # The innermost module only: a wrapper (DebertaV2Attention) around the one computing (DisentangledSelfAttention).
+    unreached = [f"{n} ({t})" for n, t in candidates.items() if not any(c.startswith(f"{n}.") for c in candidates)]
+    if unreached:
+        more = f" and {len(unreached) - 3} more" if len(unreached) > 3 else ""
+        warnings.warn(
+            f'ops=("matmul",) quantizes attention written against transformers\' AttentionInterface; '
+            f"{type(model).__name__}'s {', '.join(unreached[:3])}{more} compute their matmuls in their own code, "
+            "so those stay float: the Linear layers are still quantized",
+            stacklevel=5,  # quantize's caller
+        )
+
+
 def install_matmul_points(model: nn.Module, recipe: Recipe) -> list[str]:
     """Give every attention module of a transformers model its matmul quantizers (in place).
 
@@ -59,6 +81,7 @@ def install_matmul_points(model: nn.Module, recipe: Recipe) -> list[str]:
         []
     """
     attention = [(name, m) for name, m in model.named_modules() if is_attention_module(m)]
+    _warn_unreached_attention(model, {name for name, _ in attention})
     if not attention:
         # Like a module type the model does not have: nothing to quantize (a CNN has no attention).
         return []

@@ -17,7 +17,11 @@ CONFIGS = {
     ),
     "gpt2": lambda: transformers.GPT2Config(vocab_size=90, n_embd=32, n_layer=2, n_head=4),
     "llama": lambda: transformers.LlamaConfig(
-        vocab_size=90, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=90,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
         intermediate_size=48,
     ),
 }
@@ -34,8 +38,12 @@ def _batch(seed: int = 0) -> dict[str, torch.Tensor]:
 def test_matmul_points_on_every_attention_module(family):
     torch.manual_seed(0)
     model = transformers.AutoModel.from_config(CONFIGS[family]()).eval()
-    recipe = qp.Recipe(weights=None, activations=qp.QuantSpec("int8", symmetric=False), ops=("matmul",),
-                       module_types=("Linear", "Conv1D"))
+    recipe = qp.Recipe(
+        weights=None,
+        activations=qp.QuantSpec("int8", symmetric=False),
+        ops=("matmul",),
+        module_types=("Linear", "Conv1D"),
+    )
     qmodel = qp.quantize(model, recipe)
     points = functional_points(qmodel)
     assert len(points) == 2 and all(p.endswith(":matmul") for p in points)
@@ -155,3 +163,17 @@ def test_recipe_ops_are_validated_and_serialised():
     recipe = qp.Recipe.preset("int8-tensorrt")
     assert qp.Recipe.from_dict(recipe.to_dict()) == recipe
     assert recipe.ops == ("matmul", "add") and recipe.activations.symmetric
+
+
+def test_matmul_points_name_the_attention_they_cannot_reach():
+    import transformers
+
+    cfg = transformers.DebertaV2Config(
+        vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    )
+    model = transformers.DebertaV2Model(cfg).eval()
+    with pytest.warns(
+        UserWarning, match=r"DebertaV2Model's encoder.layer.0.attention.self \(DisentangledSelfAttention\)"
+    ):
+        qmodel = qp.quantize(model, qp.Recipe(ops=("matmul",)))
+    assert type(qmodel.encoder.layer[0].attention.self.query_proj).__name__ == "QuantLinear"
