@@ -129,10 +129,16 @@ def install_add_points(model: nn.Module, recipe: Recipe) -> fx.GraphModule:
     try:
         traced = fx.symbolic_trace(model)
     except Exception as err:  # noqa: BLE001 (fx raises many types; all mean "not traceable")
+        has_attention = any(type(m).__name__.endswith("Attention") or is_attention_module(m) for m in model.modules())
+        # The advice fits the model: attention models have matmul points instead; a CNN keeps its int8 convolutions.
+        advice = (
+            "use ops=('matmul',) for its attention instead"
+            if has_attention
+            else "its Conv/Linear layers are still quantized without it (the residual additions stay float)"
+        )
         raise ValueError(
             f"residual-add quantization traces the model with torch.fx, which failed on {type(model).__name__} "
-            f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); remove 'add' from the recipe's ops "
-            "(transformers models: use ops=('matmul',))"
+            f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); remove 'add' from the recipe's ops: {advice}"
         ) from None
     counts: dict[str, int] = {}
     for node in list(traced.graph.nodes):

@@ -177,3 +177,23 @@ def test_matmul_points_name_the_attention_they_cannot_reach():
     ):
         qmodel = qp.quantize(model, qp.Recipe(ops=("matmul",)))
     assert type(qmodel.encoder.layer[0].attention.self.query_proj).__name__ == "QuantLinear"
+
+
+@pytest.mark.parametrize(
+    "kind,advice",
+    [("cnn", "its Conv/Linear layers are still quantized"), ("bert", "use ops=\\('matmul',\\)")],
+    ids=["transformers-resnet", "bert"],
+)
+def test_add_points_on_an_untraceable_model_give_advice_that_fits_it(kind, advice):
+    import transformers
+
+    if kind == "cnn":
+        cfg = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=3)
+        model = transformers.ResNetForImageClassification(cfg).eval()
+    else:
+        cfg = transformers.BertConfig(
+            vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+        )
+        model = transformers.BertModel(cfg).eval()
+    with pytest.raises(ValueError, match=f"torch.fx, which failed on .*; remove 'add' from the recipe's ops: {advice}"):
+        qp.quantize(model, qp.Recipe(ops=("add",)))
