@@ -178,7 +178,7 @@ def export_onnx(
     path = check_new(path)  # an existing file or a symbolic link (even dangling) is refused before the trace
     names, tensors = _inputs(example_inputs)
     input_names = names or [f"input_{i}" for i in range(len(tensors))]
-    dynamic = _dynamic_axes(tensors)
+    dynamic = _dynamic_axes(tensors, input_names)
     program = _export_program(qmodel, names, tensors, opset, input_names, dynamic)
     if target == "tensorrt":
         problems = tensorrt_violations(program.model_proto)
@@ -207,13 +207,21 @@ def _check_args(qmodel: nn.Module, target: str, opset: int) -> None:
     _validate(qmodel, target)  # a float model (no quantized layer) exports as plain ONNX
 
 
-def _dynamic_axes(tensors: tuple[torch.Tensor, ...]) -> tuple[dict, ...]:
-    """Dynamic batch axis for every input; also the sequence axis of 2-D integer inputs (token ids)."""
-    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    return tuple(
-        {0: batch, 1: seq} if t.dim() == 2 and not t.is_floating_point() else ({0: batch} if t.dim() else {})
-        for t in tensors
-    )
+def _dynamic_axes(tensors: tuple[torch.Tensor, ...], input_names: list[str]) -> tuple[dict, ...]:
+    """Dynamic batch axis for every input; also the sequence axis of 2-D integer inputs (token ids).
+
+    An encoder-decoder (BART, T5) has two sequence lengths: `decoder_*` inputs share their own axis,
+    so the exported graph accepts a decoder length other than the encoder's.
+    """
+    batch = torch.export.Dim("batch")
+    sequences = {"": torch.export.Dim("sequence"), "decoder_": torch.export.Dim("decoder_sequence")}
+    axes = []
+    for name, t in zip(input_names, tensors, strict=True):
+        if t.dim() == 2 and not t.is_floating_point():
+            axes.append({0: batch, 1: sequences["decoder_" if name.startswith("decoder_") else ""]})
+        else:
+            axes.append({0: batch} if t.dim() else {})
+    return tuple(axes)
 
 
 def _export_program(

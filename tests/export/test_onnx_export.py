@@ -245,3 +245,26 @@ def test_quantize_dequantize_moves_above_zero_pads_and_still_agrees(tmp_path):
     report = compare_with_onnxruntime(qmodel, path, torch.randn(3, 3, 8, 8))
     assert report.points == 1 and report.max_code_difference == 0
     assert report.max_output_error < 1e-5
+
+
+def test_encoder_decoder_export_takes_its_own_decoder_length(tmp_path):
+    import onnxruntime as ort
+
+    cfg = transformers.BartConfig(
+        vocab_size=100, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=64,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    qmodel = qp.quantize(transformers.BartModel(cfg).eval(), "int8-static")
+    enc, dec = torch.randint(3, 100, (2, 12)), torch.randint(3, 100, (2, 7))
+    with qp.calibrate(qmodel):
+        qmodel(input_ids=enc, decoder_input_ids=dec)
+    qp.freeze(qmodel)
+    path = qp.export_onnx(qmodel, {"input_ids": enc, "decoder_input_ids": dec}, tmp_path / "bart.onnx")
+    # A second shape, the decoder shorter than the encoder and both unlike the export's.
+    enc2, dec2 = torch.randint(3, 100, (3, 9)), torch.randint(3, 100, (3, 5))
+    onnx_out = ort.InferenceSession(str(path)).run(None, {"input_ids": enc2.numpy(), "decoder_input_ids": dec2.numpy()})
+    with torch.no_grad():
+        torch_out = qmodel(input_ids=enc2, decoder_input_ids=dec2).last_hidden_state
+    assert onnx_out[0].shape == (3, 5, 32)
+    assert float((torch.from_numpy(onnx_out[0]) - torch_out).abs().max()) < 0.1 * float(torch_out.abs().max())
