@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ..api import freeze, is_frozen, quantized_layers
+from ..atomic import atomic_path
 from ..batches import call_model, eval_mode
 from ..nn import QuantModule, TensorQuantizer
 from ..surgery import observe
@@ -97,16 +98,13 @@ class LayerErrorReport:
             >>> p.read_text().splitlines()[1]
             'a,QuantLinear,1.0,2.0,3.0'
         """
-        path = Path(path)
-        if path.exists():
-            raise ValueError(f"{path} already exists; choose a new file name (quantpilot never overwrites files)")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as f:
+        # Written under a hidden temporary name and renamed: the file appears whole or not at all.
+        with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=[fl.name for fl in fields(LayerError)])
             writer.writeheader()
             for row in self.rows:
                 writer.writerow(asdict(row))
-        return path
+        return Path(path)
 
     def __str__(self) -> str:
         lines = [f"{'layer':<48} {'type':<14} {'weight dB':>9} {'act dB':>8} {'output dB':>9}"]

@@ -35,6 +35,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..api import _show_progress, quantized_layers
+from ..atomic import atomic_path
 from ..functional_points import functional_points
 from ..recipe import Recipe
 from .layer_errors import layer_errors
@@ -100,13 +101,12 @@ class SensitivityReport:
             >>> r.to_csv(pathlib.Path(tempfile.mkdtemp()) / "s.csv").read_text().splitlines()[1]
             '1,a,0.9,0.05'
         """
-        path = _new_file(path)
-        with path.open("w", newline="") as f:
+        with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["rank", "layer", "metric", "harm"])
             for rank, row in enumerate(self.rows, 1):
                 writer.writerow([rank, row.name, row.metric, row.harm])
-        return path
+        return Path(path)
 
     def plot(self, path: str | Path, top: int = 30, title: str | None = None) -> Path:
         """Save a horizontal bar chart of the `top` most harmful layers as PNG (never overwrites).
@@ -122,7 +122,6 @@ class SensitivityReport:
         matplotlib.use("Agg")  # files only; never needs a display
         import matplotlib.pyplot as plt
 
-        path = _new_file(path)
         rows = self.rows[: max(1, int(top))][::-1]
         fig, ax = plt.subplots(figsize=(8, 0.28 * len(rows) + 1.5))
         ax.barh([r.name for r in rows], [r.harm for r in rows], color="tab:red")
@@ -136,17 +135,12 @@ class SensitivityReport:
         ax.set_title(title or f"sensitivity ({self.mode}); {metrics}")
         ax.tick_params(axis="y", labelsize=7)
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return path
-
-
-def _new_file(path: str | Path) -> Path:
-    path = Path(path)
-    if path.exists():
-        raise ValueError(f"{path} already exists; choose a new file name (quantpilot never overwrites files)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
+        try:
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp, dpi=110, format="png")  # the temporary name has no .png suffix to go by
+        finally:
+            plt.close(fig)
+        return Path(path)
 
 
 def check_metric(value: Any, what: str) -> float:
