@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo demo-core test lint bench bench-core bench-torch-int8 bench-llm bench-llm-outliers bench-selective bench-qat bench-memory clean
+.PHONY: demo demo-core test lint bench bench-core bench-torch-int8 bench-llm bench-llm-outliers bench-selective bench-qat bench-memory clean zoo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -69,3 +69,7 @@ clean:
 bench-llm: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/bench_llm.py
 	@if [ -f benchmarks/bench_llm_outliers.py ]; then $(BIN)/python benchmarks/bench_llm_outliers.py; fi
+
+# The architecture zoo: ~26 tiny transformers families x every preset, save/load, ONNX, RTN+generate; prints the matrix.
+zoo: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/zoo.py

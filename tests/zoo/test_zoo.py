@@ -1,0 +1,33 @@
+"""A fast slice of the architecture zoo (the full matrix is `make zoo`, benchmarks/zoo.py).
+
+One decoder, one encoder, one encoder-decoder and one vision model, each through int8-static with
+save/load bit-exactness, w8a16, and (decoders) RTN W4 g64 followed by generate(): no cell may crash,
+come back wrong, or change the user's float model.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from quantpilot_testbed.zoo import FAMILIES, run_family
+
+FAST = ("llama", "bert", "bart", "vit")
+OPERATIONS = ("int8-static", "save/load", "w8a16", "rtn+generate")
+
+
+@pytest.mark.parametrize("family", FAST, ids=FAST)
+def test_zoo_family_has_no_crash(family):
+    fam = FAMILIES[family]
+    if fam.skip:
+        pytest.skip(fam.skip)
+    cells = run_family(fam, OPERATIONS)
+    bad = {op: cell.line() for op, cell in cells.items() if cell.status in ("CRASH", "WRONG", "refused")}
+    assert not bad, bad
+    assert cells["save/load"].detail == "bit-exact"
+    if fam.kind == "decoder":
+        assert cells["rtn+generate"].status in ("ok", "warned")
+
+
+def test_every_family_is_built_or_skipped_with_a_reason():
+    for name, fam in FAMILIES.items():
+        assert (fam.make is None) == bool(fam.skip), name
