@@ -47,7 +47,7 @@ def _quiet() -> None:
 
 def _matrix(results: dict[str, dict], columns: list[str]) -> str:
     width = max(len(name) for name in results) + 2
-    cols = [max(len(c), 9) + 1 for c in columns]
+    cols = [max(len(c), 12) + 1 for c in columns]
     lines = ["".ljust(width) + "".join(c.ljust(w) for c, w in zip(columns, cols, strict=True))]
     for family, cells in results.items():
         lines.append(
