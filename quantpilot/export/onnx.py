@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -262,16 +263,36 @@ def _call(model: nn.Module, names: list[str] | None, tensors: tuple[torch.Tensor
     return model(**dict(zip(names, tensors, strict=True))) if names else model(*tensors)
 
 
+def _export_refusal(wrapper: nn.Module, err: Exception) -> str:
+    """One line saying which op has no ONNX form, naming mixture-of-experts modules (their grouped matmul has none)."""
+    cause, text = err, ""
+    while cause is not None and not text:
+        text = next((line.strip() for line in str(cause).splitlines() if "No ONNX function" in line), "")
+        cause = cause.__cause__ or cause.__context__
+    text = text or str(err).strip().splitlines()[0][:200]
+    text = re.sub(r"^<class '[\w.]+'>: ", "", text).split(". Failure message")[0]
+    model = getattr(wrapper, "model", wrapper)
+    experts = sorted({type(m).__name__ for m in model.modules() if type(m).__name__.endswith("Experts")})
+    hint = f"its mixture-of-experts modules ({', '.join(experts)}) have no ONNX form here; " if experts else ""
+    return (
+        f"torch.onnx cannot export {type(model).__name__}: {hint}{text}; export the model's dense layers "
+        "only, or run it in PyTorch (quantpilot.engines.compile(..., engine='torch'))"
+    )
+
+
 def _trace(wrapper, tensors, opset, input_names, output_names, dynamic):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # exporter chatter about optional packages (torchvision)
-        return torch.onnx.export(
-            wrapper,
-            tensors,
-            dynamo=True,
-            opset_version=opset,
-            input_names=input_names,
-            output_names=output_names,
-            dynamic_shapes=(dynamic,),  # forward(*tensors): one varargs entry
-            verbose=False,
-        )
+        try:
+            return torch.onnx.export(
+                wrapper,
+                tensors,
+                dynamo=True,
+                opset_version=opset,
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_shapes=(dynamic,),  # forward(*tensors): one varargs entry
+                verbose=False,
+            )
+        except Exception as err:  # noqa: BLE001 (the exporter raises many types; each means "no ONNX form")
+            raise ValueError(_export_refusal(wrapper, err)) from None

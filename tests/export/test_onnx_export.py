@@ -268,3 +268,18 @@ def test_encoder_decoder_export_takes_its_own_decoder_length(tmp_path):
         torch_out = qmodel(input_ids=enc2, decoder_input_ids=dec2).last_hidden_state
     assert onnx_out[0].shape == (3, 5, 32)
     assert float((torch.from_numpy(onnx_out[0]) - torch_out).abs().max()) < 0.1 * float(torch_out.abs().max())
+
+
+def test_a_mixture_of_experts_model_is_refused_in_one_line_naming_its_experts(tmp_path):
+    from quantpilot_testbed.zoo import FAMILIES
+
+    family = FAMILIES["mixtral"]
+    with pytest.warns(UserWarning, match="MixtralExperts"):  # the experts stay float, and quantize says so
+        qmodel = qp.quantize(family.build(), "int8-static")
+    with qp.calibrate(qmodel):
+        qmodel(**family.inputs(0))
+    qp.freeze(qmodel)
+    expected = r"cannot export MixtralForCausalLM: its mixture-of-experts modules \(MixtralExperts\)"
+    with pytest.raises(ValueError, match=expected):
+        qp.export_onnx(qmodel, family.inputs(0), tmp_path / "mixtral.onnx")
+    assert not list(tmp_path.iterdir())  # nothing half-written
