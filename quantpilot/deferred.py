@@ -150,6 +150,11 @@ def run_deferred_steps(model: nn.Module, recipe: Any) -> nn.Module:
             f"the recipe's steps {hungry} run on calibration data: call the model on batches inside "
             "`with quantpilot.calibrate(model):` before quantpilot.freeze"
         )
+    if not model.__dict__[BATCHES_ATTR] and recipe.activations is not None and not recipe.dynamic:
+        raise ValueError(
+            "the recipe calibrates activation ranges: call the model on batches inside "
+            "`with quantpilot.calibrate(model):` before quantpilot.freeze"
+        )
     try:
         return _run_steps(model, recipe)
     except BaseException as err:
