@@ -82,25 +82,12 @@ def _model_kind(name: str) -> str | None:
     )
 
 
-def _load_image_folder(folder: Path) -> tuple[torch.nn.Module, Any]:
-    """An image model from a local Hugging Face folder and a PIL image -> (1, 3, H, W) function."""
-    import transformers
-
-    config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
-    heads = [a for a in (getattr(config, "architectures", None) or []) if a.endswith("ForImageClassification")]
-    auto = transformers.AutoModelForImageClassification if heads else transformers.AutoModel
-    model = auto.from_pretrained(folder, local_files_only=True)
-    processor = transformers.AutoImageProcessor.from_pretrained(folder, local_files_only=True)
-    return model.eval(), lambda image: processor(images=image, return_tensors="pt")["pixel_values"]
-
-
 def _load(name: str, kind: str | None) -> tuple[torch.nn.Module, Any]:
     from .models import available
     from .models import load as load_model
 
     try:
-        if kind == "image" and name not in available():
-            return _load_image_folder(Path(name).expanduser())
+        # qp.models.load tells a text folder (tokenizer) from an image folder (image processor) itself.
         return load_model(Path(name).expanduser() if name not in available() else name)
     except (OSError, RuntimeError, KeyError) as err:  # damaged or mismatched files in the user's folder
         raise ValueError(f"cannot load model {name}: {err}") from None

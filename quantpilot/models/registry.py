@@ -74,7 +74,7 @@ def load(name: str | Path) -> tuple[nn.Module, Any]:
 
     Args:
         name: a registered name (see :func:`available`) or a local folder holding a Hugging Face
-            model (``config.json`` plus weights and tokenizer files).
+            model (``config.json`` plus weights, and tokenizer files or an image processor config).
 
     Returns:
         ``(model, prep)``. ``"minilm"`` and local folders: a ``transformers`` model and its
@@ -106,13 +106,32 @@ def _extra(module: str, needed_by: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as err:
-        raise ModuleNotFoundError(
-            f"{needed_by} needs the {module} package: pip install 'quantpilot[models]'"
-        ) from err
+        raise ModuleNotFoundError(f"{needed_by} needs the {module} package: pip install 'quantpilot[models]'") from err
+
+
+def _is_image_folder(folder: Path) -> bool:
+    """An image model's folder: an image processor config and no tokenizer files."""
+    tokenizer = any(folder.glob("tokenizer*")) or any(folder.glob("vocab.*")) or any(folder.glob("*.model"))
+    return not tokenizer and any(
+        (folder / n).is_file() for n in ("preprocessor_config.json", "image_processor_config.json")
+    )
+
+
+def _load_image_folder(folder: Path) -> tuple[nn.Module, Any]:
+    """An image model from a local folder (its classifier head when it has one) and PIL image -> (1, 3, H, W)."""
+    transformers = _extra("transformers", "a Hugging Face model")
+    config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
+    heads = [a for a in (getattr(config, "architectures", None) or []) if a.endswith("ForImageClassification")]
+    auto = transformers.AutoModelForImageClassification if heads else transformers.AutoModel
+    model = auto.from_pretrained(folder, local_files_only=True)
+    processor = transformers.AutoImageProcessor.from_pretrained(folder, local_files_only=True)
+    return model.eval(), lambda image: processor(images=image, return_tensors="pt")["pixel_values"]
 
 
 def _load_hf_folder(folder: Path) -> tuple[nn.Module, Any]:
-    """AutoModel + AutoTokenizer from a local folder, never touching the network."""
+    """AutoModel + AutoTokenizer (or, for an image model, its image processor) from a local folder, offline."""
+    if _is_image_folder(folder):
+        return _load_image_folder(folder)
     transformers = _extra("transformers", "a Hugging Face model")
     AutoModel, AutoTokenizer = transformers.AutoModel, transformers.AutoTokenizer
 
