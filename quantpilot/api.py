@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from .batches import eval_mode
 from .deferred import FAILED_ATTR, is_pending, mark_failed, mark_pending, recording, run_deferred_steps
-from .distributed import merged_across_ranks
+from .distributed import check_ranks_in_step, merged_across_ranks
 from .install import check_plan, install_layers, plan_layers
 from .nn import QuantModule, TensorQuantizer
 from .nn.registry import warn_unhandled
@@ -257,6 +257,8 @@ def freeze(model: nn.Module) -> nn.Module:
     layers = quantized_layers(model)
     if not layers:
         raise ValueError("this model is not quantized: call quantpilot.quantize(model, recipe) first")
+    if _static_quantizers(model):
+        check_ranks_in_step()  # under torchrun: a rank still calibrating would otherwise wait forever
     missing = uncalibrated_quantizers(model)
     if missing:
         raise ValueError(

@@ -88,8 +88,27 @@ def merge_calibration_across_ranks(quantizers: Sequence[TensorQuantizer]) -> Non
             q.calibrator = merged
 
 
+# Which collective a rank is in: every exchange carries it, so ranks that took different paths (one
+# calibrating a second block while another already freezes) find out instead of pairing the wrong calls.
+_CALIBRATE_BLOCK, _FREEZE = 1, 2
+_OUT_OF_STEP = (
+    "the ranks are out of step: they ran different numbers of quantpilot.calibrate blocks before freeze; "
+    "give every rank the same number of blocks (an empty shard still enters the block)"
+)
+
+
+def _exchange(failed_here: bool, stage: int) -> tuple[bool, bool]:
+    """(any rank failed, the ranks are at different stages), in one all_reduce."""
+    flags = torch.tensor([int(failed_here), stage, -stage], dtype=torch.int32)
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return bool(flags[0]), int(flags[1]) != -int(flags[2])
+
+
 def any_rank_failed(failed_here: bool) -> bool:
-    """All ranks' verdict: True if any rank passes `failed_here=True` (a collective call; no-op in one process).
+    """All ranks' verdict at the end of a calibrate block: True if another rank failed (a collective call).
+
+    Raises:
+        ValueError: the ranks are out of step (another rank is already freezing).
 
     Example:
         >>> any_rank_failed(False)
@@ -97,9 +116,20 @@ def any_rank_failed(failed_here: bool) -> bool:
     """
     if not is_distributed():
         return False
-    flag = torch.tensor([1 if failed_here else 0], dtype=torch.int32)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item()) and not failed_here
+    failed_any, out_of_step = _exchange(failed_here, _CALIBRATE_BLOCK)
+    if out_of_step:
+        raise ValueError(_OUT_OF_STEP)
+    return failed_any and not failed_here
+
+
+def check_ranks_in_step() -> None:
+    """Before freezing calibrated ranges: every rank must arrive here, not one still calibrating (collective).
+
+    Example:
+        >>> check_ranks_in_step()  # one process: nothing to check
+    """
+    if is_distributed() and _exchange(False, _FREEZE)[1]:
+        raise ValueError(_OUT_OF_STEP)
 
 
 @contextlib.contextmanager

@@ -42,7 +42,18 @@ def _worker(rank: int, port: int, out: str) -> None:
         def smoothquant_under_torchrun():
             qp.algorithms.smoothquant(net, [torch.randn(64, 4)], alpha=0.5)
 
-        lines = [_outcome(calibrate_with_a_failing_rank), _outcome(smoothquant_under_torchrun)]
+        def ranks_out_of_step():
+            qmodel = qp.quantize(net, "int8-static")
+            for _ in range(2 if rank == 0 else 1):  # rank 0 calibrates one block more than rank 1
+                with qp.calibrate(qmodel):
+                    qmodel(torch.randn(8, 4))
+            qp.freeze(qmodel)
+
+        lines = [
+            _outcome(calibrate_with_a_failing_rank),
+            _outcome(smoothquant_under_torchrun),
+            _outcome(ranks_out_of_step),
+        ]
         Path(out, f"rank{rank}.txt").write_text("\n".join(lines))
     finally:
         dist.destroy_process_group()
@@ -64,3 +75,4 @@ def test_one_failing_rank_stops_the_others_with_a_clear_error_instead_of_a_hang(
     assert rank0[0].startswith("ValueError: calibration failed on another rank")
     for lines in (rank0, rank1):
         assert "each rank would build a different model" in lines[1]
+        assert lines[2].startswith("ValueError: the ranks are out of step"), lines[2]
