@@ -18,15 +18,23 @@ import copy
 import os
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .batches import eval_mode
-from .deferred import FAILED_ATTR, is_pending, mark_failed, mark_pending, recording, run_deferred_steps
+from .batches import call_model, eval_mode
+from .deferred import (
+    FAILED_ATTR,
+    is_pending,
+    mark_failed,
+    mark_pending,
+    recipe_needs_batches,
+    recording,
+    run_deferred_steps,
+)
 from .distributed import check_ranks_in_step, merged_across_ranks
 from .install import check_plan, install_layers, plan_layers
 from .nn import QuantModule, TensorQuantizer
@@ -43,6 +51,7 @@ __all__ = [
     "unfrozen_parts",
     "uncalibrated_quantizers",
     "needs_calibration",
+    "run_pipeline",
     "RECIPE_ATTR",
 ]
 
@@ -79,20 +88,24 @@ def _static_quantizers(model: nn.Module) -> list[TensorQuantizer]:
     return [m for m in model.modules() if isinstance(m, TensorQuantizer) and m.needs_calibration]
 
 
-def _copy_sharing_weights(model: nn.Module, recipe: Recipe) -> nn.Module:
-    """A deep copy of `model` that shares, instead of copying, the weights the recipe turns into codes.
+def _copy_sharing_weights(model: nn.Module, plan: list) -> nn.Module:
+    """A deep copy of `model` that shares, instead of copying, the weights the planned layers turn into codes.
 
-    Only for callers that freeze at once and whose steps never write those weights (see
-    `quantpilot.algorithms.rtn.run_pipeline`): freezing drops the copy's reference, so the float
-    weights exist once and the peak memory is the model plus its codes, not two models.
+    Only for `run_pipeline`, which freezes at once and whose steps never write those weights: freezing
+    drops the copy's reference, so the float weights exist once and the peak memory is the model plus
+    its codes, not two models.
     """
-    plan, _ = plan_layers(model, recipe)
     memo = {id(module.weight): module.weight for _, module, _, _, _ in plan if isinstance(module.weight, torch.Tensor)}
     return copy.deepcopy(model, memo)
 
 
 def quantize(
-    model: nn.Module, recipe: Recipe | str | None = None, *, inplace: bool = False, _share_weights: bool = False
+    model: nn.Module,
+    recipe: Recipe | str | None = None,
+    *,
+    inplace: bool = False,
+    _share_weights: bool = False,
+    _warn_unhandled: bool = True,
 ) -> nn.Module:
     """Replace every layer the recipe selects by its quantized counterpart.
 
@@ -123,11 +136,12 @@ def quantize(
     if quantized_layers(model) or is_pending(model):
         raise ValueError("this model is already quantized; pass the original float model to quantpilot.quantize")
     # Everything the recipe needs is checked on the model as given, before anything changes (inplace too).
-    check_plan(plan_layers(model, recipe)[0])
+    given_plan = plan_layers(model, recipe)[0]
+    check_plan(given_plan)
     if inplace:
         target = model
     else:
-        target = _copy_sharing_weights(model, recipe) if _share_weights else copy.deepcopy(model)
+        target = _copy_sharing_weights(model, given_plan) if _share_weights else copy.deepcopy(model)
     for step in recipe.steps:
         target = step.prepare(target, recipe)
     if "add" in recipe.ops:
@@ -142,7 +156,8 @@ def quantize(
             f"(skip={list(recipe.skip)}), the model holds {sorted(seen_types)}; "
             "adjust the recipe's module_types or skip patterns"
         )
-    warn_unhandled(target, recipe.skip, stacklevel=2)  # weights nothing quantizes are named, never skipped silently
+    if _warn_unhandled:  # weights nothing quantizes are named, never skipped silently (load already warned once)
+        warn_unhandled(target, recipe.skip, stacklevel=2)
     if any(step.deferred for step in recipe.steps):
         # Steps that act inside freeze (GPTQ, AWQ, SmoothQuant) see the float model and the batches
         # calibrate records; the quantizers go in once they ran.
@@ -287,6 +302,27 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
+def run_pipeline(model: nn.Module, recipe: Recipe, calib_batches: Iterable[Any] = (), *, inplace: bool = False):
+    """`quantize` -> `calibrate` on `calib_batches` -> `freeze`: what every one-shot method wrapper runs.
+
+    Example:
+        >>> import torch, quantpilot as qp
+        >>> q = run_pipeline(torch.nn.Sequential(torch.nn.Linear(4, 4)), qp.Recipe(), [torch.randn(8, 4)])
+        >>> qp.is_frozen(q)
+        True
+    """
+    # Steps that only read the float weights let the copy share them (freeze replaces them at once);
+    # SmoothQuant, AWQ and BatchNorm folding write into them, so those get a full copy.
+    share = not inplace and all(step.reads_weights_only for step in recipe.steps)
+    qmodel = quantize(model, recipe, inplace=inplace, _share_weights=share)
+    batches = list(calib_batches)
+    if batches:
+        with calibrate(qmodel):
+            for batch in batches:
+                call_model(qmodel, batch)
+    return freeze(qmodel)
+
+
 def needs_calibration(model: nn.Module) -> bool:
     """True when `freeze` needs calibration batches first: static activation ranges, or steps that run on data.
 
@@ -297,8 +333,7 @@ def needs_calibration(model: nn.Module) -> bool:
         (True, False)
     """
     if is_pending(model):
-        recipe = recipe_of(model)
-        return recipe.activations is not None and not recipe.dynamic or any(s.needs_data for s in recipe.steps)
+        return recipe_needs_batches(recipe_of(model))
     return bool(_static_quantizers(model))
 
 

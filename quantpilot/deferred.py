@@ -27,6 +27,7 @@ from .steps import StepContext
 from .surgery import observe
 
 __all__ = [
+    "recipe_needs_batches",
     "BATCHES_ATTR",
     "CHOICES_ATTR",
     "FAILED_ATTR",
@@ -67,6 +68,18 @@ def mark_failed(model: nn.Module, error: BaseException) -> None:
         raise ValueError(reason)
 
     model.register_forward_pre_hook(refuse)
+
+
+def recipe_needs_batches(recipe: Any) -> bool:
+    """True when a recipe needs calibration batches before freeze: static activation ranges or steps fitted to data.
+
+    Example:
+        >>> import quantpilot as qp
+        >>> recipe_needs_batches(qp.Recipe.preset("int8-static")), recipe_needs_batches(qp.Recipe.preset("w8a16"))
+        (True, False)
+    """
+    static = recipe.activations is not None and not recipe.dynamic
+    return static or any(step.needs_data for step in recipe.steps)
 
 
 def is_pending(model: nn.Module) -> bool:
@@ -150,7 +163,7 @@ def run_deferred_steps(model: nn.Module, recipe: Any) -> nn.Module:
             f"the recipe's steps {hungry} run on calibration data: call the model on batches inside "
             "`with quantpilot.calibrate(model):` before quantpilot.freeze"
         )
-    if not model.__dict__[BATCHES_ATTR] and recipe.activations is not None and not recipe.dynamic:
+    if not model.__dict__[BATCHES_ATTR] and recipe_needs_batches(recipe):
         raise ValueError(
             "the recipe calibrates activation ranges: call the model on batches inside "
             "`with quantpilot.calibrate(model):` before quantpilot.freeze"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -243,10 +242,8 @@ def load(float_model: nn.Module, directory: str | Path) -> nn.Module:
         recipe = Recipe.from_dict(meta["recipe"])
     except (TypeError, KeyError, AttributeError) as err:
         raise ValueError(f"{directory / MAP_FILE} holds a damaged recipe: {err}") from None
-    with warnings.catch_warnings():
-        # quantize names the weights it leaves float; the saved model was warned about when it was made.
-        warnings.filterwarnings("ignore", message=".*keep their weights in float")
-        qmodel = quantize(float_model, recipe)
+    # quantize names the weights it leaves float; the saved model was warned about when it was made.
+    qmodel = quantize(float_model, recipe, _warn_unhandled=False)
     if is_pending(qmodel):
         # Deferred steps (GPTQ, AWQ, SmoothQuant) chose the values the file holds; only the structure is rebuilt.
         del qmodel.__dict__[BATCHES_ATTR]

@@ -101,7 +101,7 @@ def build(model: nn.Module, recipe: Recipe, calib_batches: Iterable[Any]) -> nn.
         >>> qp.selection.build(net, qp.Recipe(), [torch.randn(16, 8)])[0].is_frozen
         True
     """
-    from .algorithms.rtn import run_pipeline
+    from .api import run_pipeline
 
     if not isinstance(recipe, Recipe):
         raise TypeError(f"recipe must be a quantpilot.Recipe (what select returns), got {type(recipe).__name__}")

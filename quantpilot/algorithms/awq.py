@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..api import quantized_layers
+from ..api import quantized_layers, run_pipeline
 from ..deferred import CHOICES_ATTR
 from ..nn.packed import weight_only_spec
 from ..recipe import OUTPUT_HEADS
@@ -73,7 +73,7 @@ from .awq_search import (  # noqa: F401  (the grid constants: re-exported)
     _weight,
     find_scale_groups,
 )
-from .rtn import run_pipeline, weight_only_recipe
+from .rtn import weight_only_recipe
 
 __all__ = ["awq", "awq_fold_scales", "find_scale_groups", "ScaleGroup", "weight_spec", "MIN_CALIBRATION_TOKENS"]
 

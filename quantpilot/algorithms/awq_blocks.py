@@ -56,7 +56,8 @@ def inspected_module(norm: str, layers: tuple[str, ...], receivers: list[str]) -
         'h.0.attn'
     """
     candidates = [
-        r for r in receivers
+        r
+        for r in receivers
         if r != "" and not _contains(r, norm) and all(_contains(r, layer) for layer in layers) and r not in layers
     ]
     return min(candidates, key=lambda r: r.count(".")) if candidates else None

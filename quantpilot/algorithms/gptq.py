@@ -35,10 +35,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..api import run_pipeline
 from ..primitives import dequantize, quantize
 from ..spec import PerChannel, PerGroup, QuantSpec
 from .gptq_sequential import find_blocks, gptq_blocks, gptq_targets, spec_group  # noqa: F401 (re-exported)
-from .rtn import DEFAULT_SKIP, _check_model, quantize_weight, run_pipeline, weight_only_recipe
+from .rtn import DEFAULT_SKIP, _check_model, quantize_weight, weight_only_recipe
 
 __all__ = ["gptq", "gptq_quantize_weight", "gptq_blocks", "gptq_targets", "HessianAccumulator", "find_blocks"]
 

@@ -17,15 +17,14 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from fnmatch import fnmatch
-from typing import Any
 
 import torch
 from torch import nn
 
 from .. import api
-from ..batches import call_model
+from ..api import run_pipeline  # noqa: F401 (re-exported: the wrappers' one pipeline)
 from ..nn.packed import WeightOnlyLinear, weight_only_spec
 from ..nn.registry import linear_layers
 from ..nn.storage import quantize_weight  # the arithmetic lives with the packed storage; name kept here
@@ -42,7 +41,6 @@ __all__ = [
     "run_pipeline",
 ]
 
-_READ_ONLY_STEPS = ("gptq", "llm_int8", "quantize_embeddings")
 # Layers the papers keep in float: the output head (tied to the embedding in GPT-2) decides every logit.
 DEFAULT_SKIP = OUTPUT_HEADS
 
@@ -174,27 +172,6 @@ def weight_only_recipe(
         steps=steps,
         name=f"{method}-w{bits}a16-{granularity}",
     )
-
-
-def run_pipeline(model: nn.Module, recipe: Recipe, calib_batches: Iterable[Any] = (), *, inplace: bool = False):
-    """`quantize` -> `calibrate` on `calib_batches` -> `freeze`: what every one-shot method wrapper runs.
-
-    Example:
-        >>> import torch, quantpilot as qp
-        >>> q = run_pipeline(torch.nn.Sequential(torch.nn.Linear(4, 4)), qp.Recipe(), [torch.randn(8, 4)])
-        >>> qp.is_frozen(q)
-        True
-    """
-    # Steps that only read the float weights let the copy share them (freeze replaces them at once);
-    # SmoothQuant, AWQ and BatchNorm folding write into them, so those get a full copy.
-    share = not inplace and all(step.name in _READ_ONLY_STEPS for step in recipe.steps)
-    qmodel = api.quantize(model, recipe, inplace=inplace, _share_weights=share)
-    batches = list(calib_batches)
-    if batches:
-        with api.calibrate(qmodel):
-            for batch in batches:
-                call_model(qmodel, batch)
-    return api.freeze(qmodel)
 
 
 def rtn(

@@ -27,11 +27,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..api import run_pipeline
 from ..batches import call_model, eval_mode
 from ..deferred import CHOICES_ATTR
 from ..recipe import OUTPUT_HEADS, Recipe
 from ..surgery import observe
-from .rtn import run_pipeline
 
 __all__ = ["smoothquant", "smoothing_factors", "MIN_CALIBRATION_ROWS"]
 

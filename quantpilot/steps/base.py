@@ -63,6 +63,9 @@ class Step:
 
     name: ClassVar[str] = ""
     needs_data: ClassVar[bool] = False
+    # True for steps that read the float weights and never write them (GPTQ, LLM.int8(), token tables):
+    # a one-shot run may then share those weights with the user's model instead of copying them.
+    reads_weights_only: ClassVar[bool] = False
 
     def check(self, recipe: Any) -> None:
         """Raise `ValueError` if the recipe cannot carry this step (called when the recipe is built)."""

@@ -52,6 +52,7 @@ class LLMInt8(Step):
     """
 
     name = "llm_int8"
+    reads_weights_only = True
     threshold: float = 6.0
 
     def __post_init__(self) -> None:
@@ -101,6 +102,7 @@ class QuantizeEmbeddings(Step):
     """
 
     name = "quantize_embeddings"
+    reads_weights_only = True
     bits: int = 4
     group_size: int | None = 128
     layers: tuple[str, ...] = ("*",)

@@ -69,6 +69,7 @@ class GPTQ(Step):
 
     name = "gptq"
     needs_data = True
+    reads_weights_only = True  # each quantized layer is replaced by a packed one; the float weight is only read
     block_size: int = 128
     damp: float = 0.01
     act_order: bool = False
