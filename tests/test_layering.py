@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "quantpilot"
 LAYERS = {
     "batches": 0, "atomic": 0, "surgery": 0, "timing": 0, "machine": 0, "text": 0,
     # The configuration (recipe, steps, calibrator choice) is plain data over spec: DESIGN's "recipe: spec".
-    "spec": 1, "calibrator_config": 1, "recipe": 1, "layer_recipe": 1, "steps": 1, "presets": 1,
+    "spec": 1, "calibrator_config": 1, "recipe": 1, "layer_recipe": 1, "steps": 1, "presets": 1, "placement": 1,
     "primitives": 2, "qparams": 2,
     "calibrators": 3, "metrics": 3,
     "nn": 4, "transforms": 4, "distributed": 4,
