@@ -1,0 +1,153 @@
+"""GGUF for llama.cpp, written with the `gguf` package's `GGUFWriter`: GPT-2 and Llama.
+
+Quantized layers become Q8_0 / Q4_0 / Q4_1 blocks built from quantpilot's own codes where the type
+can hold them (`gguf_blocks`' table: symmetric uint4 groups of 32k -> Q4_0 exact; any uint4 groups
+of 32k -> Q4_1 with the offset rounded to fp16; 4-bit codes -> Q8_0 exact). A weight the chosen
+type cannot hold (e.g. asymmetric g128 codes asked as Q4_0) is requantized by the gguf package's
+quantizer with a warning that states the error it adds: the export still runs, and says so. Float
+matrices (the output head, the token table when it stays float) are written f16, as llama.cpp's
+converter writes them; norms and biases f32. Names come from `gguf.get_tensor_name_map`; Llama's
+query/key rows are permuted to the interleaved rotary layout llama.cpp's `llama` architecture uses
+(a row permutation: codes and their qparams move together, nothing is requantized).
+
+Example:
+    >>> import tempfile, os, quantpilot as qp
+    >>> from quantpilot.testing import tiny_causal_lm
+    >>> q = qp.algorithms.rtn(tiny_causal_lm("llama"), bits=4, group_size=32)
+    >>> r = write_gguf(q, None, os.path.join(tempfile.mkdtemp(), "m.gguf"))
+    >>> r.ggml_type, r.requantized
+    ('Q4_1', ())
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ...atomic import atomic_path
+from .gguf_blocks import GGUF_TYPES, encode
+from .gguf_metadata import add_metadata
+from .weights import LMTensor, architecture, lm_tensors
+
+__all__ = ["write_gguf", "GGUFExport", "default_gguf_type"]
+
+_FILE_TYPES = {"q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0", "q4_1": "MOSTLY_Q4_1"}
+
+
+@dataclass(frozen=True)
+class GGUFExport:
+    """What `write_gguf` wrote: the file, its type, which weights kept their codes, and the error added.
+
+    Example:
+        >>> GGUFExport(Path("m.gguf"), "Q4_0", 4.5, (), 0.0, "gpt2").requantized
+        ()
+    """
+
+    path: Path
+    ggml_type: str
+    bits_per_weight: float  # of the quantized layers' weights, as stored (codes + block scales)
+    requantized: tuple[str, ...]  # names of weights the gguf quantizer had to round again
+    worst_relative_rms_error: float  # over quantized weights, GGUF weight against quantpilot's
+    tokenizer: str  # llama.cpp tokenizer model written: 'gpt2' (byte-level BPE) or 'no_vocab'
+
+
+def default_gguf_type(tensors: dict[str, LMTensor]) -> str:
+    """The type the model's codes map to exactly: q4_0 (all 4-bit symmetric), q4_1 (4-bit), else q8_0.
+
+    Example:
+        >>> default_gguf_type({})
+        'q8_0'
+    """
+    quantized = [t for t in tensors.values() if t.codes is not None]
+    if quantized and all(t.bits == 4 and not t.signed for t in quantized):
+        return "q4_0" if all(t.symmetric for t in quantized) else "q4_1"
+    return "q8_0"
+
+
+def _rotary_order(rows: int, heads: int) -> torch.Tensor:
+    """Row order taking HF's rotate-half q/k layout to llama.cpp's interleaved one (as its converter permutes)."""
+    idx = torch.arange(rows)
+    return idx.reshape(heads, 2, rows // heads // 2).transpose(1, 2).reshape(rows)
+
+
+def _gguf_tensors(model: Any, arch: str) -> list[tuple[str, LMTensor]]:
+    import gguf
+
+    config = model.config
+    tensors = lm_tensors(model)
+    blocks = config.n_layer if arch == "gpt2" else config.num_hidden_layers
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GPT2 if arch == "gpt2" else gguf.MODEL_ARCH.LLAMA, blocks)
+    tied = getattr(config, "tie_word_embeddings", arch == "gpt2")
+    out = []
+    for hf_name, t in tensors.items():
+        if hf_name.endswith("attn.masked_bias") or hf_name.endswith("attn.bias") and t.value.dim() > 1:
+            continue  # GPT-2's causal-mask buffers in old checkpoints, not weights
+        if tied and hf_name == "lm_head.weight":
+            continue  # llama.cpp reuses token_embd when there is no output tensor
+        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise ValueError(f"{hf_name} has no GGUF tensor name for {arch}; the GGUF export knows gpt2 and llama")
+        if arch == "llama" and hf_name.endswith(("q_proj.weight", "k_proj.weight")):
+            heads = config.num_attention_heads if "q_proj" in hf_name else config.num_key_value_heads
+            t = t.permute_rows(_rotary_order(t.shape[0], heads))
+        out.append((name, t))
+    return out
+
+
+def write_gguf(model: Any, tokenizer: Any, path: str | Path, gguf_type: str | None = None) -> GGUFExport:
+    """Write a frozen GPT-2 / Llama quantpilot model (and its tokenizer) as one GGUF file for llama.cpp.
+
+    Args:
+        model: a frozen quantpilot model of a transformers GPT-2 or Llama (weight-only 4/8-bit).
+        tokenizer: its Hugging Face tokenizer (byte-level BPE is written; None -> token ids only).
+        path: the .gguf file to create (never overwritten; written atomically).
+        gguf_type: q8_0, q4_0 or q4_1; default the type the codes map to exactly (`default_gguf_type`).
+
+    Example:
+        >>> import tempfile, os, quantpilot as qp
+        >>> from quantpilot.testing import tiny_causal_lm
+        >>> write_gguf(tiny_causal_lm("gpt2"), None, os.path.join(tempfile.mkdtemp(), "m.gguf"), "q5_k")
+        Traceback (most recent call last):
+        ValueError: gguf_type must be one of q8_0, q4_0, q4_1, got 'q5_k'
+    """
+    import gguf
+
+    arch = architecture(model)
+    if gguf_type is not None and gguf_type not in GGUF_TYPES:
+        raise ValueError(f"gguf_type must be one of {', '.join(GGUF_TYPES)}, got {gguf_type!r}")
+    tensors = _gguf_tensors(model, arch)
+    kind = gguf_type or default_gguf_type(dict(tensors))
+    encoded = []
+    for name, t in tensors:
+        wanted = kind if t.codes is not None else ("f16" if t.value.dim() == 2 else "f32")
+        if wanted != "f32" and t.value.shape[-1] % 32:
+            wanted = "f32" if t.codes is None else wanted
+            if t.codes is not None:
+                raise ValueError(f"{name} has {t.value.shape[-1]} columns; GGUF blocks need a multiple of 32")
+        encoded.append((name, t, encode(t, wanted)))
+    quantized = [(n, e) for n, t, e in encoded if t.codes is not None]
+    requantized = tuple(n for n, e in quantized if not e.exact)
+    worst = max((e.relative_rms_error for _, e in quantized), default=0.0)
+    if requantized:
+        warnings.warn(
+            f"{len(requantized)} of {len(quantized)} weights do not map to {kind} exactly and were requantized "
+            f"by the gguf quantizer (relative RMS error up to {worst:.2e} against quantpilot's weights); "
+            f"{default_gguf_type(dict(tensors))} keeps this model's codes",
+            stacklevel=2,
+        )
+    stored_bits = sum(e.data.nbytes * 8 for _, e in quantized)
+    numel = sum(e.data.shape[0] * t.value.shape[1] for n, t, e in encoded if t.codes is not None)
+    with atomic_path(path) as tmp:
+        writer = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH[arch.upper()]])
+        vocab = add_metadata(writer, model, tokenizer, arch, gguf.LlamaFileType[_FILE_TYPES[kind]])
+        for name, _, e in encoded:
+            writer.add_tensor(name, e.data, raw_dtype=gguf.GGMLQuantizationType[e.ggml_type])
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    return GGUFExport(Path(path), kind.upper(), stored_bits / max(numel, 1), requantized, worst, vocab)
