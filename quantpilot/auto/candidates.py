@@ -1,0 +1,216 @@
+"""What the autopilot tries: candidate recipes in families, built from one calibration pass, ranked by a proxy.
+
+A family is a way of running int8 on the engine (dynamic int8, static int8 on the layers, static int8 with
+the functional points, weight-only); its *head* (every layer quantized, default calibrators) is the fastest
+variant it has, so timing the heads first tells which families can beat bf16 at all. Within a family the
+variants change ranges (calibrators, SmoothQuant) or leave layers in float; all static variants are frozen
+from one `CalibrationStatistics` pass (one more per SmoothQuant alpha, whose inputs differ).
+
+The proxy is the relative squared error of the candidate's output against the float model's on a few
+calibration batches: no `eval_fn` call, used to order variants before they are scored.
+
+Example:
+    >>> import torch
+    >>> relative_error([torch.ones(4)], [torch.ones(4) * 1.1]) > 0
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..analysis.statistics import CalibrationStatistics, literal_pattern
+from ..api import run_pipeline
+from ..batches import call_model, eval_mode, first_tensor
+from ..recipe import Recipe
+from ..selection_calibrators import CANDIDATE_CALIBRATORS, calibrator_label, choose_calibrators
+from ..selection_stages import with_functional_ops
+from ..steps import SmoothQuant
+
+__all__ = ["Candidate", "Family", "Builder", "relative_error", "families"]
+
+# Families in the order the issue lists them (cheapest to set up first).
+FAMILY_ORDER = ("dynamic", "static", "static+ops", "weight-only")
+# Targets where per-batch (dynamic) activation ranges can run: a QDQ graph carries fixed ranges.
+DYNAMIC_TARGETS = ("torch", "torch-int8")
+SMOOTHING_ALPHAS = (0.5, 0.8)
+PROXY_BATCHES = 2
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One model the autopilot may return.
+
+    Attributes:
+        name: a readable, unique label ("static+ops mse", "static floats 2").
+        kind: "fp32", "bf16" or "quantized".
+        family: the family it belongs to ("float" for fp32/bf16).
+        recipe: the recipe that rebuilds it (SmoothQuant as a step), None for fp32/bf16.
+        alpha: the SmoothQuant alpha its statistics were gathered with, or None.
+        why: what this variant changes and why it was tried.
+    """
+
+    name: str
+    kind: str
+    family: str
+    recipe: Recipe | None = None
+    alpha: float | None = None
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class Family:
+    """A family's base recipe (its head: everything quantized) and whether its variants share statistics."""
+
+    name: str
+    recipe: Recipe
+    static: bool
+    why: str
+    extra: tuple[Recipe, ...] = field(default_factory=tuple)
+
+
+def _is_language_model(model: nn.Module) -> bool:
+    return hasattr(model, "generate") and any(n.endswith("lm_head") for n, _ in model.named_modules())
+
+
+def _has_smoothable(model: nn.Module, recipe: Recipe) -> bool:
+    return any(isinstance(m, nn.Linear) for m in model.modules()) and recipe.activations is not None
+
+
+def families(model: nn.Module, target: str) -> tuple[list[Family], list[tuple[str, str]]]:
+    """The families this model and target allow, and `(family, why not)` for those left out.
+
+    Example:
+        >>> fams, skipped = families(torch.nn.Sequential(torch.nn.Linear(4, 4)), "torch-int8")
+        >>> [f.name for f in fams], [s[0] for s in skipped]
+        (['dynamic', 'static'], ['static+ops', 'weight-only'])
+    """
+    out, skipped = [], []
+    if target in DYNAMIC_TARGETS:
+        out.append(Family("dynamic", Recipe.preset("int8-dynamic"), False, "int8 weights, per-batch activation ranges"))
+    else:
+        skipped.append(("dynamic", f"{target} runs QDQ graphs with fixed activation ranges: no dynamic int8"))
+    static = Recipe.preset("int8-static")
+    out.append(Family("static", static, True, "int8 weights and activations on every layer, calibrated ranges"))
+    with_ops, notes = with_functional_ops(model, static)
+    if with_ops.ops:
+        out.append(Family("static+ops", with_ops, True, f"static int8 plus the functional points {list(with_ops.ops)}"))
+    else:
+        skipped.append(("static+ops", "; ".join(f"{k}: {v}" for k, v in notes.items())))
+    if _is_language_model(model):
+        extra = (Recipe.preset("w4a16-g128"),) if target in DYNAMIC_TARGETS else ()
+        out.append(Family("weight-only", Recipe.preset("w8a16"), False, "int8 weights, float activations", extra))
+    else:
+        skipped.append(("weight-only", "not a language model (weight-only pays off in memory-bound decoding)"))
+    return out, skipped
+
+
+def relative_error(reference: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor]) -> float:
+    """Sum of squared differences over sum of squares of the reference (0 = identical outputs).
+
+    Example:
+        >>> relative_error([torch.ones(2)], [torch.ones(2)])
+        0.0
+    """
+    noise = sum(float((o.double() - r.double()).pow(2).sum()) for r, o in zip(reference, outputs, strict=True))
+    signal = sum(float(r.double().pow(2).sum()) for r in reference)
+    return noise / max(signal, 1e-30)
+
+
+class Builder:
+    """Builds candidates of one model from shared statistics, and scores them with the proxy.
+
+    Args:
+        model: the float model (never modified).
+        calib: calibration batches.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 4))
+        >>> b = Builder(net, [torch.randn(8, 4)])
+        >>> c = Candidate("static", "quantized", "static", Recipe.preset("int8-static"))
+        >>> b.proxy(b.build(c)) < 1e-2
+        True
+    """
+
+    def __init__(self, model: nn.Module, calib: list[Any], ops: Sequence[str] = ()) -> None:
+        self.model, self.calib, self.ops = model, calib, tuple(ops)
+        self._stats: dict[float | None, CalibrationStatistics] = {}
+        with eval_mode(model), torch.no_grad():
+            self.reference = [first_tensor(call_model(model, b)).float() for b in calib[:PROXY_BATCHES]]
+
+    @property
+    def calibration_passes(self) -> int:
+        """Passes over the calibration data so far (one, plus one per SmoothQuant alpha tried)."""
+        return len(self._stats)
+
+    def statistics(self, alpha: float | None = None) -> CalibrationStatistics:
+        """The statistics of int8-static with every functional point the model has (and a SmoothQuant alpha).
+
+        Calibrated once and cached: the variants without points, or with other calibrators, reuse the pass.
+        """
+        if alpha not in self._stats:
+            base = Recipe.preset("int8-static").replace(ops=self.ops)
+            self._stats[alpha] = CalibrationStatistics(self.model, base, self.calib, keep_inputs=True, smoothing=alpha)
+        return self._stats[alpha]
+
+    def build(self, candidate: Candidate) -> nn.Module:
+        """The frozen quantized model of `candidate` (kind "quantized")."""
+        recipe = candidate.recipe
+        if recipe.activations is None or recipe.dynamic:
+            return run_pipeline(self.model, recipe)  # no activation ranges to calibrate
+        stats = self.statistics(candidate.alpha)
+        # The statistics already smoothed their model: building with the step too would smooth twice.
+        plain = recipe.replace(steps=tuple(s for s in recipe.steps if not isinstance(s, SmoothQuant)))
+        return stats.build(plain)
+
+    def proxy(self, qmodel: nn.Module) -> float:
+        """Relative output error of `qmodel` against the float model on the first calibration batches."""
+        with eval_mode(qmodel), torch.no_grad():
+            outputs = [first_tensor(call_model(qmodel, b)).float() for b in self.calib[:PROXY_BATCHES]]
+        return relative_error(self.reference, outputs)
+
+    def calibrator_variants(self, family: Family) -> list[Candidate]:
+        """The head's variants with another activation calibrator: each whole-model candidate, and the
+        per-layer choice of least output MSE (`selection.choose_calibrators`)."""
+        head = family.recipe
+        out = []
+        for config in CANDIDATE_CALIBRATORS:
+            if config == head.activation_calibrator:
+                continue
+            label = calibrator_label(config)
+            out.append(Candidate(f"{family.name} {label}", "quantized", family.name,
+                                 head.replace(activation_calibrator=config, name=f"{head.name}-{label}"),
+                                 why=f"every activation range from {label}"))  # fmt: skip
+        stats = self.statistics()
+        choices = choose_calibrators(stats, head)
+        overrides = {literal_pattern(n): {"activation_calibrator": c} for n, (c, _) in choices.items()
+                     if c != head.activation_calibrator}  # fmt: skip
+        if overrides:
+            recipe = head.replace(overrides=overrides, name=f"{head.name}-per-layer")
+            why = f"per-layer calibrators of least output MSE ({len(overrides)} layers/points changed)"
+            out.append(Candidate(f"{family.name} per-layer calibrators", "quantized", family.name, recipe, why=why))
+        return out
+
+    def smoothquant_variants(self, family: Family, recipe: Recipe) -> list[Candidate]:
+        """`recipe` after SmoothQuant at each alpha (no per-layer overrides: they were chosen unsmoothed)."""
+        if not _has_smoothable(self.model, recipe):
+            return []
+        base = recipe.replace(overrides={})
+        return [
+            Candidate(f"{family.name} smoothquant {a:g}", "quantized", family.name,
+                      base.replace(steps=(*base.steps, SmoothQuant(alpha=a)), name=f"{base.name}-sq{a:g}"), alpha=a,
+                      why=f"SmoothQuant alpha {a:g} moves activation outliers into the weights, every layer int8")
+            for a in SMOOTHING_ALPHAS
+        ]  # fmt: skip
+
+    def harm_ranking(self, qmodel: nn.Module) -> list[tuple[str, float]]:
+        """Units (layers, points) of `qmodel`, most harmful first, harm = output noise-to-signal (proxy)."""
+        from ..analysis.layer_errors import layer_errors
+
+        report = layer_errors(qmodel, self.calib[:PROXY_BATCHES], float_model=self.model)
+        return [(row.name, 10 ** (-row.worst_db / 10)) for row in report.worst()]
