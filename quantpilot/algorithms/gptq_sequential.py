@@ -25,7 +25,7 @@ from ..spec import PerGroup, QuantSpec
 from ..surgery import inputs_of, observe, replace_module
 from .rtn import linear_weight
 
-__all__ = ["find_blocks", "gptq_targets", "gptq_blocks", "spec_group"]
+__all__ = ["find_blocks", "gptq_targets", "gptq_blocks", "spec_group", "block_hessians", "gptq_block_layers"]
 
 
 def find_blocks(model: nn.Module, targets: Iterable[str]) -> tuple[str, nn.ModuleList] | None:
@@ -165,8 +165,6 @@ def gptq_blocks(
         >>> out["transformer.h.0.mlp.c_fc"][0].dtype
         torch.uint8
     """
-    from .gptq import HessianAccumulator, gptq_quantize_weight
-
     block_list_name, block_list, widths = gptq_targets(model, names, batches, spec_group(spec), blocks)
     quantized: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
     with eval_mode(model), torch.no_grad():
@@ -174,35 +172,84 @@ def gptq_blocks(
         for index, block in enumerate(block_list):
             prefix = f"{block_list_name}.{index}."
             inside = {n[len(prefix) :]: n for n in names if n.startswith(prefix)}
-            accumulators = {n: HessianAccumulator(widths[full]) for n, full in inside.items()}
-            record = lambda n, args, _kw, _out, acc=accumulators: acc[n].add(args[0])  # noqa: E731
-            with observe(block, list(accumulators), after=record):
-                for args, kwargs in inputs:
-                    block(*args, **kwargs)
-            for short, full in inside.items():
-                module = block.get_submodule(short)
-                result = gptq_quantize_weight(
-                    linear_weight(module),
-                    accumulators[short].hessian,
-                    spec,
-                    block_size=block_size,
-                    damp=damp,
-                    act_order=act_order,
-                    scale_dtype=scale_dtype,
-                )
-                quantized[full] = result
-                # The next blocks must see this layer quantized. A packed layer takes its place instead of
-                # the dequantized values being written into the float weight: the float tensors are only
-                # read, so `quantize` can share them with the user's model instead of copying them.
-                codes, scale, zero = result
-                bias = getattr(module, "bias", None)
-                packed = WeightOnlyLinear.from_codes(codes, scale, zero, spec, bias, scale_dtype)
-                packed.float_dtype = linear_weight(module).dtype
-                packed.train(module.training)
-                replace_module(block, short, packed)
+            accumulators = block_hessians(block, {s: widths[f] for s, f in inside.items()}, inputs)
+            results = gptq_block_layers(
+                block, accumulators, spec, block_size=block_size, damp=damp, act_order=act_order, scale_dtype=scale_dtype
+            )
+            quantized.update({inside[short]: result for short, result in results.items()})
             # The next block sees what this quantized block outputs, as in the paper's sequential scheme.
             inputs = [_with_hidden(inp, _hidden(block(*inp[0], **inp[1]))) for inp in inputs]
     return quantized
+
+
+def block_hessians(block: nn.Module, widths: dict[str, int], inputs: Sequence[tuple[tuple, dict]]) -> dict[str, Any]:
+    """One pass of the block over its recorded inputs: a `HessianAccumulator` per layer (short names).
+
+    Streamed quantization (`quantpilot.streaming`) calls this and `gptq_block_layers` block by block,
+    so both paths share one GPTQ.
+
+    Example:
+        >>> block = nn.Sequential(nn.Linear(4, 4))
+        >>> accs = block_hessians(block, {"0": 4}, [((torch.ones(2, 4),), {})])
+        >>> accs["0"].tokens
+        2
+    """
+    from .gptq import HessianAccumulator
+
+    accumulators = {n: HessianAccumulator(width) for n, width in widths.items()}
+    record = lambda n, args, _kw, _out: accumulators[n].add(args[0])  # noqa: E731
+    with observe(block, list(accumulators), after=record), torch.no_grad():
+        for args, kwargs in inputs:
+            block(*args, **kwargs)
+    return accumulators
+
+
+def gptq_block_layers(
+    block: nn.Module,
+    accumulators: dict[str, Any],
+    spec: QuantSpec,
+    *,
+    block_size: int = 128,
+    damp: float = 0.01,
+    act_order: bool = False,
+    scale_dtype: torch.dtype = torch.float16,
+) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """GPTQ each layer of `block` named in `accumulators` and put a packed `WeightOnlyLinear` in its place.
+
+    Returns `{short name: (codes, scale, zero point)}`.
+
+    Example:
+        >>> from quantpilot.nn.packed import weight_only_spec
+        >>> block = nn.Sequential(nn.Linear(64, 4))
+        >>> accs = block_hessians(block, {"0": 64}, [((torch.randn(128, 64),), {})])
+        >>> _ = gptq_block_layers(block, accs, weight_only_spec(4, 32)); type(block[0]).__name__
+        'WeightOnlyLinear'
+    """
+    from .gptq import gptq_quantize_weight
+
+    results = {}
+    for short, accumulator in accumulators.items():
+        module = block.get_submodule(short)
+        result = gptq_quantize_weight(
+            linear_weight(module),
+            accumulator.hessian,
+            spec,
+            block_size=block_size,
+            damp=damp,
+            act_order=act_order,
+            scale_dtype=scale_dtype,
+        )
+        results[short] = result
+        # The next blocks must see this layer quantized. A packed layer takes its place instead of
+        # the dequantized values being written into the float weight: the float tensors are only
+        # read, so `quantize` can share them with the user's model instead of copying them.
+        codes, scale, zero = result
+        bias = getattr(module, "bias", None)
+        packed = WeightOnlyLinear.from_codes(codes, scale, zero, spec, bias, scale_dtype)
+        packed.float_dtype = linear_weight(module).dtype
+        packed.train(module.training)
+        replace_module(block, short, packed)
+    return results
 
 
 def spec_group(spec: QuantSpec) -> int | None:
