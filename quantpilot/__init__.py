@@ -18,6 +18,7 @@ from .api import (  # noqa: E402
     recipe_of,
     unfrozen_parts,
 )
+from .auto import AutoResult, autoquantize  # noqa: E402
 from .export import export_onnx  # noqa: E402
 from .persistence import load, save  # noqa: E402
 from .recipe import Recipe  # noqa: E402
@@ -56,6 +57,8 @@ __all__ = [
     "engines",
     "export_onnx",
     "qat",
+    "autoquantize",
+    "AutoResult",
     "__version__",
 ]
 
