@@ -37,10 +37,23 @@ from .meta_device import load_weights_file
 from .nn import QuantModule
 from .recipe import FORMAT_VERSION, READABLE_VERSIONS, Recipe
 
-__all__ = ["save", "load", "WEIGHTS_FILE", "MAP_FILE"]
+__all__ = ["save", "load", "WEIGHTS_FILE", "MAP_FILE", "SHARD_INDEX", "layer_map", "map_record", "weight_files"]
 
 WEIGHTS_FILE = "model.safetensors"
 MAP_FILE = "quantpilot.json"
+# A model written in shards (`quantpilot.streaming`): Hugging Face's index, {"weight_map": {tensor: file}}.
+SHARD_INDEX = "model.safetensors.index.json"
+
+
+def layer_map(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """The saved map's "layers" entry of a quantized model: each layer's type, specs and rebuild config.
+
+    Example:
+        >>> import torch, quantpilot as qp
+        >>> list(layer_map(qp.quantize(torch.nn.Sequential(torch.nn.Linear(2, 2)), "w8a16")))
+        ['0']
+    """
+    return _layer_map(model)
 
 
 def _layer_map(model: nn.Module) -> dict[str, dict[str, Any]]:
@@ -161,28 +174,76 @@ def save(model: nn.Module, directory: str | Path) -> Path:
 
 def _write_files(model: nn.Module, recipe: Recipe, directory: Path) -> None:
     safetensors.torch.save_model(model, str(directory / WEIGHTS_FILE), metadata={"format": "quantpilot"})
-    meta = {
+    meta = map_record(
+        type(model).__name__,
+        recipe,
+        _layer_map(model),
+        model.__dict__.get(CHOICES_ATTR) or {},
+        tensor_checksums(model.state_dict()),
+    )
+    (directory / MAP_FILE).write_text(json.dumps(meta, indent=2))
+
+
+def map_record(
+    model_class: str, recipe: Recipe, layers: dict[str, Any], choices: dict[str, Any], checksums: dict[str, str]
+) -> dict[str, Any]:
+    """The JSON map `save` writes (a sharded writer assembles `layers` and `checksums` block by block).
+
+    Example:
+        >>> import quantpilot as qp
+        >>> map_record("Net", qp.Recipe.preset("w8a16"), {}, {}, {})["format"]
+        'quantpilot'
+    """
+    return {
         "format": "quantpilot",
         "format_version": FORMAT_VERSION,
         "quantpilot_version": __version__,
-        "model_class": type(model).__name__,
+        "model_class": model_class,
         "recipe": recipe.to_dict(),
-        "layers": _layer_map(model),
+        "layers": layers,
         # What the recipe's steps chose on the calibration data (AWQ alphas, smoothed layers), for the record.
-        "choices": _jsonable(model.__dict__.get(CHOICES_ATTR) or {}),
+        "choices": _jsonable(choices),
         # sha256 of each tensor's bytes: `load` refuses a file whose data changed under an intact header.
-        "checksums": tensor_checksums(model.state_dict()),
+        "checksums": checksums,
     }
-    (directory / MAP_FILE).write_text(json.dumps(meta, indent=2))
+
+
+def weight_files(directory: str | Path) -> list[Path]:
+    """The safetensors files of a saved model: `model.safetensors`, or the shards its index names.
+
+    Raises:
+        ValueError: neither is there, or the index is damaged or names a file outside the folder.
+
+    Example:
+        >>> import tempfile
+        >>> weight_files(tempfile.mkdtemp())  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: ... has no model.safetensors: point quantpilot.load at a directory written by quantpilot.save
+    """
+    directory = Path(directory)
+    if (directory / WEIGHTS_FILE).is_file() or not (directory / SHARD_INDEX).is_file():
+        if not (directory / WEIGHTS_FILE).is_file():
+            raise ValueError(
+                f"{directory} has no {WEIGHTS_FILE}: point quantpilot.load at a directory written by quantpilot.save"
+            )
+        return [directory / WEIGHTS_FILE]
+    try:
+        weight_map = json.loads((directory / SHARD_INDEX).read_text(encoding="utf-8"))["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        raise ValueError(f"{directory / SHARD_INDEX} is not a shard index; the file is damaged") from None
+    for name in names:
+        # Plain file names in this folder only: a damaged or hostile index never points elsewhere.
+        if not isinstance(name, str) or Path(name).name != name or not (directory / name).is_file():
+            raise ValueError(f"{directory / SHARD_INDEX} names the shard {name!r}, which is not a file in {directory}")
+    return [directory / name for name in names]
 
 
 def _read_map(directory: Path) -> dict[str, Any]:
     """The saved JSON map, checked: both files present, valid JSON, a quantpilot map of a readable version."""
-    for fname in (WEIGHTS_FILE, MAP_FILE):
-        if not (directory / fname).is_file():
-            raise ValueError(
-                f"{directory} has no {fname}: point quantpilot.load at a directory written by quantpilot.save"
-            )
+    if not (directory / MAP_FILE).is_file():
+        raise ValueError(f"{directory} has no {MAP_FILE}: point quantpilot.load at a directory written by quantpilot.save")
+    weight_files(directory)
     try:
         meta = json.loads((directory / MAP_FILE).read_bytes().decode("utf-8"))
     except UnicodeDecodeError:
@@ -269,18 +330,54 @@ def load(float_model: nn.Module, directory: str | Path) -> nn.Module:
 
 
 def _fill_from_file(qmodel: nn.Module, directory: Path, meta: dict[str, Any]) -> None:
-    """Fill the empty quantized layout from the safetensors file, after checking its header and checksums."""
-    header, data_start = read_header(directory / WEIGHTS_FILE)
-    check_tensor_layout(qmodel, header, directory / WEIGHTS_FILE)  # loading would cast a wrong dtype silently
-    verify_checksums(meta.get("checksums") or {}, header, data_start, directory / WEIGHTS_FILE)
+    """Fill the empty quantized layout from the safetensors file(s), after checking headers and checksums."""
+    files = weight_files(directory)
+    for path in files:
+        header, data_start = read_header(path)
+        check_tensor_layout(qmodel, header, path)  # loading would cast a wrong dtype silently
+        verify_checksums(meta.get("checksums") or {}, header, data_start, path)
+    if len(files) > 1:
+        missing, unexpected = _fill_from_shards(qmodel, files)
+    else:
+        missing, unexpected = _fill_from_one(qmodel, files[0])
+    _check_filled(directory, meta, missing, unexpected)
+
+
+def _fill_from_one(qmodel: nn.Module, path: Path) -> tuple[list[str], list[str]]:
     try:
-        with safetensors.safe_open(str(directory / WEIGHTS_FILE), framework="pt") as f:
+        with safetensors.safe_open(str(path), framework="pt") as f:
             for q in _static_quantizers(qmodel):
                 q.scale = f.get_tensor(f"{q.qualname}.scale")
                 q.zero_point = f.get_tensor(f"{q.qualname}.zero_point")
-        missing, unexpected = load_weights_file(qmodel, str(directory / WEIGHTS_FILE))  # meta models: assigned
+        return load_weights_file(qmodel, str(path))  # meta models: assigned
     except (RuntimeError, OSError, safetensors.SafetensorError) as err:
-        raise ValueError(f"{directory / WEIGHTS_FILE} does not fit this model or is damaged: {err}") from None
+        raise ValueError(f"{path} does not fit this model or is damaged: {err}") from None
+
+
+def _fill_from_shards(qmodel: nn.Module, files: list[Path]) -> tuple[list[str], list[str]]:
+    """Every shard's tensors assigned at once (a meta model: the file's storage, ties and buffers restored)."""
+    from .meta_device import _materialise_derived_buffers, _retie, _tie_groups, has_meta_tensors
+
+    state: dict[str, torch.Tensor] = {}
+    try:
+        for path in files:
+            state.update(safetensors.torch.load_file(str(path)))
+        for q in _static_quantizers(qmodel):
+            q.scale, q.zero_point = state.pop(f"{q.qualname}.scale"), state.pop(f"{q.qualname}.zero_point")
+        meta = has_meta_tensors(qmodel)
+        groups = _tie_groups(qmodel)
+        missing, unexpected = qmodel.load_state_dict(state, strict=False, assign=meta)
+    except (RuntimeError, OSError, KeyError, safetensors.SafetensorError) as err:
+        raise ValueError(f"the shards {[p.name for p in files[:3]]} do not fit this model or are damaged: {err}") from None
+    if meta:
+        refilled = _retie(qmodel, groups, set(state))
+        _materialise_derived_buffers(qmodel)
+    else:  # a tied tensor is stored once; copying into it filled every name that shares it
+        refilled = {n for names in groups if set(names) & set(state) for n in names}
+    return sorted(set(missing) - refilled), sorted(unexpected)
+
+
+def _check_filled(directory: Path, meta: dict[str, Any], missing: list[str], unexpected: list[str]) -> None:
     unpacked = [k for k in missing if k.endswith(".weight_packed") and k.replace("_packed", "_int") in unexpected]
     if unpacked:
         # Format 1 stored a recipe layer's 4-bit codes one per byte; they are packed two per byte now.
