@@ -95,7 +95,9 @@ def _copy_sharing_weights(model: nn.Module, plan: list) -> nn.Module:
     drops the copy's reference, so the float weights exist once and the peak memory is the model plus
     its codes, not two models.
     """
-    memo = {id(module.weight): module.weight for _, module, _, _, _ in plan if isinstance(module.weight, torch.Tensor)}
+    # getattr: MoE experts modules hold 3-D stacks and no `.weight`; they are copied.
+    weights = [getattr(module, "weight", None) for _, module, _, _, _ in plan]
+    memo = {id(w): w for w in weights if isinstance(w, torch.Tensor)}
     return copy.deepcopy(model, memo)
 
 

@@ -14,12 +14,15 @@ Example:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import nn
 
+from .deferred import BATCHES_ATTR
 from .nn import QuantModule, TensorQuantizer, lookup
+from .nn.experts import expert_stack_names, warn_expert_gaps
 from .recipe import Recipe
 from .spec import PerGroup
 from .surgery import replace_module
@@ -52,6 +55,8 @@ def plan_layers(model: nn.Module, recipe: Recipe) -> tuple[list[tuple[str, nn.Mo
         if entry is None:
             continue
         layer = recipe.for_layer(name, entry.name)
+        if layer is None and entry.selected_with is not None:  # MoE experts go where the recipe's Linears go
+            layer = recipe.for_layer(name, entry.selected_with)
         has_activation = entry.has_input and layer is not None and layer.activations is not None
         if layer is None or (layer.weights is None and not has_activation):
             continue
@@ -60,6 +65,10 @@ def plan_layers(model: nn.Module, recipe: Recipe) -> tuple[list[tuple[str, nn.Mo
 
 
 def _grouped_width(module: nn.Module) -> int | None:
+    stacks = [getattr(module, n) for n in expert_stack_names(module)]
+    if stacks:  # MoE experts: a group divides every stack's input width exactly when it divides their gcd
+        transposed = bool(getattr(module, "is_transposed", False))
+        return math.gcd(*(s.shape[1] if transposed else s.shape[2] for s in stacks))
     weight = getattr(module, "weight", None)
     if not isinstance(weight, torch.Tensor) or weight.dim() < 2:
         return None
@@ -112,6 +121,8 @@ def install_layers(model: nn.Module, recipe: Recipe, plan: list | None = None) -
     """
     if plan is None:
         plan = plan_layers(model, recipe)[0]
+    # Said when the model is made (quantize, or freeze running the steps on recorded batches), not again at load.
+    warn_expert_gaps(plan, recipe, steps_ran=BATCHES_ATTR in model.__dict__)
     for name, module, entry, layer, has_activation in plan:
         input_quantizer = None
         if has_activation:

@@ -25,6 +25,7 @@ from torch import nn
 
 from .conv import QuantConv1d, QuantConv2d, QuantConv3d
 from .embedding import QuantEmbedding
+from .experts import EXPERTS_TYPE, QuantExperts, is_experts_class
 from .linear import QuantLinear
 
 __all__ = [
@@ -52,18 +53,22 @@ _COMPUTE_METHODS = ("forward", "_conv_forward")
 class QuantizableType:
     """A float module type, its short name (used in recipes) and the factory building its quantized form.
 
-    `has_input` is False for layers whose input is not a float activation (embeddings).
+    `has_input` is False for layers whose input is not a float activation (embeddings) or is not
+    quantized (MoE experts). A recipe selecting the type `selected_with` selects this one too.
     """
 
     qualname: str
     name: str
     factory: Callable[..., nn.Module]
     has_input: bool = True
+    selected_with: str | None = None
 
 
 _REGISTRY: dict[str, QuantizableType] = {}
 # Subclasses of registered types that must stay float, with the reason a warning gives.
 _EXCLUDED: dict[str, str] = {}
+# Types recognised by a test on the class rather than by name (transformers' ~60 experts classes).
+_MATCHERS: list[tuple[Callable[[type], bool], QuantizableType]] = []
 
 
 def _qualname(cls: type) -> str:
@@ -112,6 +117,9 @@ def _match(cls: type) -> tuple[QuantizableType | None, str | None]:
             if getattr(cls, method, None) is not getattr(base, method, None):
                 return None, f"a {entry.name} subclass overriding {method}"
         return entry, None
+    for test, entry in _MATCHERS:
+        if test(cls):
+            return entry, None
     return None, None
 
 
@@ -140,7 +148,7 @@ def registered_names() -> list[str]:
         >>> "Conv2d" in registered_names()
         True
     """
-    return sorted({entry.name for entry in _REGISTRY.values()})
+    return sorted({entry.name for entry in [*_REGISTRY.values(), *(e for _, e in _MATCHERS)]})
 
 
 def _skipped(name: str, skip: Sequence[str]) -> bool:
@@ -271,4 +279,8 @@ register("transformers.pytorch_utils.Conv1D", "Conv1D", QuantLinear.from_float)
 register("transformers.models.falcon.modeling_falcon.FalconLinear", "Linear", QuantLinear.from_float)
 # nn.MultiheadAttention reads its out_proj's weight and bias directly and never calls the layer, so a
 # quantized out_proj would neither quantize anything nor see calibration data.
+# transformers' MoE experts (3-D stacks of per-expert Linear weights): quantized wherever Linear layers are.
+_MATCHERS.append(
+    (is_experts_class, QuantizableType("transformers experts", EXPERTS_TYPE, QuantExperts.from_float, False, "Linear"))
+)
 _exclude(_qualname(nn.modules.linear.NonDynamicallyQuantizableLinear), "read by nn.MultiheadAttention, never called")
