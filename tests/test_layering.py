@@ -21,12 +21,12 @@ LAYERS = {
     "calibrators": 3, "metrics": 3,
     "nn": 4, "transforms": 4, "distributed": 4,
     "api": 6, "persistence": 6, "load_checks": 6, "install": 6, "deferred": 6, "functional_points": 6, "meta_device": 6,
-    "algorithms": 7, "analysis": 7, "qat": 7, "summary": 7, "evaluate": 7,
+    "algorithms": 7, "streaming": 7, "analysis": 7, "qat": 7, "summary": 7, "evaluate": 7,
     "export": 8,
     "engines": 9,
     "selection": 10, "selection_calibrators": 10, "selection_stages": 10, "auto": 10,
     "report": 11,
-    "cli": 12, "cli_inputs": 12, "saved_dirs": 12, "models": 12, "testing": 12, "tasks": 12, "demos": 12, "_moved": 12, "datasets": 12,
+    "cli": 12, "cli_inputs": 12, "cli_auto": 12, "cli_bench": 12, "cli_data": 12, "cli_metrics": 12, "cli_saved": 12, "cli_tools": 12, "saved_dirs": 12, "models": 12, "testing": 12, "tasks": 12, "demos": 12, "_moved": 12, "datasets": 12,
 }  # fmt: skip
 
 
