@@ -123,6 +123,7 @@ def autoquantize(
     model.eval()
     run = Run(model, calib, Scorer(eval_fn), search_data, held, budget, absolute, lower_is_better, target, example,
               max_evaluations, timer or default_timer, log)  # fmt: skip
+    run.qat_possible = train_data is not None
     run.note("data", "split", f"{len(calib)} calibration, {len(search_data)} search and {len(held)} held-out items")
     search.baselines(run)
     found, skipped = families(model, target)

@@ -105,7 +105,8 @@ class Run:
         self.float_score: Score | None = None
         self.float_holdout: Score | None = None
         self.sensitivity: list[tuple[str, float]] = []
-        self.histogram_units: list[str] = []
+        self.qat_possible = False
+        self.verdict = ""
 
     def note(self, step: str, decision: str, why: str) -> None:
         """Add a line to the decision trail (and show it when the caller gave a `log`)."""
@@ -127,9 +128,11 @@ class Run:
         """Whether `metric` is within budget of `reference` (default: the float metric on the search data)."""
         return self.loss(metric, reference) <= self.allowed(reference) + 1e-12
 
-    def evaluations_left(self) -> int:
-        """eval_fn calls the search may still make (the final verdict's reserve excluded)."""
-        return self.max_evaluations - FINAL_RESERVE - self.scorer.calls
+    def evaluations_left(self, for_qat: bool = False) -> int:
+        """eval_fn calls the search may still make (the final verdict's reserve excluded, and QAT's one
+        evaluation when QAT may run: `for_qat` asks for that one)."""
+        reserve = FINAL_RESERVE + (1 if self.qat_possible and not for_qat else 0)
+        return self.max_evaluations - reserve - self.scorer.calls
 
     def add(self, candidate: Candidate, model: Any = None, why: str = "") -> Trial:
         """Register a candidate (its name is its key)."""

@@ -162,7 +162,7 @@ def try_qat(run: Run, builder: Builder, train_data: Any, loss_fn: Any) -> None:
 
     static = [t for t in run.trials.values() if t.candidate.kind == "quantized" and t.score is not None
               and t.candidate.recipe.activations is not None and not t.candidate.recipe.dynamic]  # fmt: skip
-    if not static or run.evaluations_left() <= 0:
+    if not static or run.evaluations_left(for_qat=True) <= 0:
         run.note(
             "qat", "skipped", "no scored static candidate to start from" if not static else "evaluation budget spent"
         )

@@ -150,8 +150,8 @@ def reload(folder: Path, float_model: nn.Module) -> Any:
         options = {"dtype": "bfloat16" if kind == "bf16" else "float32"} if target == "openvino" else {}
         return compile_engine(str(folder / "model.onnx"), target, **options)
     if kind == "quantized":
-        qmodel = load(copy.deepcopy(float_model), folder / "model")
-        return compile_engine(qmodel, "torch-int8" if target == "torch-int8" else "torch")
+        qmodel = load(copy.deepcopy(float_model), folder / "model").eval()
+        return compile_engine(qmodel, "torch-int8") if target == "torch-int8" else qmodel
     fresh = copy.deepcopy(float_model)
     state = safetensors.torch.load_file(str(folder / "model.safetensors"))
     fresh.load_state_dict({k: v.to(fresh.state_dict()[k].dtype) for k, v in state.items()})
