@@ -89,14 +89,16 @@ def test_bf16_is_the_answer_when_no_int8_candidate_is_faster_and_nothing_quantiz
 
 def test_a_quantized_candidate_slower_than_bf16_is_never_chosen_even_within_budget():
     eval_fn = structural_metric(quantized_first_layer=1.0)
-    timings = iter([{"fp32": 10, "bf16": 5, "dynamic": 4, "static": 2}, {"fp32": 10, "bf16": 5, "dynamic": 6, "static": 6}])
+    final = {"fp32": 10, "bf16": 5, "dynamic": 6, "static": 6}
+    timings = iter([FAST_INT8, final])
 
     def timer(fns):  # the probe sees int8 fast; the final, side-by-side timing sees it slower than bf16
         return fake_timer(next(timings))(fns)
 
     report = qp.autoquantize(_mlp(), CALIB, eval_fn, budget=0.01, target="torch", timer=timer).report
     assert report["chosen"] == "bf16"
-    assert any(c["within_budget"] and "never chosen" in c["why"] for c in report["candidates"] if c["kind"] == "quantized")
+    quantized = [c for c in report["candidates"] if c["kind"] == "quantized"]
+    assert any(c["within_budget"] and "never chosen" in c["why"] for c in quantized)
 
 
 def test_float_fallback_rescues_a_harmful_layer_and_costs_its_speed():
@@ -107,9 +109,7 @@ def test_float_fallback_rescues_a_harmful_layer_and_costs_its_speed():
         net[0].weight[:, 0] *= 50  # make layer 0 the worst by output error, so the proxy ranks it first
     result = qp.autoquantize(net, CALIB, eval_fn, budget=0.01, target="torch", timer=fake_timer(FAST_INT8))
     report = result.report
-    assert "unit float" in report["chosen"] or "units float" in report["chosen"], report["trail"]
-    assert "0" in [n.strip() for n in report["candidates"][[c["chosen"] for c in report["candidates"]].index(True)]
-                   ["why"].split(":")[-1].split(",")] or not isinstance(result.model[0], QuantLinear)  # fmt: skip
+    assert report["chosen"] == "static, 1 unit float", report["trail"]
     assert not isinstance(result.model[0], QuantLinear)
     assert report["sensitivity"] and report["sensitivity"][0]["layer"] == "0"
     assert report["evaluations"] <= 40
@@ -156,8 +156,9 @@ def test_lower_is_better_and_absolute_budget():
 def test_qat_is_tried_when_post_training_misses_the_budget():
     eval_fn = structural_metric(quantized_first_layer=0.5, bf16=0.5, any_layer=True)
     train = [(b, torch.zeros(b.shape[0], 4)) for b in CALIB[:2]]
+    loss = torch.nn.functional.mse_loss
     report = qp.autoquantize(_mlp(), CALIB, eval_fn, budget=0.01, target="torch", timer=fake_timer(FAST_INT8),
-                             train_data=train, loss_fn=torch.nn.functional.mse_loss, max_evaluations=12).report  # fmt: skip
+                             train_data=train, loss_fn=loss, max_evaluations=12).report  # fmt: skip
     assert any(c["name"] == "qat" and c["metric"] == pytest.approx(0.5, abs=1e-2) for c in report["candidates"])
     assert report["chosen"] == "fp32" and report["evaluations"] <= 12
 
