@@ -19,7 +19,7 @@ from .api import (  # noqa: E402
     unfrozen_parts,
 )
 from .auto import AutoResult, autoquantize  # noqa: E402
-from .export import export_onnx  # noqa: E402
+from .export import export_llm, export_onnx  # noqa: E402
 from .persistence import load, save  # noqa: E402
 from .recipe import Recipe  # noqa: E402
 from .selection import select  # noqa: E402
@@ -56,6 +56,7 @@ __all__ = [
     "models",
     "engines",
     "export_onnx",
+    "export_llm",
     "qat",
     "autoquantize",
     "AutoResult",

@@ -6,7 +6,8 @@ Example:
     True
 """
 
+from .llm import LLMExport, export_llm
 from .onnx import TARGETS, export_onnx
 from .verify import AgreementReport, compare_with_onnxruntime
 
-__all__ = ["export_onnx", "TARGETS", "compare_with_onnxruntime", "AgreementReport"]
+__all__ = ["export_llm", "LLMExport", "export_onnx", "TARGETS", "compare_with_onnxruntime", "AgreementReport"]
