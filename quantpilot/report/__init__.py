@@ -12,5 +12,6 @@ Example:
 
 from .html import render_html, write_html
 from .json_report import to_jsonable, write_json
+from .text import render_text
 
-__all__ = ["render_html", "write_html", "write_json", "to_jsonable"]
+__all__ = ["render_html", "render_text", "write_html", "write_json", "to_jsonable"]

@@ -75,7 +75,7 @@ def sensitivity_svg(sensitivity: Sequence[dict[str, Any]]) -> str | None:
     colors = ["#c0392b" if h > 0 else "#7f8c8d" for h in harms]
     ax.barh(range(len(rows)), harms, color=colors)
     ax.set_yticks(range(len(rows)), names, fontsize=8)
-    ax.set_xlabel("harm: metric lost when only this layer is quantized")
+    ax.set_xlabel("harm when only this layer is quantized")
     ax.axvline(0.0, color="black", linewidth=0.6)
     ax.grid(axis="x", alpha=0.3)
     return _svg(fig)

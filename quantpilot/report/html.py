@@ -121,7 +121,10 @@ def _baseline_rows(report: dict[str, Any]) -> list[str]:
     if not isinstance(base, dict):
         return []
     rows = []
+    listed = {c.get("name") for c in report.get("candidates") or [] if isinstance(c, dict)}
     for kind in ("fp32", "bf16"):
+        if kind in listed:  # the autopilot lists the float model and its bf16 cast as candidates already
+            continue
         latency = _get(base, "latency_ms", kind)
         if latency is None and kind == "bf16":
             continue
@@ -221,7 +224,8 @@ def render_html(report: dict[str, Any]) -> str:
         _deployed(report),
         _chart(
             "Per-layer sensitivity", sensitivity_svg(sensitivity), bool(sensitivity),
-            "Metric lost when only that layer is quantized (most harmful first); these are the first kept in float.",
+            "Harm of quantizing only that layer (most harmful first): the first kept in float. "
+            + _e(report.get("sensitivity_measure") or ""),
         ),
         _chart(
             "Activation histograms of the worst layers", histograms_svg(histograms), bool(histograms),

@@ -17,7 +17,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 def test_every_section_is_rendered_inline():
     page = render_html(SAMPLE)
-    for needle in ("int8-static+matmul on openvino", "Candidates", "float (bf16)", "Per-layer sensitivity",
+    for needle in ("int8-static+matmul on openvino", "Candidates", "float (fp32)", "Per-layer sensitivity",
                    "Activation histograms", "calibrated range", "Decision trail", "Reproduce", "reloaded",
                    "[0.992, 0.994]", "2.10×", "eval_fn calls"):  # fmt: skip
         assert needle in page, needle
