@@ -215,8 +215,15 @@ def _presets(_: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `quantpilot` command."""
+    from . import __version__
+    from .cli_auto import add_auto_parser
+    from .cli_bench import add_benchmark_parser
+    from .cli_tools import add_tool_parsers
+
     parser = _Parser(prog="quantpilot", description="Quantize PyTorch models and measure the cost.")
+    parser.add_argument("--version", action="version", version=f"quantpilot {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    add_auto_parser(sub, _positive_int)
     q = sub.add_parser("quantize", help="quantize, calibrate, freeze and save a model")
     q.add_argument("--model", required=True, help="bundled model name or local Hugging Face model directory")
     q.add_argument("--recipe", default="int8-static", help="preset name or recipe .yaml/.json file")
@@ -233,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=_quantize)
     p = sub.add_parser("presets", help="list the recipe presets")
     p.set_defaults(func=_presets)
+    add_tool_parsers(sub, _positive_int)
+    add_benchmark_parser(sub, _positive_int)
     return parser
 
 
