@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -101,10 +102,13 @@ def runner(target: str, kind: str, model: nn.Module, example: Any) -> Any:
     return compile_engine(model, "torch", dtype="bfloat16" if kind == "bf16" else None)
 
 
-def deploy(target: str, kind: str, model: nn.Module, example: Any, folder: Path) -> dict[str, Any]:
+def deploy(
+    target: str, kind: str, model: nn.Module, example: Any, folder: Path, onnx_file: Path | None = None
+) -> dict[str, Any]:
     """Write what `target` deploys for `model` into `folder` (made here); return the report's `deployed` part.
 
-    ONNX targets get `model.onnx` (QDQ for a quantized model) and `engine.json` (the precision hint);
+    ONNX targets get `model.onnx` (QDQ for a quantized model; `onnx_file`, the one already exported for
+    timing, is copied instead of exporting again) and `engine.json` (the precision hint);
     torch targets get the `qp.save` folder of a quantized model, or the float/bf16 weights as safetensors.
 
     Example:
@@ -116,7 +120,10 @@ def deploy(target: str, kind: str, model: nn.Module, example: Any, folder: Path)
     folder.mkdir(parents=True, exist_ok=False)
     info: dict[str, Any] = {"engine": target, "kind": kind}
     if target in ONNX_TARGETS:
-        export_onnx(model, example, folder / "model.onnx")
+        if onnx_file is not None and Path(onnx_file).is_file():
+            shutil.copyfile(onnx_file, folder / "model.onnx")
+        else:
+            export_onnx(model, example, folder / "model.onnx")
         info["precision"] = "bf16" if kind == "bf16" else "f32"
         info["format"] = "onnx" + (" (QDQ int8)" if kind == "quantized" else "")
         info["path"] = "deploy/model.onnx"

@@ -1,0 +1,64 @@
+"""qp.autoquantize on a tiny BERT (functional points: the static+ops family) and on a real engine (ONNX Runtime:
+the chosen model is exported, reloaded in the runtime and scored again)."""
+
+import pytest
+import torch
+
+import quantpilot as qp
+from quantpilot.batches import first_tensor
+
+from .test_autoquantize import CALIB, FAST_INT8, _mlp, fake_timer
+
+
+def _cosines(reference_model, batches):
+    with torch.no_grad():
+        ref = {id(b): first_tensor(qp.batches.call_model(reference_model, b)).float() for b in batches}
+
+    def eval_fn(model, data):
+        outs = [first_tensor(qp.batches.call_model(model, b)).float() for b in data]
+        pairs = zip(outs, data, strict=True)
+        return torch.cat([torch.cosine_similarity(o.flatten(1), ref[id(b)].flatten(1), dim=-1) for o, b in pairs])
+
+    return eval_fn
+
+
+@pytest.fixture(scope="module")
+def tiny_bert():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=32)  # fmt: skip
+    gen = torch.Generator().manual_seed(0)
+    batches = [{"input_ids": torch.randint(0, 100, (4, 12), generator=gen), "attention_mask": torch.ones(4, 12).long()}
+               for _ in range(6)]  # fmt: skip
+    return transformers.BertModel(config).eval(), batches
+
+
+def test_tiny_bert_searches_the_attention_matmul_family_and_stops_at_the_first_all_int8_fit(tiny_bert):
+    bert, batches = tiny_bert
+    timer = fake_timer({**FAST_INT8, "static+ops": 1.5})
+    result = qp.autoquantize(bert, batches, _cosines(bert, batches), budget=0.05, target="torch", timer=timer)
+    report = result.report
+    assert report["chosen"].startswith("static+ops"), report["trail"]
+    assert "matmul" in result.recipe.ops
+    steps = [(t["step"], t["decision"]) for t in report["trail"]]
+    assert ("family static+ops", "stop") in steps and ("family static", "searched") in steps
+    assert not any(c["family"] == "static" and c["metric"] is not None for c in report["candidates"])
+    assert report["calibration_passes"] == 1
+    assert report["histograms"] and all(len(h["counts"]) + 1 == len(h["bins"]) for h in report["histograms"])
+
+
+def test_onnxruntime_deploys_the_chosen_qdq_model_and_scores_it_again_in_the_runtime(tmp_path):
+    pytest.importorskip("onnxruntime")
+    net = _mlp()
+    timer = fake_timer({"fp32": 10, "static": 2})
+    result = qp.autoquantize(net, CALIB, _cosines(net, CALIB), budget=0.01, target="onnxruntime", timer=timer)
+    report = result.report
+    assert report["float"]["latency_ms"]["bf16"] is None
+    assert any("no bf16" in t["why"] for t in report["trail"])
+    assert report["chosen"].startswith("static")
+    deployed = report["deployed"]
+    assert deployed["format"] == "onnx (QDQ int8)" and deployed["path"] == "deploy/model.onnx"
+    assert deployed["reloaded_metric"] == pytest.approx(deployed["metric"], abs=1e-3)
+    out = result.save(tmp_path / "out")
+    assert (out / "deploy" / "model.onnx").is_file() and (out / "deploy" / "engine.json").is_file()
