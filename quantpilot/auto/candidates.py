@@ -30,7 +30,7 @@ from ..batches import call_model, eval_mode, first_tensor
 from ..recipe import Recipe
 from ..selection_calibrators import CANDIDATE_CALIBRATORS, calibrator_label, choose_calibrators
 from ..selection_stages import with_functional_ops
-from ..steps import SmoothQuant
+from ..steps import FoldBatchNorm, SmoothQuant, Step
 
 __all__ = ["Candidate", "Family", "Builder", "relative_error", "families"]
 
@@ -82,6 +82,18 @@ def _has_smoothable(model: nn.Module, recipe: Recipe) -> bool:
     return any(isinstance(m, nn.Linear) for m in model.modules()) and recipe.activations is not None
 
 
+def base_steps(model: nn.Module) -> tuple[Step, ...]:
+    """Steps every recipe of this model starts with: BatchNorm folded into its convolution (exact in eval mode),
+    so that an engine runs one int8 convolution instead of an int8 one and a float BatchNorm.
+
+    Example:
+        >>> base_steps(torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1), torch.nn.BatchNorm2d(1)))
+        (FoldBatchNorm(),)
+    """
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return (FoldBatchNorm(),) if has_bn else ()
+
+
 def families(model: nn.Module, target: str) -> tuple[list[Family], list[tuple[str, str]]]:
     """The families this model and target allow, and `(family, why not)` for those left out.
 
@@ -91,11 +103,13 @@ def families(model: nn.Module, target: str) -> tuple[list[Family], list[tuple[st
         (['dynamic', 'static'], ['static+ops', 'weight-only'])
     """
     out, skipped = [], []
+    steps = base_steps(model)
+    preset = lambda name: Recipe.preset(name).replace(steps=steps)  # noqa: E731
     if target in DYNAMIC_TARGETS:
-        out.append(Family("dynamic", Recipe.preset("int8-dynamic"), False, "int8 weights, per-batch activation ranges"))
+        out.append(Family("dynamic", preset("int8-dynamic"), False, "int8 weights, per-batch activation ranges"))
     else:
         skipped.append(("dynamic", f"{target} runs QDQ graphs with fixed activation ranges: no dynamic int8"))
-    static = Recipe.preset("int8-static")
+    static = preset("int8-static")
     out.append(Family("static", static, True, "int8 weights and activations on every layer, calibrated ranges"))
     with_ops, notes = with_functional_ops(model, static)
     if with_ops.ops:
@@ -103,8 +117,8 @@ def families(model: nn.Module, target: str) -> tuple[list[Family], list[tuple[st
     else:
         skipped.append(("static+ops", "; ".join(f"{k}: {v}" for k, v in notes.items())))
     if _is_language_model(model):
-        extra = (Recipe.preset("w4a16-g128"),) if target in DYNAMIC_TARGETS else ()
-        out.append(Family("weight-only", Recipe.preset("w8a16"), False, "int8 weights, float activations", extra))
+        extra = (preset("w4a16-g128"),) if target in DYNAMIC_TARGETS else ()
+        out.append(Family("weight-only", preset("w8a16"), False, "int8 weights, float activations", extra))
     else:
         skipped.append(("weight-only", "not a language model (weight-only pays off in memory-bound decoding)"))
     return out, skipped
@@ -154,7 +168,7 @@ class Builder:
         Calibrated once and cached: the variants without points, or with other calibrators, reuse the pass.
         """
         if alpha not in self._stats:
-            base = Recipe.preset("int8-static").replace(ops=self.ops)
+            base = Recipe.preset("int8-static").replace(ops=self.ops, steps=base_steps(self.model))
             self._stats[alpha] = CalibrationStatistics(self.model, base, self.calib, keep_inputs=True, smoothing=alpha)
         return self._stats[alpha]
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..analysis.sensitivity import variant
 from ..evaluate import size_on_disk
+from ..steps import SmoothQuant
 from . import targets
 from .candidates import Builder, Candidate, Family
 from .run import Run, Trial
@@ -169,7 +170,8 @@ def try_qat(run: Run, builder: Builder, train_data: Any, loss_fn: Any) -> None:
         return
     start = min(static, key=lambda t: run.loss(t.metric))
     # Without SmoothQuant: the step would run inside freeze, after training, on weights QAT already fitted.
-    recipe = start.candidate.recipe.replace(steps=())
+    recipe = start.candidate.recipe
+    recipe = recipe.replace(steps=tuple(s for s in recipe.steps if not isinstance(s, SmoothQuant)))
     qmodel = quantize(run.model, recipe)
     with calibrate(qmodel, progress=False):
         for batch in run.calib:
