@@ -205,31 +205,41 @@ def _column_sweep(
     """
     rows, columns = w.shape
     codes = torch.zeros(rows, columns, dtype=torch.uint8)
+    qmin, qmax = float(column_spec.qmin), float(column_spec.qmax)
+    threads = torch.get_num_threads()
     for i1 in range(0, columns, block_size):
         i2 = min(i1 + block_size, columns)
         w1 = w[:, i1:i2].clone()
         err1 = torch.zeros_like(w1)
         u1 = u[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            col = int(perm[i1 + i])
-            g = 0 if group is None else col // group
-            if not have_grid[g]:
-                # The group's grid from its current (error-compensated) weights, when the sweep reaches it.
-                # A group reaching past this block also gets the block's pending lazy update, so the
-                # grid never depends on the block size (the reference reads the stale columns there;
-                # with its default 128 / 128 no group straddles a block and both agree).
-                end = min(i1 + i + group, columns)
-                pending = err1[:, :i] @ u[i1 : i1 + i, i2:end]
-                ahead = torch.cat([w1[:, i:], w[:, i2:end] - pending], dim=1)[:, :group]
-                _, s, z = quantize_weight(ahead, column_spec, scale_dtype)
-                scale[:, g], zero[:, g] = s[:, 0], z[:, 0]
-                have_grid[g] = True
-            q = quantize(w1[:, i : i + 1], scale[:, g], zero[:, g], column_spec)
-            codes[:, i1 + i] = q[:, 0]
-            dq = dequantize(q, scale[:, g], zero[:, g], column_spec)[:, 0]
-            e = (w1[:, i] - dq) / u1[i, i]
-            w1[:, i:].sub_(e.unsqueeze(1) * u1[i, i:].unsqueeze(0))
-            err1[:, i] = e
+        # The column loop is thousands of small (rows x <=block) ops: one thread runs them fastest (profiled:
+        # 2 threads were 2-14x slower per column on a busy 2-core CPU, the fork/join costing more than the work).
+        torch.set_num_threads(1)
+        try:
+            for i in range(i2 - i1):
+                col = int(perm[i1 + i])
+                g = 0 if group is None else col // group
+                if not have_grid[g]:
+                    # The group's grid from its current (error-compensated) weights, when the sweep reaches it.
+                    # A group reaching past this block also gets the block's pending lazy update, so the
+                    # grid never depends on the block size (the reference reads the stale columns there;
+                    # with its default 128 / 128 no group straddles a block and both agree).
+                    end = min(i1 + i + group, columns)
+                    pending = err1[:, :i] @ u[i1 : i1 + i, i2:end]
+                    ahead = torch.cat([w1[:, i:], w[:, i2:end] - pending], dim=1)[:, :group]
+                    _, sc, zp = quantize_weight(ahead, column_spec, scale_dtype)
+                    scale[:, g], zero[:, g] = sc[:, 0], zp[:, 0]
+                    have_grid[g] = True
+                # primitives.quantize / dequantize inlined (the same float32 operations, so the same codes):
+                # their argument checks cost more than the arithmetic on one column.
+                s_col, z_col = scale[:, g], zero[:, g]
+                q = (w1[:, i] / s_col).round_().add_(z_col).clamp_(qmin, qmax)
+                codes[:, i1 + i] = q.to(torch.uint8)
+                e = (w1[:, i] - (q - z_col) * s_col) / u1[i, i]
+                w1[:, i:].sub_(torch.outer(e, u1[i, i:]))
+                err1[:, i] = e
+        finally:
+            torch.set_num_threads(threads)
         # The lazy batch update: the whole block's error reaches the later columns in one matmul.
         w[:, i2:].sub_(err1 @ u[i1:i2, i2:])
     return codes
