@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo demo-core test lint bench bench-core bench-torch-int8 bench-llm bench-llm-outliers bench-selective bench-qat bench-memory clean zoo
+.PHONY: demo demo-core test lint bench bench-core bench-torch-int8 bench-llm bench-llm-outliers bench-selective bench-qat bench-memory clean zoo bench-auto
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,10 @@ bench-qat: $(VENV)/.installed-dev
 
 bench-memory: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/bench_memory.py
+
+# qp.autoquantize against OpenVINO FP32/bf16, NNCF int8 and NNCF accuracy control (MiniLM, EfficientNet-Lite0).
+bench-auto: $(VENV)/.installed-bench
+	$(BIN)/python benchmarks/bench_auto.py
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache build *.egg-info testbed/*.egg-info
