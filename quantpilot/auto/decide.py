@@ -119,6 +119,9 @@ def verdict(run: Run, chosen: Trial) -> str:
     interval = drop_interval(run.float_holdout, chosen.holdout, run.lower_is_better) if chosen.holdout else None
     if chosen is fp32:
         return line
+    if chosen.holdout is None:
+        unchecked = line.replace("held-out metric", "search metric")
+        return unchecked + "; not checked on held-out data: max_evaluations spent"
     if interval is None:
         return line + "; no confidence interval: eval_fn returned one number, not per-sample scores"
     if interval[0] <= allowed <= interval[1]:
