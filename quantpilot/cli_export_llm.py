@@ -7,7 +7,7 @@ the export. `quantpilot.cli` parses the arguments and calls `export_llm_dir`.
 Example:
     >>> export_llm_dir("no-such-dir", "gguf", "out.gguf")
     Traceback (most recent call last):
-    ValueError: no-such-dir is not a folder quantpilot saved (run quantpilot quantize --model HF_DIR ... --out DIR first)
+    ValueError: no-such-dir is not a folder quantpilot saved (quantpilot quantize --model HF_DIR --out DIR writes one)
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def export_llm_dir(directory: str | Path, format: str, out: str | Path, gguf_typ
     directory = Path(directory)
     if not directory.is_dir():
         raise ValueError(
-            f"{directory} is not a folder quantpilot saved (run quantpilot quantize --model HF_DIR ... --out DIR first)"
+            f"{directory} is not a folder quantpilot saved (quantpilot quantize --model HF_DIR --out DIR writes one)"
         )
     try:
         from .saved_dirs import open_saved

@@ -163,7 +163,9 @@ def export_llm(
         theirs = perplexity(logits, ids)
         difference = abs(theirs / ours - 1)
         requantized = bool(getattr(details, "requantized", ()))
-        result = LLMExport(format, path, engine, ours, theirs, difference, difference <= tolerance or requantized, details)
+        result = LLMExport(
+            format, path, engine, ours, theirs, difference, difference <= tolerance or requantized, details
+        )
     if not result.passed:
         _remove(format, path)
         raise ValueError(

@@ -3,11 +3,11 @@
 llama.cpp's legacy block types hold 32 weights per block with one fp16 scale `d` (and, for Q4_1, an
 fp16 offset `m`):
 
-| type | block value | quantpilot weights that map without requantization |
+| type | block value | quantpilot weights that map without requantization (groups a multiple of 32) |
 |---|---|---|
-| Q4_0 | `(q - 8) * d` | uint4, symmetric (zero point 8), groups a multiple of 32: exact (d = our fp16 scale) |
-| Q4_1 | `q * d + m` | uint4 (any zero point), groups a multiple of 32: codes exact, `m = -z * s` rounded to fp16 |
-| Q8_0 | `q * d` (int8 q) | uint4/int4 codes, groups a multiple of 32: exact (`q = c - z`, `d = s`); int8 symmetric: codes exact, scale rounded to fp16 |
+| Q4_0 | `(q - 8) * d` | uint4 symmetric (zero point 8): exact, d = our fp16 scale |
+| Q4_1 | `q * d + m` | uint4, any zero point: codes exact, `m = -z * s` rounded to fp16 |
+| Q8_0 | `q * d`, int8 q | 4-bit codes: exact (`q = c - z`, `d = s`); int8 symmetric: codes exact, scale to fp16 |
 
 Q4_1's offset `-z * s` needs up to 15 significant bits and fp16 has 11, so it is rounded: the
 added error is at most half an fp16 ulp of `m` (|m| <= 15 s), under 0.4 % of a quantization step

@@ -88,9 +88,7 @@ def vocabulary(tokenizer: Any, vocab_size: int) -> dict[str, Any] | None:
             tokens.append(f"[PAD{i}]")
             types.append(gguf.TokenType.UNUSED)
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
-    ids = {
-        key: getattr(tokenizer, f"{key}_token_id", None) for key in ("bos", "eos", "unk", "pad")
-    }
+    ids = {key: getattr(tokenizer, f"{key}_token_id", None) for key in ("bos", "eos", "unk", "pad")}
     return {"tokens": tokens, "types": types, "merges": merges, "ids": ids}
 
 

@@ -19,7 +19,8 @@ layers are transformers `Conv1D`) is refused with a message naming the formats t
 Example:
     >>> import tempfile, os, quantpilot as qp
     >>> from quantpilot.testing import tiny_causal_lm
-    >>> out = write_hf_checkpoint(qp.algorithms.rtn(tiny_causal_lm("llama")), None, os.path.join(tempfile.mkdtemp(), "hf"))
+    >>> q = qp.algorithms.rtn(tiny_causal_lm("llama"))
+    >>> out = write_hf_checkpoint(q, None, os.path.join(tempfile.mkdtemp(), "hf"))
     >>> sorted(p.name for p in out.iterdir())
     ['config.json', 'model.safetensors']
 """
@@ -104,14 +105,13 @@ def write_hf_checkpoint(model: Any, tokenizer: Any, directory: str | Path) -> Pa
         >>> from quantpilot.testing import tiny_causal_lm
         >>> write_hf_checkpoint(tiny_causal_lm("gpt2"), None, "x")
         Traceback (most recent call last):
-        ValueError: the Hugging Face export (compressed-tensors) packs nn.Linear layers; GPT-2's Conv1D layers are not, export it with format='gguf' or 'openvino'
+        ValueError: format='hf' (compressed-tensors) packs nn.Linear layers, not GPT-2's Conv1D: use gguf or openvino
     """
     from safetensors.torch import save_file
 
     if architecture(model) == "gpt2" or any(type(m).__name__ == "Conv1D" for m in model.modules()):
         raise ValueError(
-            "the Hugging Face export (compressed-tensors) packs nn.Linear layers; GPT-2's Conv1D layers are "
-            "not, export it with format='gguf' or 'openvino'"
+            "format='hf' (compressed-tensors) packs nn.Linear layers, not GPT-2's Conv1D: use gguf or openvino"
         )
     check_new(directory)
     dtype = _float_dtype(model)
