@@ -35,6 +35,7 @@ from ..api import quantized_layers
 from ..atomic import atomic_path, check_new
 from ..batches import eval_mode, first_tensor
 from ..nn import QuantModule, TensorQuantizer
+from ..nn.experts import traceable_experts
 from ..spec import PerChannel, PerTensor, QuantSpec
 from .graph_passes import hoist_qdq_above_zero_pads
 from .tensorrt_rules import tensorrt_violations
@@ -281,7 +282,8 @@ def _export_refusal(wrapper: nn.Module, err: Exception) -> str:
 
 
 def _trace(wrapper, tensors, opset, input_names, output_names, dynamic):
-    with warnings.catch_warnings():
+    # MoE experts trace through transformers' batched_mm implementation (grouped_mm has no ONNX form).
+    with warnings.catch_warnings(), traceable_experts(wrapper):
         warnings.simplefilter("ignore")  # exporter chatter about optional packages (torchvision)
         try:
             return torch.onnx.export(

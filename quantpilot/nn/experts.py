@@ -23,7 +23,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -42,6 +44,7 @@ __all__ = [
     "PackedExpertWeight",
     "QuantExperts",
     "warn_expert_gaps",
+    "traceable_experts",
 ]
 
 # The short name recipes use for experts modules (`module_types`); a recipe quantizing "Linear" selects them too.
@@ -326,3 +329,30 @@ def warn_expert_gaps(plan: list, recipe: Any, steps_ran: bool = True, stacklevel
             f"mixture-of-experts module(s) ({listed}) are quantized with round-to-nearest (RTN) instead",
             stacklevel=stacklevel,
         )
+
+
+@contextlib.contextmanager
+def traceable_experts(model: nn.Module) -> Iterator[None]:
+    """Inside the block the model's experts modules run transformers' "batched_mm" implementation.
+
+    transformers' default "grouped_mm" calls an op with no ONNX form, and the eager loop's shapes
+    depend on the routing; "batched_mm" (gather each token's expert matrices, one batched matmul)
+    traces into plain Gather and MatMul and computes the same products. The configs are restored on exit.
+
+    Example:
+        >>> with traceable_experts(torch.nn.Linear(2, 2)):  # no experts: nothing changes
+        ...     pass
+    """
+    configs = {}
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if is_experts_class(type(module)) and hasattr(config, "_experts_implementation_internal"):
+            configs[id(config)] = (config, config._experts_implementation_internal)
+    try:
+        for config, _ in configs.values():
+            # The internal field, not the property: its setter also rewrites every sub-config.
+            config._experts_implementation_internal = "batched_mm"
+        yield
+    finally:
+        for config, before in configs.values():
+            config._experts_implementation_internal = before

@@ -270,16 +270,23 @@ def test_encoder_decoder_export_takes_its_own_decoder_length(tmp_path):
     assert float((torch.from_numpy(onnx_out[0]) - torch_out).abs().max()) < 0.1 * float(torch_out.abs().max())
 
 
-def test_a_mixture_of_experts_model_is_refused_in_one_line_naming_its_experts(tmp_path):
+def test_a_mixture_of_experts_model_exports_and_agrees_at_a_second_shape(tmp_path):
+    # Expert stacks are quantized (QuantExperts) and traced through transformers' batched_mm experts
+    # implementation (its default grouped_mm has no ONNX form: this used to be a refusal).
     from quantpilot_testbed.zoo import FAMILIES
 
     family = FAMILIES["mixtral"]
-    with pytest.warns(UserWarning, match="MixtralExperts"):  # the experts stay float, and quantize says so
-        qmodel = qp.quantize(family.build(), "int8-static")
+    qmodel = qp.quantize(family.build(), "int8-static")
     with qp.calibrate(qmodel):
         qmodel(**family.inputs(0))
     qp.freeze(qmodel)
-    expected = r"cannot export MixtralForCausalLM: its mixture-of-experts modules \(MixtralExperts\)"
-    with pytest.raises(ValueError, match=expected):
-        qp.export_onnx(qmodel, family.inputs(0), tmp_path / "mixtral.onnx")
-    assert not list(tmp_path.iterdir())  # nothing half-written
+    path = qp.export_onnx(qmodel, family.inputs(0), tmp_path / "mixtral.onnx")
+    assert qmodel.config._experts_implementation == "grouped_mm"  # restored after the trace
+    second = family.inputs(5, second=True)
+    session = pytest.importorskip("onnxruntime").InferenceSession(str(path))
+    wanted = {i.name for i in session.get_inputs()}
+    onnx_out = torch.from_numpy(session.run(None, {k: v.numpy() for k, v in second.items() if k in wanted})[0])
+    with torch.no_grad():
+        torch_out = qmodel(**second).logits
+    assert onnx_out.shape == torch_out.shape
+    assert float((onnx_out - torch_out).abs().max()) < 0.01 * float(torch_out.abs().max())
