@@ -133,8 +133,8 @@ def autoquantize(
     kept = search.probe(run, builder, found)
     for family in kept:
         if search.search_family(run, builder, family):
-            run.note(f"family {family.name}", "stop", "every layer int8 within budget: the remaining families are "
-                     "slower at their fastest, and so is any variant with float layers")  # fmt: skip
+            why = "a variant without float layers holds the budget: the other families are slower at their fastest"
+            run.note(f"family {family.name}", "stop", why + ", and so is any variant with float layers")
             break
     quantized_ok = any(t.within and t.candidate.kind == "quantized" for t in run.trials.values())
     if train_data is not None and kept and not quantized_ok:

@@ -226,5 +226,8 @@ class Builder:
         """Units (layers, points) of `qmodel`, most harmful first, harm = output noise-to-signal (proxy)."""
         from ..analysis.layer_errors import layer_errors
 
-        report = layer_errors(qmodel, self.calib[:PROXY_BATCHES], float_model=self.model)
+        try:
+            report = layer_errors(qmodel, self.calib[:PROXY_BATCHES], float_model=self.model)
+        except (RuntimeError, ValueError):
+            return []  # e.g. transformers' Conv1D (transposed weights) in layer_errors: no ranking, said by callers
         return [(row.name, 10 ** (-row.worst_db / 10)) for row in report.worst()]

@@ -138,6 +138,8 @@ def _float_fallback(run: Run, builder: Builder, family: Family, best: Trial) -> 
     if not run.sensitivity:
         run.sensitivity = ranking
     names = [name for name, _ in ranking]
+    if not names:
+        run.note(family.name, "float fallback skipped", "the per-layer error proxy could not rank this model's layers")
     for k in FLOAT_STEPS:
         if k >= len(names):
             break
