@@ -179,6 +179,22 @@ _SPECS: dict[str, tuple[str, str, str, Callable[[], dict[str, Any]]]] = {
         "MixtralForCausalLM",
         lambda: _llama_like(num_local_experts=4, num_experts_per_tok=2, sliding_window=None),
     ),
+    # More mixture-of-experts layouts: a shared expert beside the routed ones (Qwen2-MoE), q/k norms (Qwen3-MoE, OLMoE).
+    "qwen2-moe": (
+        "decoder",
+        "Qwen2MoeConfig",
+        "Qwen2MoeForCausalLM",
+        lambda: _llama_like(
+            num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64, shared_expert_intermediate_size=64
+        ),
+    ),
+    "qwen3-moe": (
+        "decoder",
+        "Qwen3MoeConfig",
+        "Qwen3MoeForCausalLM",
+        lambda: _llama_like(head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64),
+    ),
+    "olmoe": ("decoder", "OlmoeConfig", "OlmoeForCausalLM", lambda: _llama_like(num_experts=4, num_experts_per_tok=2)),
     "t5": (
         "encoder-decoder",
         "T5Config",
@@ -369,7 +385,9 @@ def _preset(name: str) -> Callable[[Family, nn.Module, dict], Cell]:
             detail = f"g128 refused ({_one_line(err, 160)}); ran with PerGroup(64)"
             qmodel = _quantized(model, fam, _with_group(recipe, 64))
         state[name] = qmodel
-        return Cell("ok", detail, _cosine(_run(qmodel, fam), state["float"]))
+        # The share of the model's weights stored quantized (MoE expert stacks included), for the matrix's notes.
+        covered = f"{qp.summary(qmodel).quantized_share:.1%} of weights quantized"
+        return Cell("ok", "; ".join(filter(None, [detail, covered])), _cosine(_run(qmodel, fam), state["float"]))
 
     return op
 
