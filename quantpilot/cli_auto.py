@@ -222,22 +222,36 @@ def _check_inputs(args: argparse.Namespace) -> tuple[str, float, str]:
     kind = model_kind(args.model)
     metric = args.metric or {"image": "top1", "causal-lm": "perplexity"}.get(kind, "cosine")
     metric_function(metric)  # a MODULE:FUNC that does not import fails here, before the model loads
+    if metric == "perplexity" and kind != "causal-lm":
+        raise ValueError("--metric perplexity needs a causal language model (a folder with a *ForCausalLM config)")
     for flag, path in (("--calib-data", args.calib_data), ("--eval-data", args.eval_data)):
         if path is not None and not Path(path).exists():
             raise ValueError(f"{flag} {path} does not exist")
     return kind, budget, metric
 
 
+def _read_all(args: argparse.Namespace, kind: str, metric: str, prep: Any) -> tuple[str, Samples, str, Samples]:
+    """Calibration and eval samples, the calibration ones cut to --calib-size; top1 checked to have labels."""
+    calib_from, calib = read_data(args.calib_data, kind, "--calib-data", prep, args.seq_len)
+    eval_from, evals = read_data(args.eval_data, kind, "--eval-data", prep, args.seq_len)
+    calib = take(calib, args.calib_size, "--calib-size", calib_from)
+    if metric == "top1" and evals.labels is None:
+        raise ValueError("--metric top1 needs labels: image class sub-folders or a labels.csv beside the photos")
+    return calib_from, calib, eval_from, evals
+
+
 def _auto(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     kind, budget, metric = _check_inputs(args)
+    if kind != "causal-lm":  # text and images are read (and checked) before the model loads
+        data = _read_all(args, kind, metric, None)
     say = _progress(started)
     say(f"loading {args.model} ({kind} model)")
     torch.set_num_threads(args.threads)
     model, prep, source = load_for_cli(args.model, kind)
-    calib_from, calib = read_data(args.calib_data, kind, "--calib-data", prep, args.seq_len)
-    eval_from, evals = read_data(args.eval_data, kind, "--eval-data", prep, args.seq_len)
-    calib = take(calib, args.calib_size, "--calib-size", calib_from)
+    if kind == "causal-lm":  # text is tokenized by the model's own tokenizer
+        data = _read_all(args, kind, metric, prep)
+    calib_from, calib, eval_from, evals = data
     say(f"data: {len(calib)} calibration samples from {calib_from}, {len(evals)} eval samples from {eval_from}")
     calib_batches = input_batches(kind, prep, calib, args.batch_size, args.seq_len)
     _, items = prepare_items(kind, metric, model, prep, evals, args.batch_size, args.seq_len)

@@ -97,7 +97,9 @@ def _export(args: argparse.Namespace) -> int:
         except ModuleNotFoundError:
             raise ValueError(f"--format {args.format} for a language model is not available in this build") from None
         _say(f"exporting {folder} as {args.format}")
-        export_llm_dir(args.directory, args.format, out, args.gguf_type)
+        written = Path(export_llm_dir(args.directory, args.format, out, args.gguf_type if args.format == "gguf" else None))
+        print(f"exported to {written}")
+        return 0
     elif args.format in ("hf", "gguf"):
         raise ValueError(f"--format {args.format} is for language-model folders; this is a {kind} model: use onnx or openvino")
     else:

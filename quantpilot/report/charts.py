@@ -17,11 +17,12 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["sensitivity_svg", "histograms_svg", "MAX_SENSITIVITY_BARS", "MAX_HISTOGRAMS"]
+__all__ = ["sensitivity_svg", "histograms_svg", "MAX_SENSITIVITY_BARS", "MAX_HISTOGRAMS", "MAX_BARS"]
 
 # A readable chart: the layers that matter, not all 200 of a large model.
 MAX_SENSITIVITY_BARS = 25
 MAX_HISTOGRAMS = 6
+MAX_BARS = 128
 
 
 def _figure(width: float, height: float):
@@ -81,14 +82,20 @@ def sensitivity_svg(sensitivity: Sequence[dict[str, Any]]) -> str | None:
     return _svg(fig)
 
 
-def _centers_and_widths(bins: list[float], n: int) -> tuple[list[float], list[float]] | None:
-    """Bar centers and widths from bin edges (n + 1 values) or bin centers (n values)."""
+def _edges(bins: list[float], n: int) -> list[float] | None:
+    """Bin edges from edges (n + 1 values) or evenly spaced bin centers (n values)."""
     if len(bins) == n + 1:
-        return [(a + b) / 2 for a, b in zip(bins, bins[1:])], [b - a for a, b in zip(bins, bins[1:])]
+        return list(bins)
     if len(bins) == n and n > 1:
-        width = (bins[-1] - bins[0]) / (n - 1)
-        return list(bins), [width] * n
+        half = (bins[-1] - bins[0]) / (n - 1) / 2
+        return [b - half for b in bins] + [bins[-1] + half]
     return None
+
+
+def _coarsen(counts: list[float], edges: list[float]) -> tuple[list[float], list[float]]:
+    """At most MAX_BARS bins (adjacent ones summed): a calibrator's 2048 bins draw as a blur and slowly."""
+    step = max(1, math.ceil(len(counts) / MAX_BARS))
+    return [sum(counts[i : i + step]) for i in range(0, len(counts), step)], edges[::step][: math.ceil(len(counts) / step)] + [edges[-1]]
 
 
 def _histogram(ax, entry: dict[str, Any]) -> bool:
@@ -96,10 +103,11 @@ def _histogram(ax, entry: dict[str, Any]) -> bool:
     bins = [_number(b) for b in entry.get("bins") or []]
     if not counts or None in counts or None in bins:
         return False
-    geometry = _centers_and_widths(bins, len(counts))  # type: ignore[arg-type]
-    if geometry is None:
+    edges = _edges(bins, len(counts))  # type: ignore[arg-type]
+    if edges is None:
         return False
-    ax.bar(geometry[0], counts, width=geometry[1], color="#2980b9", linewidth=0)
+    counts, edges = _coarsen(counts, edges)  # type: ignore[arg-type]
+    ax.stairs(counts, edges, fill=True, color="#2980b9")  # one path, however many bins
     if max(counts) > 0:  # type: ignore[type-var]
         ax.set_yscale("log")
     span = entry.get("range")
