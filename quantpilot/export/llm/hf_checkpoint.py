@@ -9,9 +9,10 @@ CPU. The codes are mapped exactly: compressed-tensors stores signed codes `q` an
 with `(q - zp) * scale`, so quantpilot's unsigned `c`, `z` become `c - 2**(b-1)`, `z - 2**(b-1)`
 (the same difference) and the scales are written as they are (fp16 values, stored in the model's
 float dtype, so exactly); packing is compressed-tensors' own `pack_to_int32`. Asymmetric schemes
-(zero points, quantpilot's default) also get `"dequantize": true` in the quantization config:
-transformers 5.x's compressed route cannot load packed zero points (llm-compressor issue #1618), its
-dequantize route does, giving the same weights; vLLM/SGLang ignore the key and run the packed file.
+(zero points, quantpilot's default) and quantized token tables (w8a16) also get `"dequantize": true`
+in the quantization config: transformers 5.x's compressed route cannot load packed zero points
+(llm-compressor issue #1618) nor run a compressed `nn.Embedding`; its dequantize route does both,
+giving the same weights. vLLM/SGLang ignore the key and run the packed file.
 
 Layers: compressed-tensors packs `nn.Linear` only, so Llama-family models export and GPT-2 (whose
 layers are transformers `Conv1D`) is refused with a message naming the formats that take it.
@@ -45,11 +46,14 @@ def _scheme(t: LMTensor) -> tuple[int, bool, int | None]:
     return t.bits, t.symmetric, None if t.group_size == t.shape[1] else t.group_size
 
 
-def quantization_config(schemes: dict[str, tuple[int, bool, int | None]], float_linears: list[str]) -> dict:
+def quantization_config(
+    schemes: dict[str, tuple[int, bool, int | None]], float_layers: list[str], classes: tuple[str, ...] = ("Linear",)
+) -> dict:
     """The compressed-tensors `quantization_config` for layers -> (bits, symmetric, group) schemes.
 
-    One scheme (the usual case) targets every `Linear` and ignores the float ones, as llm-compressor
-    writes it; several schemes get one group each, targeting their layers by exact name.
+    One scheme (the usual case) targets the layer classes quantized (`Linear`, and `Embedding` when
+    the token table is) and ignores the float layers of those classes, as llm-compressor writes it;
+    several schemes get one group each, targeting their layers by exact name.
 
     Example:
         >>> c = quantization_config({"a.q": (4, False, 128)}, ["lm_head"])
@@ -65,10 +69,10 @@ def quantization_config(schemes: dict[str, tuple[int, bool, int | None]], float_
             num_bits=bits, type="int", symmetric=symmetric, strategy="group" if group else "channel", group_size=group
         )
         names = [n for n, s in schemes.items() if s == (bits, symmetric, group)]
-        targets = ["Linear"] if len(distinct) == 1 else [f"re:^{re.escape(n)}$" for n in names]
+        targets = list(classes) if len(distinct) == 1 else [f"re:^{re.escape(n)}$" for n in names]
         groups[f"group_{i}"] = QuantizationScheme(targets=targets, weights=args)
     config = QuantizationConfig(
-        config_groups=groups, format="pack-quantized", quantization_status="compressed", ignore=float_linears
+        config_groups=groups, format="pack-quantized", quantization_status="compressed", ignore=float_layers
     )
     return config.model_dump(exclude_none=True)
 
@@ -115,16 +119,20 @@ def write_hf_checkpoint(model: Any, tokenizer: Any, directory: str | Path) -> Pa
         )
     check_new(directory)
     dtype = _float_dtype(model)
-    tensors, schemes, float_linears = {}, {}, []
+    tensors, schemes, float_layers = {}, {}, {}
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
-    linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) or hasattr(m, "in_features")}
+    classes = {
+        n: "Embedding" if getattr(m, "computes", None) == "lookup" or isinstance(m, torch.nn.Embedding) else "Linear"
+        for n, m in model.named_modules()
+        if isinstance(m, (torch.nn.Linear, torch.nn.Embedding)) or getattr(m, "computes", None)
+    }
     for name, t in lm_tensors(model).items():
         layer = name.rsplit(".", 1)[0]
         if t.codes is None:
             if tied and name == "lm_head.weight":
                 continue
-            if name.endswith(".weight") and layer in linears:
-                float_linears.append(layer)
+            if name.endswith(".weight") and layer in classes:
+                float_layers[layer] = classes[layer]
             tensors[name] = t.value.to(dtype).contiguous()
             continue
         schemes[layer] = _scheme(t)
@@ -132,11 +140,13 @@ def write_hf_checkpoint(model: Any, tokenizer: Any, directory: str | Path) -> Pa
     if not schemes:
         raise ValueError("the model has no quantized layers: quantize and freeze it before exporting")
     config = model.config.to_dict()
-    config["quantization_config"] = quantization_config(schemes, float_linears)
-    if not all(symmetric for _, symmetric, _ in schemes.values()):
+    quantized_classes = tuple(sorted({classes.get(layer, "Linear") for layer in schemes}))
+    ignore = [n for n, kind in float_layers.items() if kind in quantized_classes]
+    config["quantization_config"] = quantization_config(schemes, ignore, quantized_classes)
+    if "Embedding" in quantized_classes or not all(symmetric for _, symmetric, _ in schemes.values()):
         # transformers' own compressed route cannot load packed zero points (llm-compressor #1618: the
-        # model it builds expects them unpacked); its dequantize route reads them right. GPU servers
-        # ignore the key and run the packed weights.
+        # model it builds expects them unpacked) nor run a compressed nn.Embedding (its forward finds no
+        # weight); its dequantize route reads both right. GPU servers ignore the key.
         config["quantization_config"]["dequantize"] = True
     config["dtype"] = str(dtype).removeprefix("torch.")
     config.pop("torch_dtype", None)
