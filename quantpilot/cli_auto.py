@@ -29,10 +29,26 @@ from typing import Any
 import torch
 
 from .cli_data import Samples, read_samples, take
-from .cli_metrics import (METRICS, cosine_items, image_batches, label_indices, lower_is_better, metric_function,
-                          text_batches, token_batches_of)  # fmt: skip
+from .cli_metrics import (
+    METRICS,
+    cosine_items,
+    image_batches,
+    label_indices,
+    lower_is_better,
+    metric_function,
+    text_batches,  # fmt: skip
+    token_batches_of,
+)
 
-__all__ = ["parse_budget", "add_auto_parser", "model_kind", "load_for_cli", "read_data", "input_batches", "prepare_items"]
+__all__ = [
+    "parse_budget",
+    "add_auto_parser",
+    "model_kind",
+    "load_for_cli",
+    "read_data",
+    "input_batches",
+    "prepare_items",
+]
 
 
 def parse_budget(text: str, absolute: bool = False) -> float:
@@ -49,7 +65,9 @@ def parse_budget(text: str, absolute: bool = False) -> float:
     try:
         value = float(raw[:-1] if percent else raw)
     except ValueError:
-        raise ValueError(f"--budget {text!r}: use a percentage such as 1% or 0.5%, or a fraction such as 0.01") from None
+        raise ValueError(
+            f"--budget {text!r}: use a percentage such as 1% or 0.5%, or a fraction such as 0.01"
+        ) from None
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"--budget {text!r}: must be a finite amount >= 0, e.g. 1% or 0.5%")
     if absolute:
@@ -72,7 +90,7 @@ def _architectures(folder: Path) -> list[str]:
 
 
 def model_kind(name: str) -> str:
-    """"text", "image" or "causal-lm" for a bundled name or a Hugging Face folder, checked before loading.
+    """ "text", "image" or "causal-lm" for a bundled name or a Hugging Face folder, checked before loading.
 
     Example:
         >>> model_kind("minilm")
@@ -101,7 +119,11 @@ def load_for_cli(name: str, kind: str) -> tuple[torch.nn.Module, Any, dict[str, 
         model, prep = _load(name, kind)
         if name in ("minilm", "efficientnet-lite0"):
             return model, prep, {"bundled": name}
-        auto = "AutoModelForImageClassification" if type(model).__name__.endswith("ForImageClassification") else "AutoModel"
+        auto = (
+            "AutoModelForImageClassification"
+            if type(model).__name__.endswith("ForImageClassification")
+            else "AutoModel"
+        )
         return model, prep, {"hf_dir": Path(name).expanduser(), "auto_class": auto}
     import transformers
 
@@ -172,7 +194,7 @@ def prepare_items(kind: str, metric: str, model: Any, prep: Any, samples: Sample
         if samples.labels is None:
             raise ValueError("--metric top1 needs labels: image class sub-folders or a labels.csv beside the photos")
         labels = label_indices(samples.labels, model).split(batch_size)
-        return batches, list(zip(batches, labels))
+        return batches, list(zip(batches, labels, strict=True))
     if metric == "perplexity" and kind != "causal-lm":
         raise ValueError("--metric perplexity needs a causal language model (a folder with a *ForCausalLM config)")
     labels = label_indices(samples.labels, model).split(batch_size) if samples.labels is not None else None
@@ -265,8 +287,8 @@ def _auto(args: argparse.Namespace) -> int:
         log=lambda line: print(line, file=sys.stderr, flush=True),  # its lines carry their own clock
     )  # fmt: skip
     counted = result.report.get("data") if isinstance(result.report.get("data"), dict) else {}
-    result.report["data"] = {"calibration samples": len(calib), "calibration data": calib_from,
-                             "eval samples": len(evals), "eval data": eval_from, "metric": metric, **counted}  # fmt: skip
+    used = {"calibration samples": len(calib), "calibration data": calib_from, "eval samples": len(evals)}
+    result.report["data"] = {**used, "eval data": eval_from, "metric": metric, **counted}
     result.report["commands"] = [_command(args)] + list(result.report.get("commands") or [])
     out = Path(args.out)
     _publish(result, out, source)

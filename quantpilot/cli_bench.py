@@ -129,7 +129,9 @@ def add_benchmark_parser(sub: Any, positive_int: Any) -> None:
         >>> sub = argparse.ArgumentParser().add_subparsers(); add_benchmark_parser(sub, int)
     """
     b = sub.add_parser("benchmark", help="latency percentiles and throughput against FP32 and bf16 on one engine")
-    b.add_argument("target", metavar="DIR|MODEL", help="a folder quantpilot saved, a bundled model name or an HF folder")
+    b.add_argument(
+        "target", metavar="DIR|MODEL", help="a folder quantpilot saved, a bundled model name or an HF folder"
+    )
     b.add_argument("--engine", default="openvino", choices=ENGINES)
     b.add_argument("--batch", type=positive_int, default=8, help="samples per call (default 8)")
     b.add_argument("--seq-len", type=positive_int, default=128, help="tokens per sample for text models (default 128)")

@@ -157,8 +157,14 @@ def read_token_ids(path: str | Path, flag: str, tokenizer: Any, seq_len: int) ->
         except (OSError, ValueError) as err:
             raise ValueError(f"{flag} {path} is not a readable .npy array: {err}") from None
         if array.dtype.kind not in "iu" or array.ndim not in (1, 2):
-            raise ValueError(f"{flag} {path}: token ids must be a 1-D or 2-D integer array, got {array.dtype} {array.shape}")
-        rows = [torch.from_numpy(array.astype("int64"))] if array.ndim == 1 else list(torch.from_numpy(array.astype("int64")))
+            raise ValueError(
+                f"{flag} {path}: token ids must be a 1-D or 2-D integer array, got {array.dtype} {array.shape}"
+            )
+        rows = (
+            [torch.from_numpy(array.astype("int64"))]
+            if array.ndim == 1
+            else list(torch.from_numpy(array.astype("int64")))
+        )
     elif suffix == ".jsonl" and '"input_ids"' in path.read_text(encoding="utf-8", errors="replace")[:10000]:
         lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         rows = [torch.tensor(_jsonl_field(line, "input_ids", list, path, flag, n), dtype=torch.long)

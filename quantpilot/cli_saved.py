@@ -28,7 +28,7 @@ class Saved:
 
 
 def kind_of(record: dict[str, Any], folder: Path | None) -> str:
-    """"text", "image" or "causal-lm" from a `source.json` record (and the files copied beside it).
+    """ "text", "image" or "causal-lm" from a `source.json` record (and the files copied beside it).
 
     Example:
         >>> kind_of({"kind": "transformers", "auto_class": "AutoModelForCausalLM"}, None)
@@ -43,7 +43,9 @@ def kind_of(record: dict[str, Any], folder: Path | None) -> str:
         return "causal-lm"
     if auto == "AutoModelForImageClassification":
         return "image"
-    if folder is not None and any((folder / n).is_file() for n in ("preprocessor_config.json", "image_processor_config.json")):
+    if folder is not None and any(
+        (folder / n).is_file() for n in ("preprocessor_config.json", "image_processor_config.json")
+    ):
         return "image"
     return "text"
 

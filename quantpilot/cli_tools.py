@@ -97,11 +97,15 @@ def _export(args: argparse.Namespace) -> int:
         except ModuleNotFoundError:
             raise ValueError(f"--format {args.format} for a language model is not available in this build") from None
         _say(f"exporting {folder} as {args.format}")
-        written = Path(export_llm_dir(args.directory, args.format, out, args.gguf_type if args.format == "gguf" else None))
+        written = Path(
+            export_llm_dir(args.directory, args.format, out, args.gguf_type if args.format == "gguf" else None)
+        )
         print(f"exported to {written}")
         return 0
     elif args.format in ("hf", "gguf"):
-        raise ValueError(f"--format {args.format} is for language-model folders; this is a {kind} model: use onnx or openvino")
+        raise ValueError(
+            f"--format {args.format} is for language-model folders; this is a {kind} model: use onnx or openvino"
+        )
     else:
         _say(f"exporting {folder} as {args.format}" + (" (TensorRT rules)" if args.target == "tensorrt" else ""))
         export_folder(args.directory, args.format, out, target=args.target)
@@ -138,7 +142,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         batches = input_batches(saved.kind, saved.prep, samples, args.batch_size, args.seq_len)
         items = cosine_items(_reference(saved, args.reference), batches)
     else:
-        _, items = prepare_items(saved.kind, args.metric, saved.qmodel, saved.prep, samples, args.batch_size, args.seq_len)
+        _, items = prepare_items(
+            saved.kind, args.metric, saved.qmodel, saved.prep, samples, args.batch_size, args.seq_len
+        )
     _say(f"{args.metric} on {len(samples)} samples from {where}")
     scores = metric_function(args.metric)(saved.qmodel, items)
     values = torch.as_tensor(scores, dtype=torch.float64).flatten().numpy()

@@ -95,7 +95,9 @@ def _edges(bins: list[float], n: int) -> list[float] | None:
 def _coarsen(counts: list[float], edges: list[float]) -> tuple[list[float], list[float]]:
     """At most MAX_BARS bins (adjacent ones summed): a calibrator's 2048 bins draw as a blur and slowly."""
     step = max(1, math.ceil(len(counts) / MAX_BARS))
-    return [sum(counts[i : i + step]) for i in range(0, len(counts), step)], edges[::step][: math.ceil(len(counts) / step)] + [edges[-1]]
+    return [sum(counts[i : i + step]) for i in range(0, len(counts), step)], edges[::step][
+        : math.ceil(len(counts) / step)
+    ] + [edges[-1]]
 
 
 def _histogram(ax, entry: dict[str, Any]) -> bool:

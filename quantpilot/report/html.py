@@ -181,7 +181,9 @@ def _deployed(report: dict[str, Any]) -> str:
 def _chart(title: str, svg: str | None, present: bool, caption: str) -> str:
     if not present:
         return ""
-    body = svg if svg is not None else "<p class='note'>no chart: install matplotlib (pip install 'quantpilot[plot]')</p>"
+    body = (
+        svg if svg is not None else "<p class='note'>no chart: install matplotlib (pip install 'quantpilot[plot]')</p>"
+    )
     return f"<h2>{title}</h2><p class='note'>{caption}</p>{body}"
 
 

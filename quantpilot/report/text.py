@@ -38,8 +38,9 @@ def _rows(report: dict[str, Any]) -> list[list[str]]:
         if base and (latency is not None or kind == "fp32"):
             metric = base.get("metric") if kind == "fp32" else None
             speed = fp32 / latency if fp32 and latency else None
-            rows.append([f"float {kind}", _cell(metric, ".4f"), _interval(base.get("interval")) if kind == "fp32" else "",
-                         "-", _cell(float_mib if kind == "fp32" else None, ".1f"), _cell(latency, ".2f"),
+            interval = _interval(base.get("interval")) if kind == "fp32" else ""
+            size = _cell(float_mib if kind == "fp32" else None, ".1f")
+            rows.append([f"float {kind}", _cell(metric, ".4f"), interval, "-", size, _cell(latency, ".2f"),
                          _cell(speed, ".2f", "x"), "-", "baseline"])  # fmt: skip
     for c in report.get("candidates") or []:
         if not isinstance(c, dict):
@@ -47,10 +48,12 @@ def _rows(report: dict[str, Any]) -> list[list[str]]:
         size = _num(c.get("size_bytes"))
         ok = {True: "yes", False: "no"}.get(c.get("within_budget"), "-")
         chosen = c.get("chosen") or (report.get("chosen") is not None and c.get("name") == report.get("chosen"))
-        rows.append([("* " if chosen else "") + str(c.get("name", "?")), _cell(c.get("metric"), ".4f"),
-                     _interval(c.get("interval")), _cell(c.get("holdout_metric"), ".4f"),
-                     _cell(None if size is None else size / 2**20, ".1f"), _cell(c.get("latency_ms"), ".2f"),
-                     _cell(c.get("speedup_vs_fp32"), ".2f", "x"), _cell(c.get("speedup_vs_bf16"), ".2f", "x"), ok])  # fmt: skip
+        name = ("* " if chosen else "") + str(c.get("name", "?"))
+        mib = _cell(None if size is None else size / 2**20, ".1f")
+        rows.append([name, _cell(c.get("metric"), ".4f"), _interval(c.get("interval")),
+                     _cell(c.get("holdout_metric"), ".4f"), mib, _cell(c.get("latency_ms"), ".2f"),
+                     _cell(c.get("speedup_vs_fp32"), ".2f", "x"), _cell(c.get("speedup_vs_bf16"), ".2f", "x"),
+                     ok])  # fmt: skip
     return rows
 
 
@@ -72,5 +75,10 @@ def render_text(report: dict[str, Any]) -> str:
         lines.append("")
         lines.append(f"latency on {target}" if target else "latency on the target engine")
         for row in table:
-            lines.append("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip())
+            lines.append(
+                "  ".join(
+                    cell.ljust(w) if i == 0 else cell.rjust(w)
+                    for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+                ).rstrip()
+            )
     return "\n".join(lines)

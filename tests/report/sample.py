@@ -7,7 +7,8 @@ SAMPLE = {
     "cpu": "Test CPU @ 2.0GHz",
     "isa": ["avx512_vnni", "amx_int8"],
     "budget": {"value": 0.005, "absolute": False, "lower_is_better": False},
-    "float": {"metric": 1.0, "interval": [1.0, 1.0], "latency_ms": {"fp32": 42.0, "bf16": 21.5}, "size_bytes": 90_000_000},
+    "float": {"metric": 1.0, "interval": [1.0, 1.0], "latency_ms": {"fp32": 42.0, "bf16": 21.5},
+              "size_bytes": 90_000_000},
     "candidates": [
         {"name": "bf16", "recipe": None, "metric": 0.9991, "interval": [0.9988, 0.9993], "holdout_metric": 0.999,
          "latency_ms": 21.5, "speedup_vs_fp32": 1.95, "speedup_vs_bf16": 1.0, "size_bytes": 45_000_000,

@@ -2,8 +2,8 @@
 and a real browser (headless Chromium) draws it."""
 
 import copy
-import re
 import json
+import re
 import shutil
 import subprocess
 
