@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo demo-core test lint bench bench-core bench-torch-int8 bench-llm bench-llm-outliers bench-selective bench-qat bench-memory clean zoo bench-auto
+.PHONY: demo demo-ptq demo-core test lint bench bench-core bench-torch-int8 bench-llm bench-llm-outliers bench-selective bench-qat bench-memory clean zoo bench-auto
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,14 @@ $(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed-dev
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	touch $@
 
+# The autopilot on the bundled MiniLM and sentences: fastest OpenVINO model within 0.5 % embedding cosine.
+# demo-out/auto is the demo's own output: a rerun replaces it (quantpilot itself never overwrites).
 demo: $(VENV)/.installed-dev
+	rm -rf demo-out/auto
+	$(BIN)/quantpilot auto --model minilm --target openvino --budget 0.5% --calib-size 64 --out demo-out/auto
+
+# The earlier demo: one int8-static quantization of MiniLM, fake-quantized in PyTorch.
+demo-ptq: $(VENV)/.installed-dev
 	$(BIN)/python -m quantpilot_testbed.demos.ptq_minilm --out demo-out
 
 demo-core: $(VENV)/.installed-dev
