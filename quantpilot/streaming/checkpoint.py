@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,6 +88,9 @@ class Checkpoint:
         self.model = _skeleton(self.hf_dir)
         self.blocks_name, self.blocks = find_block_list(self.model)
         self._key_prefix = _key_prefix(self.model, self.weight_map)
+        # transformers renames some checkpoint keys on load (GPT-NeoX's embed_out -> lm_head): the same here.
+        rules = _rename_rules(self.model)
+        self._renamed = {_renamed(rules, key): key for key in self.weight_map}
         self._pristine: dict[int, nn.Module] = {}
 
     def block_prefix(self, index: int) -> str:
@@ -98,7 +102,7 @@ class Checkpoint:
         for key in (name, self._key_prefix + name, name.removeprefix(self._key_prefix)):
             if key in self.weight_map:
                 return key
-        return None
+        return self._renamed.get(name)
 
     def read(self, names: list[str]) -> dict[str, torch.Tensor]:
         """The tensors `names` (model names) read from the files; names the files lack are left out."""
@@ -182,6 +186,22 @@ def _skeleton(hf_dir: Path) -> nn.Module:
     except (OSError, ValueError, KeyError) as err:
         raise ValueError(f"cannot build a causal LM from {hf_dir / 'config.json'}: {' '.join(str(err).split())}") from None
     return model.eval()
+
+
+def _rename_rules(model: nn.Module) -> list[tuple[str, str]]:
+    """transformers' own checkpoint-key renamings for this model, as (regex, replacement); none in older versions."""
+    try:
+        from transformers.conversion_mapping import WeightRenaming, get_model_conversion_mapping
+    except ImportError:
+        return []
+    rules = [t for t in get_model_conversion_mapping(model) if isinstance(t, WeightRenaming)]
+    return [(src, t.target_patterns[0]) for t in rules if len(t.target_patterns) == 1 for src in t.source_patterns]
+
+
+def _renamed(rules: list[tuple[str, str]], key: str) -> str:
+    for source, target in rules:
+        key = re.sub(source, target, key)
+    return key
 
 
 def _key_prefix(model: nn.Module, weight_map: dict[str, str]) -> str:
