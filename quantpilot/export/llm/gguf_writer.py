@@ -35,7 +35,7 @@ from .weights import LMTensor, architecture, lm_tensors
 
 __all__ = ["write_gguf", "GGUFExport", "default_gguf_type"]
 
-_FILE_TYPES = {"q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0", "q4_1": "MOSTLY_Q4_1"}
+_FILE_TYPES = {"q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0", "q4_1": "MOSTLY_Q4_1", "f16": "MOSTLY_F16"}
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,7 @@ def write_gguf(model: Any, tokenizer: Any, path: str | Path, gguf_type: str | No
         tokenizer: its Hugging Face tokenizer (byte-level BPE is written; None -> token ids only).
         path: the .gguf file to create (never overwritten; written atomically).
         gguf_type: q8_0, q4_0 or q4_1; default the type the codes map to exactly (`default_gguf_type`).
+            A float model (no quantized layer) is written f16 whatever the type.
 
     Example:
         >>> import tempfile, os, quantpilot as qp
@@ -121,6 +122,8 @@ def write_gguf(model: Any, tokenizer: Any, path: str | Path, gguf_type: str | No
         raise ValueError(f"gguf_type must be one of {', '.join(GGUF_TYPES)}, got {gguf_type!r}")
     tensors = _gguf_tensors(model, arch)
     kind = gguf_type or default_gguf_type(dict(tensors))
+    if all(t.codes is None for _, t in tensors):
+        kind = "f16"  # a float model (the FP16 GGUF llama.cpp's own quantizer starts from)
     encoded = []
     for name, t in tensors:
         wanted = kind if t.codes is not None else ("f16" if t.value.dim() == 2 else "f32")
