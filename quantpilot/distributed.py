@@ -12,6 +12,11 @@ computes identical ranges. Merging per block, not per `freeze`, keeps statistics
 The gather goes through `all_gather_object`, which works on every backend (gloo on CPU, NCCL on
 GPUs); the statistics are small (a few kB per quantizer), and it runs once per block.
 
+Before each exchange (the end of a calibrate block, and freeze) every rank checks in at the process
+group's store and waits at most `QUANTPILOT_DIST_TIMEOUT` seconds (default 300) for the others, so a
+rank that died, hung or never reaches freeze stops the others with one error naming it, instead of
+leaving them in a collective until torch's 30-minute timeout.
+
 Example:
     >>> is_distributed()
     False
@@ -20,14 +25,21 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import math
+import os
 from collections.abc import Iterator, Sequence
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 from .nn import TensorQuantizer
 
-__all__ = ["is_distributed", "merged_across_ranks", "merge_calibration_across_ranks"]
+__all__ = ["is_distributed", "merged_across_ranks", "merge_calibration_across_ranks", "exchange_timeout", "TIMEOUT_ENV"]
+
+TIMEOUT_ENV = "QUANTPILOT_DIST_TIMEOUT"
+# Long enough for ranks whose shards differ in size to finish a block, far shorter than torch's 30 minutes.
+DEFAULT_TIMEOUT_S = 300.0
 
 
 def is_distributed() -> bool:
@@ -97,8 +109,68 @@ _OUT_OF_STEP = (
 )
 
 
+_STAGE_NAMES = {_CALIBRATE_BLOCK: "the end of a quantpilot.calibrate block", _FREEZE: "quantpilot.freeze"}
+
+
+def exchange_timeout() -> float:
+    """Seconds a rank waits at an exchange for the others: `QUANTPILOT_DIST_TIMEOUT`, else 300.
+
+    Example:
+        >>> exchange_timeout()
+        300.0
+    """
+    raw = os.environ.get(TIMEOUT_ENV)
+    if raw is None or not raw.strip():
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{TIMEOUT_ENV}={raw!r} is not a positive number of seconds; set it to e.g. 300, or unset it")
+    return value
+
+
+def _store_has(store, key: str) -> bool | None:
+    try:
+        return bool(store.check([key]))
+    except Exception:  # noqa: BLE001 (the store is gone: the rank hosting it exited)
+        return None
+
+
+def _check_in(stage: int) -> None:
+    """Wait, at most `exchange_timeout()` seconds, until every rank arrived at its next exchange.
+
+    Each rank counts its exchanges in the process group's store (a fresh group starts at 0) and sets
+    its key for this one; all keys present means every rank is there and the collective cannot hang.
+    """
+    store = dist.distributed_c10d._get_default_store()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    seq = store.add(f"quantpilot/exchanges/{rank}", 1)
+    keys = [f"quantpilot/exchange/{seq}/{r}" for r in range(world)]
+    store.set(keys[rank], str(stage))
+    timeout = exchange_timeout()
+    try:
+        store.wait(keys, timedelta(seconds=timeout))
+    except Exception:  # noqa: BLE001 (TCPStore raises DistStoreError on a timeout, RuntimeError if the host died)
+        present = [_store_has(store, key) for key in keys]
+        missing = [r for r, here in enumerate(present) if here is False]
+        if None in present or not missing:
+            who = "the rendezvous store (rank 0 hosts it) is unreachable: rank 0 exited or crashed"
+        else:
+            who = f"rank(s) {missing} did not arrive within {timeout:g} s: they failed, hung or exited"
+        raise ValueError(
+            f"rank {rank} waited at {_STAGE_NAMES[stage]} for the other ranks; {who} (their own output says why). "
+            f"Every rank stops instead of waiting for torch's timeout; set {TIMEOUT_ENV} (seconds) to wait longer"
+        ) from None
+    if seq > 1:
+        with contextlib.suppress(Exception):  # every rank passed the previous exchange: its key is spent
+            store.delete_key(f"quantpilot/exchange/{seq - 1}/{rank}")
+
+
 def _exchange(failed_here: bool, stage: int) -> tuple[bool, bool]:
-    """(any rank failed, the ranks are at different stages), in one all_reduce."""
+    """(any rank failed, the ranks are at different stages), in one all_reduce once every rank is there."""
+    _check_in(stage)
     flags = torch.tensor([int(failed_here), stage, -stage], dtype=torch.int32)
     dist.all_reduce(flags, op=dist.ReduceOp.MAX)
     return bool(flags[0]), int(flags[1]) != -int(flags[2])
