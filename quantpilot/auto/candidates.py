@@ -24,12 +24,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..analysis.statistics import CalibrationStatistics, literal_pattern
-from ..api import run_pipeline
+from ..analysis.statistics import CalibrationStatistics, _smooth, _static_quantizers, literal_pattern
+from ..api import freeze, quantize, run_pipeline
 from ..batches import call_model, eval_mode, first_tensor
+from ..calibrators import MinMax
 from ..recipe import Recipe
 from ..selection_calibrators import CANDIDATE_CALIBRATORS, calibrator_label, choose_calibrators
 from ..selection_stages import with_functional_ops
+from ..spec import PerTensor
 from ..steps import FoldBatchNorm, SmoothQuant, Step
 
 __all__ = ["Candidate", "Family", "Builder", "relative_error", "families"]
@@ -154,6 +156,7 @@ class Builder:
     def __init__(self, model: nn.Module, calib: list[Any], ops: Sequence[str] = ()) -> None:
         self.model, self.calib, self.ops = model, calib, tuple(ops)
         self._stats: dict[float | None, CalibrationStatistics] = {}
+        self._ranges: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         with eval_mode(model), torch.no_grad():
             self.reference = [first_tensor(call_model(model, b)).float() for b in calib[:PROXY_BATCHES]]
 
@@ -180,7 +183,26 @@ class Builder:
         stats = self.statistics(candidate.alpha)
         # The statistics already smoothed their model: building with the step too would smooth twice.
         plain = recipe.replace(steps=tuple(s for s in recipe.steps if not isinstance(s, SmoothQuant)))
-        return stats.build(plain)
+        # What `stats.build(plain)` does, with each point's range computed once for all the variants that share
+        # it: a histogram's MSE/entropy search is most of a build's time, and variants differ in few points.
+        qmodel = quantize(self.model, plain)
+        _smooth(qmodel, stats.smoothing)
+        for name, q in _static_quantizers(qmodel).items():
+            q.calibrator = self._calibrator(stats, candidate.alpha, name, q.calibrator_config, q.spec)
+        return freeze(qmodel)
+
+    def _calibrator(self, stats: CalibrationStatistics, alpha: float | None, point: str, config: Any, spec: Any):
+        """The point's calibrator for `config`; a per-tensor range is searched once, then replayed by min-max
+        over its two ends (which gives the same range, hence the same qparams)."""
+        key = (alpha, point, calibrator_label(config), repr(spec))
+        if key not in self._ranges:
+            calibrator = stats.calibrator_for(point, config, spec)
+            if not isinstance(spec.granularity, PerTensor):
+                return calibrator
+            self._ranges[key] = tuple(t.detach().clone() for t in calibrator.compute_range())
+        replay = MinMax(spec)
+        replay.collect(torch.stack([t.reshape(()) for t in self._ranges[key]]))
+        return replay
 
     def proxy(self, qmodel: nn.Module) -> float:
         """Relative output error of `qmodel` against the float model on the first calibration batches."""
