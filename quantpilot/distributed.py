@@ -146,16 +146,17 @@ def _check_in(stage: int) -> None:
     """
     store = dist.distributed_c10d._get_default_store()
     rank, world = dist.get_rank(), dist.get_world_size()
-    seq = store.add(f"quantpilot/exchanges/{rank}", 1)
-    keys = [f"quantpilot/exchange/{seq}/{r}" for r in range(world)]
-    store.set(keys[rank], str(stage))
     timeout = exchange_timeout()
+    keys: list[str] = []
     try:
+        seq = store.add(f"quantpilot/exchanges/{rank}", 1)
+        keys = [f"quantpilot/exchange/{seq}/{r}" for r in range(world)]
+        store.set(keys[rank], str(stage))
         store.wait(keys, timedelta(seconds=timeout))
-    except Exception:  # noqa: BLE001 (TCPStore raises DistStoreError on a timeout, RuntimeError if the host died)
+    except Exception:  # noqa: BLE001 (TCPStore: DistStoreError on a timeout, DistNetworkError once its host died)
         present = [_store_has(store, key) for key in keys]
         missing = [r for r, here in enumerate(present) if here is False]
-        if None in present or not missing:
+        if not keys or None in present or not missing:
             who = "the rendezvous store (rank 0 hosts it) is unreachable: rank 0 exited or crashed"
         else:
             who = f"rank(s) {missing} did not arrive within {timeout:g} s: they failed, hung or exited"
