@@ -82,7 +82,7 @@ def deploy_and_check(run: Run, chosen: Trial, folder: Path) -> dict[str, Any]:
     """Export the chosen model for the target into `folder`, reload it there, score it on held-out data."""
     model = chosen.model if chosen.candidate.kind == "quantized" else run.model
     exported = getattr(run.runners.get(chosen.name), "path", None)  # the ONNX file timed, when there is one
-    info = targets.deploy(run.target, chosen.candidate.kind, model, run.example, folder, exported)
+    info = targets.deploy(run.target, chosen.candidate.kind, model, run.example, folder, exported, chosen.precision)
     info["metric"] = None if chosen.holdout is None else chosen.holdout.metric
     info["reloaded_metric"] = None
     if run.scorer.calls >= run.max_evaluations:

@@ -56,6 +56,7 @@ def _candidate(run: Run, trial: Trial) -> dict[str, Any]:
         "holdout_interval": None if trial.holdout is None else trial.holdout.interval,
         "latency_ms": None if trial.latency_s is None else trial.latency_s * 1e3,
         "timed_in": trial.timed_in,
+        "precision": trial.precision,
         "speedup_vs_fp32": speed("fp32"),
         "speedup_vs_bf16": speed("bf16"),
         "size_bytes": trial.size_bytes,

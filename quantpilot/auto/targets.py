@@ -30,7 +30,7 @@ from ..engines import compile as compile_engine
 from ..export import export_onnx
 from ..persistence import load, save
 
-__all__ = ["TARGETS", "Bf16Model", "runner", "deploy", "reload", "check_target"]
+__all__ = ["TARGETS", "Bf16Model", "runner", "runner_for_file", "deploy", "reload", "check_target"]
 
 TARGETS = ("openvino", "onnxruntime", "torch", "torch-int8")
 # Kinds of candidate a target runs: the float model, its bf16 cast, or a frozen quantized model.
@@ -102,8 +102,25 @@ def runner(target: str, kind: str, model: nn.Module, example: Any) -> Any:
     return compile_engine(model, "torch", dtype="bfloat16" if kind == "bf16" else None)
 
 
+def runner_for_file(path: Any, target: str, precision: str) -> Any:
+    """An ONNX file already exported, compiled on an ONNX target ("f32" or "bf16" hint on OpenVINO).
+
+    Example:
+        >>> runner_for_file.__name__
+        'runner_for_file'
+    """
+    options = {"dtype": "bfloat16" if precision == "bf16" else "float32"} if target == "openvino" else {}
+    return compile_engine(str(path), target, **options)
+
+
 def deploy(
-    target: str, kind: str, model: nn.Module, example: Any, folder: Path, onnx_file: Path | None = None
+    target: str,
+    kind: str,
+    model: nn.Module,
+    example: Any,
+    folder: Path,
+    onnx_file: Path | None = None,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Write what `target` deploys for `model` into `folder` (made here); return the report's `deployed` part.
 
@@ -124,7 +141,7 @@ def deploy(
             shutil.copyfile(onnx_file, folder / "model.onnx")
         else:
             export_onnx(model, example, folder / "model.onnx")
-        info["precision"] = "bf16" if kind == "bf16" else "f32"
+        info["precision"] = "bf16" if kind == "bf16" else (precision or "f32")
         info["format"] = "onnx" + (" (QDQ int8)" if kind == "quantized" else "")
         info["path"] = "deploy/model.onnx"
     elif kind == "quantized":
@@ -154,8 +171,7 @@ def reload(folder: Path, float_model: nn.Module) -> Any:
     info = json.loads((folder / "engine.json").read_text())
     target, kind = info["engine"], info["kind"]
     if target in ONNX_TARGETS:
-        options = {"dtype": "bfloat16" if kind == "bf16" else "float32"} if target == "openvino" else {}
-        return compile_engine(str(folder / "model.onnx"), target, **options)
+        return runner_for_file(folder / "model.onnx", target, info.get("precision", "f32"))
     if kind == "quantized":
         qmodel = load(copy.deepcopy(float_model), folder / "model").eval()
         return compile_engine(qmodel, "torch-int8") if target == "torch-int8" else qmodel
