@@ -139,6 +139,10 @@ def _logits(output: Any) -> torch.Tensor:
 
 def _quantize(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    from .cli_stream import is_causal_lm_folder, quantize_causal_lm
+
+    if is_causal_lm_folder(args.model):  # language models stream block by block (and resume into --out)
+        return quantize_causal_lm(args, _recipe(args.recipe))
     _check_out(out)
     recipe = _recipe(args.recipe)
     kind = _model_kind(args.model)
@@ -237,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--calib-size", type=_positive_int, default=200, help="calibration samples (sentences or images), at least 1"
     )
     q.add_argument("--threads", type=_positive_int, default=2, help="CPU threads, at least 1")
+    q.add_argument("--calib-data", help="causal LM folders: calibration text file (GPTQ, AWQ)")
+    q.add_argument("--calib-samples", type=_positive_int, default=128, help="causal LMs: calibration windows")
+    q.add_argument("--seq-len", type=_positive_int, default=512, help="causal LMs: tokens per calibration window")
     q.set_defaults(func=_quantize)
     p = sub.add_parser("presets", help="list the recipe presets")
     p.set_defaults(func=_presets)
