@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo demo-ptq demo-core test lint bench bench-core bench-torch-int8 bench-llm bench-llm-outliers bench-selective bench-qat bench-memory clean zoo bench-auto
+.PHONY: demo demo-ptq demo-core test lint bench bench-core bench-torch-int8 bench-llm bench-llm-outliers bench-llm-engines bench-selective bench-qat bench-memory bench-llm-scale clean zoo bench-auto
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,10 @@ bench-qat: $(VENV)/.installed-dev
 bench-memory: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/bench_memory.py
 
+# Streamed block-by-block quantization of random ~1B and ~7B Llama-style checkpoints (cached outside the repo).
+bench-llm-scale: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/bench_llm_scale.py
+
 # qp.autoquantize against OpenVINO FP32/bf16, NNCF int8 and NNCF accuracy control (MiniLM, EfficientNet-Lite0).
 bench-auto: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/bench_auto.py
@@ -80,6 +84,11 @@ clean:
 bench-llm: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/bench_llm.py
 	@if [ -f benchmarks/bench_llm_outliers.py ]; then $(BIN)/python benchmarks/bench_llm_outliers.py; fi
+
+# quantpilot's W4 exports (GGUF, OpenVINO IR) against llama.cpp's and NNCF's own quantizers, on each engine
+# (llama-cpp-python compiles llama.cpp on install: 10+ minutes on 2 cores).
+bench-llm-engines: $(VENV)/.installed-bench
+	$(BIN)/python benchmarks/bench_llm_engines.py
 
 # The architecture zoo: ~26 tiny transformers families x every preset, save/load, ONNX, RTN+generate; prints the matrix.
 zoo: $(VENV)/.installed-dev
