@@ -22,7 +22,7 @@ from torch import nn
 
 from .deferred import BATCHES_ATTR
 from .nn import QuantModule, TensorQuantizer, lookup
-from .nn.experts import expert_stack_names, warn_expert_gaps
+from .nn.experts import EXPERTS_TYPE, expert_stack_names, skipped_stacks, warn_expert_gaps
 from .recipe import Recipe
 from .spec import PerGroup
 from .surgery import replace_module
@@ -130,11 +130,14 @@ def install_layers(model: nn.Module, recipe: Recipe, plan: list | None = None) -
                 layer.activations, dynamic=layer.dynamic, calibrator=layer.activation_calibrator
             )
             input_quantizer.qualname = f"{name}.input_quantizer" if name else "input_quantizer"
+        # An expert stack skipped by its own name stays float (sensitivity sweeps skip layers by name).
+        extra = {"float_stacks": skipped_stacks(name, module, recipe.skip)} if entry.name == EXPERTS_TYPE else {}
         qmodule = entry.factory(
             module,
             weight_spec=layer.weights,
             weight_calibrator=layer.weight_calibrator,
             input_quantizer=input_quantizer,
+            **extra,
         )
         qmodule.train(module.training)
         model = replace_module(model, name, qmodule)

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from fnmatch import fnmatch
 from typing import Any
 
 import torch
@@ -45,6 +46,7 @@ __all__ = [
     "QuantExperts",
     "warn_expert_gaps",
     "traceable_experts",
+    "skipped_stacks",
 ]
 
 # The short name recipes use for experts modules (`module_types`); a recipe quantizing "Linear" selects them too.
@@ -262,13 +264,15 @@ class QuantExperts(nn.Module):
         weight_spec: QuantSpec | None = DEFAULT_WEIGHT_SPEC,
         weight_calibrator: CalibratorConfig | None = None,
         input_quantizer: TensorQuantizer | None = None,
+        float_stacks: Sequence[str] = (),
     ) -> QuantExperts:
         """Move the module's 3-D stacks into `QuantExpertWeight`s (the registry's factory; changes `module`).
 
-        `input_quantizer` must be None: expert activations stay float.
+        `input_quantizer` must be None: expert activations stay float. Stacks named in `float_stacks`
+        stay float Parameters of `inner` (a recipe's skip pattern matched their own name).
         """
-        names = expert_stack_names(module)
-        if not names:
+        names = tuple(n for n in expert_stack_names(module) if n not in float_stacks)
+        if not expert_stack_names(module):
             raise ValueError(f"{type(module).__name__} holds no 3-D expert weights to quantize")
         if input_quantizer is not None and input_quantizer.spec is not None:
             raise ValueError("QuantExperts quantizes expert weights only; pass input_quantizer=None")
@@ -301,6 +305,20 @@ class QuantExperts(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{type(self.inner).__name__}, stacks={list(self.stack_names)}"
+
+
+def skipped_stacks(name: str, module: nn.Module, skip: Sequence[str]) -> tuple[str, ...]:
+    """The stacks of the experts module `name` whose own qualified name a skip pattern matches.
+
+    Sensitivity sweeps leave one quantized layer float by its name; for experts that is a stack's
+    name ("...experts.down_proj"), which the module's own name does not match.
+
+    Example:
+        >>> m = torch.nn.Module(); m.num_experts = 2; m.down_proj = torch.nn.Parameter(torch.zeros(2, 3, 4))
+        >>> skipped_stacks("mlp.experts", m, ["*.down_proj"])
+        ('down_proj',)
+    """
+    return tuple(s for s in expert_stack_names(module) if any(fnmatch(f"{name}.{s}", p) for p in skip))
 
 
 def warn_expert_gaps(plan: list, recipe: Any, steps_ran: bool = True, stacklevel: int = 3) -> None:

@@ -165,3 +165,14 @@ def test_every_warning_is_quantpilots_own():
         warnings.simplefilter("always")
         qp.quantize(_build("mixtral"), "w8a16")
     assert not any("Experts" in str(w.message) for w in caught)
+
+
+def test_a_stack_skipped_by_its_own_name_stays_float_and_reloads(tmp_path):
+    # Sensitivity sweeps leave one quantized layer float by name: here "...experts.down_proj".
+    model, ids = _build("mixtral"), _ids()
+    qmodel = qp.freeze(qp.quantize(model, qp.Recipe.preset("w8a16").replace(skip=("*.experts.down_proj",))))
+    experts = qmodel.model.layers[0].mlp.experts
+    assert experts.stack_names == ("gate_up_proj",)
+    assert torch.equal(experts.inner.down_proj, model.model.layers[0].mlp.experts.down_proj)
+    qp.save(qmodel, tmp_path / "q")
+    assert torch.equal(_logits(qp.load(_build("mixtral", seed=1), tmp_path / "q"), ids), _logits(qmodel, ids))
