@@ -69,7 +69,7 @@ def write_model(size: str) -> Path:
         part = name.split(".")[2] if name.startswith("model.layers.") else "outside"
         groups.setdefault(part, {})[name] = tuple(p.shape)
     gen, weight_map = torch.Generator().manual_seed(0), {}
-    for i, (part, shapes) in enumerate(groups.items()):
+    for i, shapes in enumerate(groups.values()):
         fname = f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
         tensors = {}
         for name, shape in shapes.items():

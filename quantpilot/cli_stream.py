@@ -31,7 +31,8 @@ def is_causal_lm_folder(model: str) -> bool:
 
     Example:
         >>> import tempfile, json, pathlib
-        >>> d = pathlib.Path(tempfile.mkdtemp()); _ = (d / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (d / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
         >>> is_causal_lm_folder(str(d))
         True
     """
@@ -83,7 +84,9 @@ def _calibration(args: argparse.Namespace, recipe: Any) -> torch.Tensor | None:
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(args.model, local_files_only=True)
     except (OSError, ValueError) as err:
-        raise ValueError(f"{args.model} has no usable tokenizer for --calib-data: {' '.join(str(err).split())}") from None
+        raise ValueError(
+            f"{args.model} has no usable tokenizer for --calib-data: {' '.join(str(err).split())}"
+        ) from None
     return calibration_ids(tokenizer, text, args.calib_samples, args.seq_len)
 
 

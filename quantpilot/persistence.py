@@ -242,7 +242,9 @@ def weight_files(directory: str | Path) -> list[Path]:
 def _read_map(directory: Path) -> dict[str, Any]:
     """The saved JSON map, checked: both files present, valid JSON, a quantpilot map of a readable version."""
     if not (directory / MAP_FILE).is_file():
-        raise ValueError(f"{directory} has no {MAP_FILE}: point quantpilot.load at a directory written by quantpilot.save")
+        raise ValueError(
+            f"{directory} has no {MAP_FILE}: point quantpilot.load at a directory written by quantpilot.save"
+        )
     weight_files(directory)
     try:
         meta = json.loads((directory / MAP_FILE).read_bytes().decode("utf-8"))
@@ -368,7 +370,8 @@ def _fill_from_shards(qmodel: nn.Module, files: list[Path]) -> tuple[list[str], 
         groups = _tie_groups(qmodel)
         missing, unexpected = qmodel.load_state_dict(state, strict=False, assign=meta)
     except (RuntimeError, OSError, KeyError, safetensors.SafetensorError) as err:
-        raise ValueError(f"the shards {[p.name for p in files[:3]]} do not fit this model or are damaged: {err}") from None
+        names = [p.name for p in files[:3]]
+        raise ValueError(f"the shards {names} do not fit this model or are damaged: {err}") from None
     if meta:
         refilled = _retie(qmodel, groups, set(state))
         _materialise_derived_buffers(qmodel)

@@ -174,7 +174,8 @@ def gptq_blocks(
             inside = {n[len(prefix) :]: n for n in names if n.startswith(prefix)}
             accumulators = block_hessians(block, {s: widths[f] for s, f in inside.items()}, inputs)
             results = gptq_block_layers(
-                block, accumulators, spec, block_size=block_size, damp=damp, act_order=act_order, scale_dtype=scale_dtype
+                block, accumulators, spec,
+                block_size=block_size, damp=damp, act_order=act_order, scale_dtype=scale_dtype,
             )
             quantized.update({inside[short]: result for short, result in results.items()})
             # The next block sees what this quantized block outputs, as in the paper's sequential scheme.

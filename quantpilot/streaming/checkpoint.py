@@ -184,7 +184,9 @@ def _skeleton(hf_dir: Path) -> nn.Module:
         with torch.device("meta"):  # no storage: the file supplies every tensor, one block at a time
             model = transformers.AutoModelForCausalLM.from_config(config)
     except (OSError, ValueError, KeyError) as err:
-        raise ValueError(f"cannot build a causal LM from {hf_dir / 'config.json'}: {' '.join(str(err).split())}") from None
+        raise ValueError(
+            f"cannot build a causal LM from {hf_dir / 'config.json'}: {' '.join(str(err).split())}"
+        ) from None
     return model.eval()
 
 

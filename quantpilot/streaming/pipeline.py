@@ -117,7 +117,9 @@ def quantize_checkpoint(
         tick = time.perf_counter()
         block = ckpt.load_block(index)
         merge = merge_hessians if is_distributed() else None
-        frozen, choices, calls = quantize_block(block, ckpt.blocks_name + f".{index}", recipe, calls, merge_hessians=merge)
+        frozen, choices, calls = quantize_block(
+            block, ckpt.blocks_name + f".{index}", recipe, calls, merge_hessians=merge
+        )
         key = hidden_key(block)
         writer.write(frozen, choices, [c[key] for c in calls] if needs_data else None)
         del frozen, block
@@ -139,7 +141,9 @@ def _batches(calib: Any, batch_size: int) -> list[Any]:
         return []
     if isinstance(calib, torch.Tensor):
         if calib.dim() != 2 or calib.dtype not in (torch.long, torch.int):
-            raise ValueError(f"calib token ids must be a 2-D integer tensor (samples x tokens), got {tuple(calib.shape)}")
+            raise ValueError(
+                f"calib token ids must be a 2-D integer tensor (samples x tokens), got {tuple(calib.shape)}"
+            )
         return [{"input_ids": chunk.long()} for chunk in calib.split(batch_size)]
     return [b if isinstance(b, dict) else {"input_ids": b} for b in calib]
 

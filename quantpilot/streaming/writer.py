@@ -114,7 +114,11 @@ class ShardWriter:
     def _drop_older(self, keep: int) -> None:
         if not self.state_dir.is_dir():
             return
-        pattern = ("state-*.json", f"carry-rank{self.rank}-*.safetensors") if self.rank == 0 else (f"carry-rank{self.rank}-*",)
+        pattern = (
+            ("state-*.json", f"carry-rank{self.rank}-*.safetensors")
+            if self.rank == 0
+            else (f"carry-rank{self.rank}-*",)
+        )
         for glob in pattern:
             for path in self.state_dir.glob(glob):
                 if not path.name.endswith((f"-{keep:05d}.json", f"-{keep:05d}.safetensors")):

@@ -23,12 +23,15 @@ def text_file(tmp_path):
     return path
 
 
-def test_gptq_from_the_command_line_prints_blocks_and_reopens_alone(saved_decoder, text_file, tmp_path, capsys, monkeypatch):
+def test_gptq_from_the_command_line_prints_blocks_and_reopens_alone(
+    saved_decoder, text_file, tmp_path, capsys, monkeypatch
+):
     import transformers
 
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: _Tokenizer())
-    args = ["quantize", "--model", str(saved_decoder("llama")), "--recipe", "gptq-w4-g128", "--calib-data",
-            str(text_file), "--calib-samples", "4", "--seq-len", "64", "--out", str(tmp_path / "q"), "--threads", "1"]  # fmt: skip
+    model, out = str(saved_decoder("llama")), str(tmp_path / "q")
+    args = ["quantize", "--model", model, "--recipe", "gptq-w4-g128", "--calib-data", str(text_file),
+            "--calib-samples", "4", "--seq-len", "64", "--out", out, "--threads", "1"]  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert main(args) == 0

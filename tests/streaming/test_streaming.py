@@ -13,7 +13,6 @@ from quantpilot.streaming import quantize_checkpoint
 
 from ._decoders import FAMILIES, calibration_ids, tiny_config, tiny_model
 
-
 # AWQ's search replays each attention and MLP 20 times per group: the clip search and a large sample add
 # nothing to what this checks (the same statistics and choices block by block), so the test skips them.
 RECIPES = {
@@ -40,7 +39,6 @@ def _in_memory(kind: str, recipe, ids: torch.Tensor, batch_size: int) -> torch.n
 
 def _meta_skeleton(kind: str) -> torch.nn.Module:
     import transformers
-
 
     with torch.device("meta"):
         return transformers.AutoModelForCausalLM.from_config(tiny_config(kind)).eval()
@@ -97,7 +95,9 @@ def test_a_killed_gptq_run_resumes_after_the_last_finished_block(saved_decoder, 
     assert [d["block"] for d in done] == [1]  # only the unfinished block ran again
     assert all((tmp_path / "q" / n).stat().st_mtime_ns == t for n, t in before.items())
     assert not (tmp_path / "q" / ".quantpilot-stream").exists()
-    assert not _same_state(qp.load(_meta_skeleton("llama"), tmp_path / "q"), _in_memory("llama", RECIPES["gptq"](), ids, 4))
+    assert not _same_state(
+        qp.load(_meta_skeleton("llama"), tmp_path / "q"), _in_memory("llama", RECIPES["gptq"](), ids, 4)
+    )
 
 
 def test_a_different_job_in_an_unfinished_folder_is_refused(saved_decoder, tmp_path):
@@ -147,5 +147,7 @@ def test_unknown_layout_names_what_was_not_found():
 
     net = torch.nn.Sequential(torch.nn.Linear(2, 2))
     net.mixed = torch.nn.ModuleList([torch.nn.Linear(2, 2), torch.nn.ReLU()])
-    with pytest.raises(ValueError, match=r"no nn.ModuleList of identical decoder blocks \(lists found: \['mixed \(2\)'\]\)"):
+    with pytest.raises(
+        ValueError, match=r"no nn.ModuleList of identical decoder blocks \(lists found: \['mixed \(2\)'\]\)"
+    ):
         find_block_list(net)

@@ -67,7 +67,9 @@ def test_merged_hessians_equal_one_process_on_the_union(two_ranks):
 def test_two_ranks_build_the_single_process_model(two_ranks, saved_decoder, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        quantize_checkpoint(saved_decoder("llama"), "gptq-w4-g128", calibration_ids(8, 32), out=tmp_path / "q", batch_size=2)
+        quantize_checkpoint(
+            saved_decoder("llama"), "gptq-w4-g128", calibration_ids(8, 32), out=tmp_path / "q", batch_size=2
+        )
     merged = qp.load(tiny_model("llama"), two_ranks / "q").state_dict()
     single = qp.load(tiny_model("llama"), tmp_path / "q").state_dict()
     codes = [k for k in single if k.endswith("weight_packed")]
