@@ -81,13 +81,13 @@ def _gguf_tensors(model: Any, arch: str) -> list[tuple[str, LMTensor]]:
     tensors = lm_tensors(model)
     blocks = config.n_layer if arch == "gpt2" else config.num_hidden_layers
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GPT2 if arch == "gpt2" else gguf.MODEL_ARCH.LLAMA, blocks)
-    tied = getattr(config, "tie_word_embeddings", arch == "gpt2")
     out = []
     for hf_name, t in tensors.items():
         if hf_name.endswith("attn.masked_bias") or hf_name.endswith("attn.bias") and t.value.dim() > 1:
             continue  # GPT-2's causal-mask buffers in old checkpoints, not weights
-        if tied and hf_name == "lm_head.weight":
-            continue  # llama.cpp reuses token_embd when there is no output tensor
+        # A head tied to the token table is the same Parameter: lm_tensors gave it once, as the table, and
+        # llama.cpp reuses token_embd when there is no output tensor. A head kept float beside a quantized
+        # table (w4a16-g128) is its own tensor and is written as `output`.
         name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if name is None:
             raise ValueError(f"{hf_name} has no GGUF tensor name for {arch}; the GGUF export knows gpt2 and llama")
