@@ -29,8 +29,8 @@ def tiny_bert():
     config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                      intermediate_size=64, max_position_embeddings=32)  # fmt: skip
     gen = torch.Generator().manual_seed(0)
-    batches = [{"input_ids": torch.randint(0, 100, (4, 12), generator=gen), "attention_mask": torch.ones(4, 12).long()}
-               for _ in range(6)]  # fmt: skip
+    batches = [{"input_ids": torch.randint(0, 100, (2, 8), generator=gen), "attention_mask": torch.ones(2, 8).long()}
+               for _ in range(4)]  # fmt: skip
     return transformers.BertModel(config).eval(), batches
 
 

@@ -13,7 +13,7 @@ def test_builds_replaying_cached_ranges_equal_the_statistics_build_bit_for_bit(a
     net = _mlp()
     builder = Builder(net, CALIB)
     family = next(f for f in families(net, "torch")[0] if f.name == "static")
-    variants = [Candidate("head", "quantized", "static", family.recipe), *builder.calibrator_variants(family)]
+    variants = [Candidate("head", "quantized", "static", family.recipe), *builder.calibrator_variants(family)[1:3]]
     for c in variants:
         c = Candidate(c.name, c.kind, c.family, c.recipe, alpha=alpha)
         for _ in range(2):  # the second build replays the cached ranges
