@@ -9,6 +9,7 @@ Example:
 
 from .conv import QuantConv1d, QuantConv2d, QuantConv3d
 from .embedding import QuantEmbedding
+from .experts import QuantExperts
 from .linear import QuantLinear
 from .quant_module import QuantModule
 from .registry import QuantizableType, lookup, register, registered_names
@@ -23,6 +24,7 @@ __all__ = [
     "QuantConv2d",
     "QuantConv3d",
     "QuantEmbedding",
+    "QuantExperts",
     "QuantizableType",
     "register",
     "lookup",
