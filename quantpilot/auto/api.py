@@ -57,6 +57,27 @@ def _split(calib: list[Any], eval_data: Iterable[Any] | None, holdout: Iterable[
     return (search_data if eval_data is None else calib), search_data, held
 
 
+def _search(run: Run, train_data: Any, loss_fn: Any) -> Builder:
+    """Score the float baselines, probe the families' speed, search the kept ones fastest first, then QAT."""
+    search.baselines(run)
+    found, skipped = families(run.model, run.target)
+    for name, why in skipped:
+        run.note(f"family {name}", "skipped", why)
+    builder = Builder(run.model, run.calib, ops=next((f.recipe.ops for f in found if f.name == "static+ops"), ()))
+    kept = search.probe(run, builder, found)
+    for family in kept:
+        if search.search_family(run, builder, family):
+            why = "a variant without float layers holds the budget: the other families are slower at their fastest"
+            run.note(f"family {family.name}", "stop", why + ", and so is any variant with float layers")
+            break
+    quantized_ok = any(t.within and t.candidate.kind == "quantized" for t in run.trials.values())
+    if train_data is not None and kept and not quantized_ok:
+        search.try_qat(run, builder, train_data, loss_fn)
+    if not run.sensitivity and run.trials.get("static") is not None:
+        run.sensitivity = builder.harm_ranking(run.trials["static"].model)
+    return builder
+
+
 def autoquantize(
     model: nn.Module,
     calib_data: Iterable[Any],
@@ -125,22 +146,7 @@ def autoquantize(
               max_evaluations, timer or default_timer, log)  # fmt: skip
     run.qat_possible = train_data is not None
     run.note("data", "split", f"{len(calib)} calibration, {len(search_data)} search and {len(held)} held-out items")
-    search.baselines(run)
-    found, skipped = families(model, target)
-    for name, why in skipped:
-        run.note(f"family {name}", "skipped", why)
-    builder = Builder(model, calib, ops=next((f.recipe.ops for f in found if f.name == "static+ops"), ()))
-    kept = search.probe(run, builder, found)
-    for family in kept:
-        if search.search_family(run, builder, family):
-            why = "a variant without float layers holds the budget: the other families are slower at their fastest"
-            run.note(f"family {family.name}", "stop", why + ", and so is any variant with float layers")
-            break
-    quantized_ok = any(t.within and t.candidate.kind == "quantized" for t in run.trials.values())
-    if train_data is not None and kept and not quantized_ok:
-        search.try_qat(run, builder, train_data, loss_fn)
-    if not run.sensitivity and run.trials.get("static") is not None:
-        run.sensitivity = builder.harm_ranking(run.trials["static"].model)
+    builder = _search(run, train_data, loss_fn)
     chosen = decide.choose(run, decide.final_timing(run))
     deploy_dir = Path(tempfile.mkdtemp(prefix="quantpilot-auto-")) / "deploy"
     deployed = decide.deploy_and_check(run, chosen, deploy_dir)
