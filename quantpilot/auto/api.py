@@ -150,7 +150,7 @@ def autoquantize(
     chosen = decide.choose(run, decide.final_timing(run))
     deploy_dir = Path(tempfile.mkdtemp(prefix="quantpilot-auto-")) / "deploy"
     deployed = decide.deploy_and_check(run, chosen, deploy_dir)
-    run.verdict = decide.verdict(run, chosen)
+    run.verdict = decide.verdict(run, chosen, deployed)
     run.note("verdict", chosen.name, run.verdict)
     report = build_report(run, chosen, deployed, builder, time.perf_counter() - started)
     return AutoResult(chosen.model, chosen.candidate.recipe, report, deploy_dir)

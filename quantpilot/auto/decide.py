@@ -97,8 +97,17 @@ def deploy_and_check(run: Run, chosen: Trial, folder: Path) -> dict[str, Any]:
     return info
 
 
-def verdict(run: Run, chosen: Trial) -> str:
-    """One line: what was chosen, its speed against FP32 and bf16, its held-out metric, and the noise."""
+def verdict(run: Run, chosen: Trial, deployed: dict[str, Any] | None = None) -> str:
+    """One line: what was chosen, its speed against FP32 and bf16, its held-out metric, and the noise; and a
+    warning when the deployed artifact, reloaded in its runtime, misses the budget the PyTorch model met."""
+    line = _verdict(run, chosen)
+    reloaded = None if deployed is None else deployed.get("reloaded_metric")
+    if reloaded is not None and not run.holds(reloaded, run.float_holdout.metric):
+        line += f"; WARNING: the deployed artifact reloaded in {run.target} scores {reloaded:.6g}, outside the budget"
+    return line
+
+
+def _verdict(run: Run, chosen: Trial) -> str:
     fp32, bf16 = run.trials["fp32"], run.trials.get("bf16")
     speed = f"{ratio_text(fp32.latency_s, chosen.latency_s)} fp32"
     if bf16 is not None and bf16.latency_s is not None and chosen is not bf16:
