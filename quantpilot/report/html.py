@@ -63,9 +63,9 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 def _metric(value: Any, interval: Any) -> str:
     """`0.9931 [0.9912, 0.9950]`: the metric and its 95 % bootstrap interval when there is one."""
-    text = _fmt(value)
+    text = _fmt(value, 6)  # six digits: a cosine of 0.999985 must not read as 1
     if isinstance(interval, list | tuple) and len(interval) == 2 and None not in map(_num, interval):
-        text += f" <span class='note'>[{_fmt(interval[0])}, {_fmt(interval[1])}]</span>"
+        text += f" <span class='note'>[{_fmt(interval[0], 6)}, {_fmt(interval[1], 6)}]</span>"
     return text
 
 
@@ -147,7 +147,7 @@ def _candidate_row(c: dict[str, Any], chosen_name: Any) -> str:
     name = _e(c.get("name", "?")) + (" ★" if chosen else "")
     return (
         f"<tr class='{'chosen' if chosen else ''}'><td class='l'>{name}</td>"
-        f"<td>{_metric(c.get('metric'), c.get('interval'))}</td><td>{_fmt(c.get('holdout_metric'))}</td>"
+        f"<td>{_metric(c.get('metric'), c.get('interval'))}</td><td>{_fmt(c.get('holdout_metric'), 6)}</td>"
         f"<td>{_size(c.get('size_bytes'))}</td><td>{_fmt(c.get('latency_ms'))}</td>"
         f"<td>{_ratio(c.get('speedup_vs_fp32'))}</td><td>{_ratio(c.get('speedup_vs_bf16'))}</td>"
         f"<td>{ok}</td><td class='l'>{_e(c.get('why', ''))}</td></tr>"
@@ -173,8 +173,8 @@ def _deployed(report: dict[str, Any]) -> str:
     return (
         "<h2>Deployed artifact, reloaded in its runtime</h2><dl class='facts'>"
         f"<dt>format</dt><dd>{_e(d.get('format', '–'))}</dd><dt>path</dt><dd>{_e(d.get('path', '–'))}</dd>"
-        f"<dt>metric before export</dt><dd>{_fmt(d.get('metric'))}</dd>"
-        f"<dt>metric after reload</dt><dd>{_fmt(d.get('reloaded_metric'))}</dd></dl>"
+        f"<dt>metric before export</dt><dd>{_fmt(d.get('metric'), 6)}</dd>"
+        f"<dt>metric after reload</dt><dd>{_fmt(d.get('reloaded_metric'), 6)}</dd></dl>"
     )
 
 

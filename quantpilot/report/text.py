@@ -21,7 +21,7 @@ def _cell(value: Any, spec: str, suffix: str = "") -> str:
 
 def _interval(interval: Any) -> str:
     if isinstance(interval, list | tuple) and len(interval) == 2 and None not in map(_num, interval):
-        return f"[{_num(interval[0]):.4g}, {_num(interval[1]):.4g}]"
+        return f"[{_num(interval[0]):.6g}, {_num(interval[1]):.6g}]"
     return ""
 
 
@@ -40,7 +40,7 @@ def _rows(report: dict[str, Any]) -> list[list[str]]:
             speed = fp32 / latency if fp32 and latency else None
             interval = _interval(base.get("interval")) if kind == "fp32" else ""
             size = _cell(float_mib if kind == "fp32" else None, ".1f")
-            rows.append([f"float {kind}", _cell(metric, ".4f"), interval, "-", size, _cell(latency, ".2f"),
+            rows.append([f"float {kind}", _cell(metric, ".6g"), interval, "-", size, _cell(latency, ".2f"),
                          _cell(speed, ".2f", "x"), "-", "baseline"])  # fmt: skip
     for c in report.get("candidates") or []:
         if not isinstance(c, dict):
@@ -50,8 +50,8 @@ def _rows(report: dict[str, Any]) -> list[list[str]]:
         chosen = c.get("chosen") or (report.get("chosen") is not None and c.get("name") == report.get("chosen"))
         name = ("* " if chosen else "") + str(c.get("name", "?"))
         mib = _cell(None if size is None else size / 2**20, ".1f")
-        rows.append([name, _cell(c.get("metric"), ".4f"), _interval(c.get("interval")),
-                     _cell(c.get("holdout_metric"), ".4f"), mib, _cell(c.get("latency_ms"), ".2f"),
+        rows.append([name, _cell(c.get("metric"), ".6g"), _interval(c.get("interval")),
+                     _cell(c.get("holdout_metric"), ".6g"), mib, _cell(c.get("latency_ms"), ".2f"),
                      _cell(c.get("speedup_vs_fp32"), ".2f", "x"), _cell(c.get("speedup_vs_bf16"), ".2f", "x"),
                      ok])  # fmt: skip
     return rows
@@ -63,7 +63,7 @@ def render_text(report: dict[str, Any]) -> str:
     Example:
         >>> text = render_text({"verdict": "v", "candidates": [{"name": "int8", "metric": 0.99, "chosen": True}]})
         >>> text.splitlines()[-1].split()[:3]
-        ['*', 'int8', '0.9900']
+        ['*', 'int8', '0.99']
     """
     lines = [str(report.get("verdict") or "no verdict recorded")]
     rows = _rows(report)
