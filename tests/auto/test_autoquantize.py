@@ -191,6 +191,8 @@ def test_empty_calibration_data_is_refused():
 def test_save_writes_the_layout_atomically_and_refuses_a_non_empty_folder(tmp_path):
     eval_fn = structural_metric(quantized_first_layer=0.999)
     result = qp.autoquantize(_mlp(), CALIB, eval_fn, budget=0.01, target="torch", timer=fake_timer(FAST_INT8))
+    json.dumps(result.report, allow_nan=False)  # plain JSON, no NaN/Infinity
+    assert result.report["histograms"] and result.report["sensitivity"][0]["layer"] in {"0", "2", "4"}
     out = result.save(tmp_path / "out")
     names = sorted(p.name for p in out.iterdir())
     assert {"recipe.yaml", "model", "deploy", "report.json"} <= set(names)
