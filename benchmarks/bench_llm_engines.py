@@ -4,7 +4,8 @@ On the WikiText-2 testbed GPT-2 (`quantpilot_testbed.language_model`, trained an
 use), each row is scored on the first --windows non-overlapping 256-token windows of test.txt:
 
 - llama.cpp (llama-cpp-python): FP16 GGUF; llama.cpp's own quantizer (`llama_model_quantize`) at Q8_0,
-  Q4_0, Q4_K_M; quantpilot RTN, GPTQ, AWQ (W4 g128 asymmetric) exported as Q4_1 (codes kept).
+  Q4_0, Q4_K_M; quantpilot RTN, GPTQ, AWQ (W4 g128 asymmetric; the token table and its tied head
+  W4 g32 by `quantize_embeddings`, as llama.cpp quantizes token_embd) exported as Q4_1 (codes kept).
   The importance-matrix rows need llama.cpp's `llama-imatrix` tool, which llama-cpp-python does not
   ship or expose: they are printed as MISSING.
 - OpenVINO (CPU): bf16 IR; NNCF `compress_weights` INT4_ASYM g128 (plain, and awq + scale_estimation
@@ -76,7 +77,10 @@ def quantpilot_models(model, calib: list[dict]) -> dict[str, Any]:
             for batch in calib:
                 q(**batch)
         out[name] = qp.freeze(q)
-    return out
+    # The token table and the head tied to it packed too (W4 g32, as bench-llm's "+ table" row): the engines'
+    # own 4-bit files quantize token_embd, so the bits per weight compare like for like (wpe stays float).
+    table = {"bits": 4, "group_size": 32, "skip": ("transformer.wpe",)}
+    return {name: qp.algorithms.quantize_embeddings(q, **table) for name, q in out.items()}
 
 
 def llama_cpp_row(name: str, path: Path, windows: list[np.ndarray], params: int, args) -> dict:

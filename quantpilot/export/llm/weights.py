@@ -142,7 +142,10 @@ def lm_tensors(model: nn.Module) -> dict[str, LMTensor]:
     for name, module in model.named_modules():
         prefix = f"{name}." if name else ""
         if isinstance(module, QuantModule) and module.weight_spec is not None and module.is_frozen:
-            out[f"{prefix}weight"] = _quantized(module)
+            codes = module.weight_storage()[0]
+            if id(codes) not in seen:  # a head tied to a packed table reads the table's codes: given once
+                seen.add(id(codes))
+                out[f"{prefix}weight"] = _quantized(module)
         elif isinstance(module, QuantModule) and module.weight_spec is not None:
             raise ValueError("freeze the model (qp.freeze) before exporting it: its weights are not stored as codes")
         conv1d = type(module).__name__ == "Conv1D"
