@@ -17,7 +17,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
@@ -95,9 +94,8 @@ class AutoResult:
             state = {k: v.detach().clone().contiguous() for k, v in self.model.state_dict().items()}
             safetensors.torch.save_file(state, str(folder / "model" / "model.safetensors"))
         shutil.copytree(self.deploy_dir, folder / "deploy")
-        (folder / "report.json").write_text(json.dumps(self.report, indent=2, default=str))
-        try:
-            from ..report import write_html
-        except ImportError:
-            return  # quantpilot.report (the HTML renderer) is not installed in this tree yet
+        # The renderers sit a layer above (quantpilot.report reads this package's reports): imported when used.
+        from ..report import write_html, write_json
+
+        write_json(self.report, folder / "report.json")
         write_html(self.report, folder / "report.html")

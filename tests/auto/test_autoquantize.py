@@ -195,7 +195,8 @@ def test_save_writes_the_layout_atomically_and_refuses_a_non_empty_folder(tmp_pa
     assert result.report["histograms"] and result.report["sensitivity"][0]["layer"] in {"0", "2", "4"}
     out = result.save(tmp_path / "out")
     names = sorted(p.name for p in out.iterdir())
-    assert {"recipe.yaml", "model", "deploy", "report.json"} <= set(names)
+    assert names == ["deploy", "model", "recipe.yaml", "report.html", "report.json"]
+    assert (out / "report.html").read_text().startswith("<!DOCTYPE html>")
     assert json.loads((out / "report.json").read_text())["chosen"] == result.report["chosen"]
     assert qp.Recipe.from_yaml(out / "recipe.yaml") == result.recipe
     reloaded = qp.load(_mlp(), out / "model")
