@@ -93,10 +93,12 @@ class ShardWriter:
         index = self.next_shard
         if carry is not None:  # every rank keeps its own share of the calibration activations
             path = self.state_dir / f"carry-rank{self.rank}-{index + 1:05d}.safetensors"
+            path.unlink(missing_ok=True)  # left by a run killed before its record said so: not part of the result
             with atomic_path(path) as tmp:
                 safetensors.torch.save_file({str(i): t.contiguous() for i, t in enumerate(carry)}, str(tmp))
         if self.rank == 0:
             name = self.shard_name(index)
+            (self.out / name).unlink(missing_ok=True)  # the same: a shard the record does not count yet
             with atomic_path(self.out / name) as tmp:
                 safetensors.torch.save_model(module, str(tmp), metadata={"format": "quantpilot"})
             with safetensors.safe_open(str(self.out / name), framework="pt") as f:

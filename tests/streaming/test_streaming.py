@@ -151,3 +151,18 @@ def test_unknown_layout_names_what_was_not_found():
         ValueError, match=r"no nn.ModuleList of identical decoder blocks \(lists found: \['mixed \(2\)'\]\)"
     ):
         find_block_list(net)
+
+
+def test_a_shard_written_after_the_last_record_is_written_again(saved_decoder, tmp_path):
+    # Killed between renaming a shard into place and recording it: the rerun replaces that shard.
+    def stop(info):
+        if info["block"] == 0:
+            raise KeyboardInterrupt
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(KeyboardInterrupt):
+            quantize_checkpoint(saved_decoder("gpt2"), "rtn-w4-g128", out=tmp_path / "q", on_block=stop)
+        (tmp_path / "q" / "model-00003-of-00003.safetensors").write_bytes(b"half")
+        quantize_checkpoint(saved_decoder("gpt2"), "rtn-w4-g128", out=tmp_path / "q")
+    assert qp.load(_meta_skeleton("gpt2"), tmp_path / "q")
