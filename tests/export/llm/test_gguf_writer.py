@@ -126,3 +126,15 @@ def test_every_quantized_layer_is_written(rtn_models, tmp_path):
     tensors, _ = _read(write_gguf(model, None, tmp_path / "m.gguf").path)
     quantized = [m for m in model.modules() if isinstance(m, QuantModule)]
     assert len(quantized) == 14 and sum(n.startswith("blk.") and n.endswith(".weight") for n in tensors) == 18
+
+
+def test_a_packed_token_table_and_its_tied_head_are_written_once(rtn_models, tmp_path):
+    model = qp.algorithms.quantize_embeddings(rtn_models["gpt2"], bits=4, group_size=32, skip=("transformer.wpe",))
+    tensors, reader = _read(write_gguf(model, None, tmp_path / "m.gguf").path)
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    assert types["token_embd.weight"] == "Q4_1" and "output.weight" not in tensors
+    table = model.transformer.wte.dequantized_weight(torch.float32).numpy()
+    assert (
+        np.abs(tensors["token_embd.weight"] - table).max()
+        <= 0.004 * model.transformer.wte.weight_scale.float().max().item()
+    )
