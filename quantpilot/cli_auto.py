@@ -258,8 +258,18 @@ def _check_inputs(args: argparse.Namespace) -> tuple[str, float, str]:
 def _read_all(args: argparse.Namespace, kind: str, metric: str, prep: Any) -> tuple[str, Samples, str, Samples]:
     """Calibration and eval samples, the calibration ones cut to --calib-size; top1 checked to have labels."""
     calib_from, calib = read_data(args.calib_data, kind, "--calib-data", prep, args.seq_len)
-    eval_from, evals = read_data(args.eval_data, kind, "--eval-data", prep, args.seq_len)
-    calib = take(calib, args.calib_size, "--calib-size", calib_from)
+    same = args.calib_data is not None and args.eval_data is not None
+    if same and Path(args.calib_data).resolve() == Path(args.eval_data).resolve():
+        # One data set for both: calibrate on its first part, evaluate on the rest, never on the same samples.
+        size = args.calib_size or len(calib) // 2
+        if size >= len(calib):
+            raise ValueError(f"--calib-size {size} leaves none of the {len(calib)} samples in {calib_from} to evaluate")
+        rest = Samples(calib.kind, calib.items[size:], None if calib.labels is None else calib.labels[size:])
+        calib_from, eval_from = f"{calib_from} (first {size})", f"{calib_from} (the other {len(rest)})"
+        calib, evals = take(calib, size, "--calib-size", calib_from), rest
+    else:
+        eval_from, evals = read_data(args.eval_data, kind, "--eval-data", prep, args.seq_len)
+        calib = take(calib, args.calib_size, "--calib-size", calib_from)
     if metric == "top1" and evals.labels is None:
         raise ValueError("--metric top1 needs labels: image class sub-folders or a labels.csv beside the photos")
     return calib_from, calib, eval_from, evals

@@ -86,19 +86,26 @@ def _jsonl_field(line: str, field: str, kind: type, path: Path, flag: str, numbe
     return value
 
 
+# Header names of the label column in a labels.csv, most specific first (else the second column).
+_LABEL_COLUMNS = ("label", "class_index", "label_index", "class_id", "target", "class")
+
+
 def _csv_labels(folder: Path, flag: str) -> dict[str, str]:
     table = folder / "labels.csv"
     try:
         rows = list(csv.reader(table.read_text(encoding="utf-8").splitlines()))
     except (UnicodeDecodeError, csv.Error) as err:
         raise ValueError(f"{flag} {table} cannot be read as CSV: {err}") from None
+    column = 1
     if rows and rows[0] and rows[0][0].strip().lower() in ("file", "filename", "image", "path"):
-        rows = rows[1:]  # a header line
+        header = [name.strip().lower() for name in rows[0]]  # e.g. file,synset,class_index,name: take class_index
+        column = next((header.index(n) for n in _LABEL_COLUMNS if n in header), 1)
+        rows = rows[1:]
     labels = {}
     for number, row in enumerate(rows, 1):
-        if len(row) < 2 or not row[0].strip() or not row[1].strip():
+        if len(row) <= column or not row[0].strip() or not row[column].strip():
             raise ValueError(f"{flag} {table}, row {number}: expected 'file,label'")
-        labels[row[0].strip()] = row[1].strip()
+        labels[row[0].strip()] = row[column].strip()
     return labels
 
 

@@ -93,3 +93,24 @@ def test_a_user_metric_from_a_file(tmp_path):
     assert metric_function(f"{tmp_path / 'mine.py'}:score")(None, [1, 2]) == [1.0, 1.0]
     with pytest.raises(ValueError, match="has no function nope"):
         metric_function(f"{tmp_path / 'mine.py'}:nope")
+
+
+def test_labels_csv_header_picks_the_class_index_column(tmp_path):
+    _photo(tmp_path / "n01_tench.JPEG", 1)
+    (tmp_path / "labels.csv").write_text("file,synset,class_index,name\nn01_tench.JPEG,n01440764,0,tench\n")
+    assert read_images(tmp_path, "--eval-data").labels == ["0"]
+
+
+def test_one_data_set_for_both_is_split_never_shared(tmp_path):
+    import argparse
+
+    from quantpilot.cli_auto import _read_all
+
+    data = tmp_path / "all.txt"
+    data.write_text("\n".join(f"sentence {i}" for i in range(10)))
+    args = argparse.Namespace(calib_data=str(data), eval_data=str(data), calib_size=None, seq_len=16)
+    _, calib, _, evals = _read_all(args, "text", "cosine", None)
+    assert calib.items == [f"sentence {i}" for i in range(5)] and evals.items == [f"sentence {i}" for i in range(5, 10)]
+    args.calib_size = 10
+    with pytest.raises(ValueError, match="leaves none of the 10 samples"):
+        _read_all(args, "text", "cosine", None)
