@@ -22,6 +22,7 @@ from typing import Any
 
 from torch import nn
 
+from ..batches import eval_mode
 from . import decide, search
 from .candidates import Builder, families
 from .report_data import build_report
@@ -141,16 +142,17 @@ def autoquantize(
         raise ValueError("calib_data is empty: pass at least one calibration batch")
     calib, search_data, held = _split(calib, eval_data, holdout)
     example = calib[0] if example_inputs is None else example_inputs
-    model.eval()
-    run = Run(model, calib, Scorer(eval_fn), search_data, held, budget, absolute, lower_is_better, target, example,
-              max_evaluations, timer or default_timer, log)  # fmt: skip
-    run.qat_possible = train_data is not None
-    run.note("data", "split", f"{len(calib)} calibration, {len(search_data)} search and {len(held)} held-out items")
-    builder = _search(run, train_data, loss_fn)
-    chosen = decide.choose(run, decide.final_timing(run))
-    deploy_dir = Path(tempfile.mkdtemp(prefix="quantpilot-auto-")) / "deploy"
-    deployed = decide.deploy_and_check(run, chosen, deploy_dir)
-    run.verdict = decide.verdict(run, chosen, deployed)
-    run.note("verdict", chosen.name, run.verdict)
-    report = build_report(run, chosen, deployed, builder, time.perf_counter() - started)
-    return AutoResult(chosen.model, chosen.candidate.recipe, report, deploy_dir)
+    with eval_mode(model):  # the user's model gets its own train/eval modes back
+        run = Run(model, calib, Scorer(eval_fn), search_data, held, budget, absolute, lower_is_better, target,
+                  example, max_evaluations, timer or default_timer, log)  # fmt: skip
+        run.qat_possible = train_data is not None
+        run.note("data", "split", f"{len(calib)} calibration, {len(search_data)} search, {len(held)} held-out items")
+        builder = _search(run, train_data, loss_fn)
+        chosen = decide.choose(run, decide.final_timing(run))
+        # Lives as long as the result (removed with it): save() copies deploy/ out of it.
+        workdir = tempfile.TemporaryDirectory(prefix="quantpilot-auto-")
+        deployed = decide.deploy_and_check(run, chosen, Path(workdir.name) / "deploy")
+        run.verdict = decide.verdict(run, chosen, deployed)
+        run.note("verdict", chosen.name, run.verdict)
+        report = build_report(run, chosen, deployed, builder, time.perf_counter() - started)
+    return AutoResult(chosen.model, chosen.candidate.recipe, report, Path(workdir.name) / "deploy", workdir)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,7 @@ class AutoResult:
     recipe: Recipe | None
     report: dict[str, Any]
     deploy_dir: Path
+    workdir: Any = field(default=None, repr=False, compare=False)  # the TemporaryDirectory deploy_dir lives in
 
     def save(self, out: str | Path) -> Path:
         """Write recipe.yaml, model/, deploy/, report.json and report.html into `out`, atomically.
