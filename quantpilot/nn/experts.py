@@ -293,11 +293,14 @@ class QuantExperts(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         inner = self.inner
+        hidden = args[0] if args else kwargs.get("hidden_states")
+        # The weights in the activations' dtype, as QuantLinear does (a model cast to bf16 after quantize).
+        dtype = hidden.dtype if isinstance(hidden, torch.Tensor) and hidden.is_floating_point() else None
         try:
             for name in self.stack_names:
                 stack = getattr(self, name)
                 # A plain attribute for this call only (the module's forward reads `self.<name>`); no copy is kept.
-                inner.__dict__[name] = stack.expert_weight(stack.float_dtype)
+                inner.__dict__[name] = stack.expert_weight(dtype or stack.float_dtype)
             return inner(*args, **kwargs)
         finally:
             for name in self.stack_names:
