@@ -37,7 +37,7 @@ def final_timing(run: Run) -> list[Trial]:
     eligible = [t for t in run.trials.values() if t.within and t.candidate.kind == "quantized"]
     floats = [t for t in (run.trials["fp32"], run.trials.get("bf16")) if t is not None]
     run.time(floats + eligible, "final timing")
-    return eligible
+    return [t for t in eligible if t.latency_s is not None]  # those the engine could not run are out
 
 
 def _holds_holdout(run: Run, trial: Trial) -> bool:

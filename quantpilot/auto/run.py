@@ -174,6 +174,21 @@ class Run:
             self.runners[key] = targets.runner_for_file(self.runner(trial).path, self.target, "bf16")
         return self.runners[key]
 
+    @staticmethod
+    def _guarded(name: str, fn: Callable[[], object], failed: dict[str, str]) -> Callable[[], object]:
+        """`fn` that records its first failure (export, compile or run) in `failed` and is then a no-op."""
+
+        def call() -> object:
+            if name in failed:
+                return None
+            try:
+                return fn()
+            except Exception as err:  # noqa: BLE001 (an engine that refuses one candidate drops that candidate)
+                failed[name] = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+                return None
+
+        return call
+
     def time(self, trials: list[Trial], step: str) -> dict[str, float]:
         """Latency of every trial on the target, side by side in one timer call; sets `latency_s`.
 
@@ -182,20 +197,28 @@ class Run:
         """
         # Compiled on first call (an untimed warm-up round), so that a timer that never calls them (a test's
         # fake one) costs no export.
+        failed: dict[str, str] = {}
         fns = {
-            trial.name: (lambda t=trial: self.runner(t).run(self.example))
+            trial.name: self._guarded(trial.name, lambda t=trial: self.runner(t).run(self.example), failed)
             for trial in trials
             if not (trial.candidate.kind == "bf16" and self.target in targets.NO_BF16)
         }
         if self.target == "openvino":
-            for trial in trials:
-                if trial.candidate.kind == "quantized":
-                    fns[trial.name + BF16_REST] = lambda t=trial: self._bf16_rest(t).run(self.example)
+            for t in trials:
+                if t.candidate.kind == "quantized":
+                    run = lambda t=t: self._bf16_rest(t).run(self.example)  # noqa: E731
+                    fns[t.name + BF16_REST] = self._guarded(t.name + BF16_REST, run, failed)
         seconds = self.timer(fns)
         for name, value in seconds.items():
             if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"timer returned {value!r} for {name}: it must return positive seconds")
+        seconds = {name: value for name, value in seconds.items() if name not in failed}
         for trial in trials:
+            if trial.name in failed:
+                if trial.candidate.kind != "quantized":
+                    raise ValueError(f"the {trial.name} model cannot run on {self.target}: {failed[trial.name]}")
+                trial.latency_s, trial.why = None, f"cannot run on {self.target}: {failed[trial.name]}"
+                self.note(trial.name, "not deployable", trial.why)
             if trial.name not in seconds:
                 continue
             trial.latency_s, trial.timed_in = float(seconds[trial.name]), step

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 from ..analysis.sensitivity import variant
@@ -71,8 +72,10 @@ def probe(run: Run, builder: Builder, families: list[Family]) -> list[Family]:
     run.time(floats + heads, "speed probe")
     base = floor(run)
     kept = []
-    for family, head in sorted(zip(families, heads, strict=True), key=lambda fh: fh[1].latency_s):
-        if head.latency_s < base.latency_s:
+    for family, head in sorted(zip(families, heads, strict=True), key=lambda fh: fh[1].latency_s or math.inf):
+        if head.latency_s is None:
+            run.note(f"family {family.name}", "dropped", head.why)
+        elif head.latency_s < base.latency_s:
             kept.append(family)
             run.note(f"family {family.name}", "searched", f"its head runs {base.latency_s / head.latency_s:.2f}x "
                      f"{base.name}; {family.why}")  # fmt: skip

@@ -204,3 +204,27 @@ def test_save_writes_the_layout_atomically_and_refuses_a_non_empty_folder(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary left beside it
     with pytest.raises(ValueError, match="not an empty folder"):
         result.save(out)
+
+
+def test_a_candidate_the_engine_cannot_run_is_dropped_with_the_reason(monkeypatch):
+    from quantpilot.auto import targets
+
+    real = targets.runner
+
+    def runner(target, kind, model, example):
+        if kind == "quantized":
+            raise RuntimeError("unsupported op QuantizeLinear\nsecond line")
+        return real(target, kind, model, example)
+
+    monkeypatch.setattr(targets, "runner", runner)
+    calling = fake_timer(FAST_INT8)
+
+    def timer(fns):  # a timer that really calls every function once (a failing one records why)
+        for fn in fns.values():
+            fn()
+        return calling(fns)
+
+    report = qp.autoquantize(_mlp(), CALIB, structural_metric(0.999), budget=0.01, target="torch", timer=timer).report
+    assert report["chosen"] == "bf16"
+    dropped = [t for t in report["trail"] if t["decision"] == "not deployable"]
+    assert dropped and all(t["why"] == "cannot run on torch: unsupported op QuantizeLinear" for t in dropped)
