@@ -6,9 +6,10 @@ Example:
     >>> calib = [torch.randn(16, 8) for _ in range(4)]
     >>> ref = {id(b): net(b).detach() for b in calib}
     >>> score = lambda m, data: [float(torch.cosine_similarity(m(b), ref[id(b)], dim=-1).mean()) for b in data]
-    >>> result = qp.autoquantize(net, calib, score, budget=0.05, target="torch")
-    >>> result.report["evaluations"] <= 40, result.report["chosen"] in [c["name"] for c in result.report["candidates"]]
-    (True, True)
+    >>> fixed = lambda fns: {name: 1e-3 for name in fns}  # a fixed timer keeps the example fast: omit it to measure
+    >>> result = qp.autoquantize(net, calib, score, budget=0.05, target="torch", timer=fixed)
+    >>> result.report["chosen"], result.recipe is None, result.report["evaluations"]
+    ('bf16', True, 5)
 """
 
 from __future__ import annotations
