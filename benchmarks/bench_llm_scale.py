@@ -94,7 +94,11 @@ def _peak() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def child(op: str, folder: Path, out: Path, calib_tokens: int) -> dict:
+class _Enough(Exception):
+    """Raised after --max-blocks blocks: the run stops there like a killed one (and could resume)."""
+
+
+def child(op: str, folder: Path, out: Path, calib_tokens: int, max_blocks: int = 0) -> dict:
     """One operation in this (fresh) process: peak RSS, wall, seconds per block."""
     import torch
 
@@ -109,8 +113,16 @@ def child(op: str, folder: Path, out: Path, calib_tokens: int) -> dict:
             calib = torch.randint(0, 32000, (-(-calib_tokens // 256), 256))
         elif op == "stream-awq":
             calib = torch.randint(0, 32000, (16, 128))
-        quantize_checkpoint(folder, PRESETS[op], calib, out=out, batch_size=4,
-                            on_block=lambda info: blocks.append(info["block_seconds"]))  # fmt: skip
+
+        def on_block(info: dict) -> None:
+            blocks.append(info["block_seconds"])
+            if max_blocks and info["block"] + 1 >= max_blocks:
+                raise _Enough
+
+        try:
+            quantize_checkpoint(folder, PRESETS[op], calib, out=out, batch_size=4, on_block=on_block)
+        except _Enough:
+            pass
         return {"peak": _peak(), "wall": time.perf_counter() - start, "blocks": blocks[1:]}
     import transformers
 
@@ -127,9 +139,9 @@ def child(op: str, folder: Path, out: Path, calib_tokens: int) -> dict:
     return result
 
 
-def run(op: str, folder: Path, work: Path, calib_tokens: int) -> dict:
+def run(op: str, folder: Path, work: Path, calib_tokens: int, max_blocks: int) -> dict:
     out = work / op
-    cmd = [sys.executable, __file__, "--child", op, str(folder), str(out), str(calib_tokens)]
+    cmd = [sys.executable, __file__, "--child", op, str(folder), str(out), str(calib_tokens), str(max_blocks)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
         print(done.stderr[-3000:])
@@ -141,11 +153,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="1b,7b")
     parser.add_argument("--ops", help="comma-separated operations for every size (default: see DEFAULT_OPS)")
-    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--max-blocks",
+        type=int,
+        default=0,
+        help="stop streamed runs after this many blocks (0: all); s/block and "
+        "peak RSS are those of the blocks run, the wall column then covers only them",
+    )
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        op, folder, out, tokens = args.child
-        print(json.dumps(child(op, Path(folder), Path(out), int(tokens))))
+        op, folder, out, tokens, max_blocks = args.child
+        print(json.dumps(child(op, Path(folder), Path(out), int(tokens), int(max_blocks))))
         return
     import shutil
     import tempfile
@@ -161,11 +180,13 @@ def main() -> None:
         work = Path(tempfile.mkdtemp(prefix=f"qp-scale-{size}-", dir=cache_dir()))
         try:
             for op in (args.ops or DEFAULT_OPS[size]).split(","):
-                r = run(op, folder, work, SIZES[size]["intermediate_size"])
+                r = run(op, folder, work, SIZES[size]["intermediate_size"], args.max_blocks)
                 per_block = f"{statistics.median(r['blocks']):.1f}" if r["blocks"] else "-"
+                if args.max_blocks and op in PRESETS:
+                    op = f"{op} ({len(r['blocks'])}/{SIZES[size]['num_hidden_layers']} blocks)"
                 same = {True: "identical codes", False: "CODES DIFFER"}.get(r.get("identical"), "")
                 rows.append((size, op, r["peak"] / 2**30, r["peak"] / size_bytes, per_block, r["wall"], same))
-                print(f"{size:>3} {op:<12} peak {rows[-1][2]:6.2f} GiB = {rows[-1][3]:4.2f}x model  "
+                print(f"{size:>3} {op:<24} peak {rows[-1][2]:6.2f} GiB = {rows[-1][3]:4.2f}x model  "
                       f"{per_block:>6} s/block  {r['wall']:7.1f} s  {same}", flush=True)  # fmt: skip
         finally:
             shutil.rmtree(work, ignore_errors=True)
