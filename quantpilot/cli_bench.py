@@ -95,10 +95,23 @@ def _models(target: str) -> tuple[Any, Any, Any, str, str]:
     return model, None, prep, kind, f"{target} (float model only)"
 
 
+def _check_target(target: str) -> None:
+    """A saved folder with a readable source record, or a model name / Hugging Face folder (else ValueError)."""
+    if is_saved_folder(target):
+        from .saved_dirs import model_folder, read_source
+
+        read_source(model_folder(target))
+    elif not (Path(target).is_dir() and (Path(target) / "report.json").is_file()):
+        from .cli_auto import model_kind
+
+        model_kind(target)
+
+
 def _benchmark(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     if args.engine == "torch-int8" and not is_saved_folder(args.target):
         raise ValueError("--engine torch-int8 runs a quantized model: pass a folder quantpilot saved")
+    _check_target(args.target)  # a mistake is one line, before any progress line
     print(f"[{0:6.1f}s] opening {args.target}", file=sys.stderr, flush=True)
     torch.set_num_threads(args.threads)
     float_model, qmodel, prep, kind, what = _models(args.target)

@@ -134,6 +134,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     metric_function(args.metric)  # an unknown metric or a MODULE:FUNC that fails to import: before the load
     if not Path(args.eval_data).exists():
         raise ValueError(f"--eval-data {args.eval_data} does not exist")
+    from .saved_dirs import model_folder, read_source
+
+    read_source(model_folder(args.directory))  # not a saved folder: one line, before any progress line
     torch.set_num_threads(args.threads)
     _say(f"opening {args.directory}")
     saved = open_folder(args.directory)
