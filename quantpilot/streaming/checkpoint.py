@@ -76,8 +76,18 @@ class Checkpoint:
         >>> import tempfile
         >>> from quantpilot.testing import tiny_causal_lm
         >>> d = tempfile.mkdtemp(); tiny_causal_lm("gpt2").save_pretrained(d)
-        >>> Checkpoint(d).block_prefix(1)
-        'transformer.h.1.'
+        >>> ckpt = Checkpoint(d)
+        >>> ckpt.block_prefix(1), ckpt.file_key("lm_head.weight")  # tied to the token table: not in the file
+        ('transformer.h.1.', None)
+        >>> ckpt.load_block(1).mlp.c_fc.weight.device.type
+        'cpu'
+        >>> ckpt.free_block(1); ckpt.blocks[1].mlp.c_fc.weight.device.type
+        'meta'
+        >>> list(ckpt.read(["transformer.ln_f.bias"]))
+        ['transformer.ln_f.bias']
+        >>> with ckpt.without_blocks() as outside:
+        ...     len(outside.transformer.h)
+        0
     """
 
     def __init__(self, hf_dir: str | Path) -> None:
@@ -94,18 +104,18 @@ class Checkpoint:
         self._pristine: dict[int, nn.Module] = {}
 
     def block_prefix(self, index: int) -> str:
-        """Qualified-name prefix of block `index` (`model.layers.3.`)."""
+        """Qualified-name prefix of block `index` (`model.layers.3.`); see the class example."""
         return f"{self.blocks_name}.{index}."
 
     def file_key(self, name: str) -> str | None:
-        """The checkpoint's name for the model's tensor `name` (None when the file lacks it)."""
+        """The checkpoint's name for the model's tensor `name` (None when the file lacks it); see the class example."""
         for key in (name, self._key_prefix + name, name.removeprefix(self._key_prefix)):
             if key in self.weight_map:
                 return key
         return self._renamed.get(name)
 
     def read(self, names: list[str]) -> dict[str, torch.Tensor]:
-        """The tensors `names` (model names) read from the files; names the files lack are left out."""
+        """The tensors `names` (model names) read from the files; names the files lack are left out (class example)."""
         by_file: dict[str, list[tuple[str, str]]] = {}
         for name in names:
             key = self.file_key(name)
@@ -119,7 +129,7 @@ class Checkpoint:
         return out
 
     def load_block(self, index: int) -> nn.Module:
-        """Block `index` with its weights from the files (assigned: the file's dtype), in eval mode."""
+        """Block `index` with its weights from the files (assigned: the file's dtype), in eval mode (class example)."""
         block = self.blocks[index]
         # Quantizing changes the block in place; the meta copy (no storage) goes back in its place when freed.
         self._pristine[index] = copy.deepcopy(block)
@@ -133,17 +143,25 @@ class Checkpoint:
         return block.eval()
 
     def free_block(self, index: int) -> None:
-        """Put block `index` back on the meta device, so its storage can be released."""
+        """Put block `index` back on the meta device, so its storage can be released (class example)."""
         self.blocks[index] = self._pristine.pop(index)
 
     def free_outside(self) -> None:
-        """Release the parts outside the blocks (token table, head): once caught and written, nothing reads them."""
+        """Release the parts outside the blocks (token table, head): once caught and written, nothing reads them.
+
+        Example:
+            >>> import tempfile
+            >>> from quantpilot.testing import tiny_causal_lm
+            >>> d = tempfile.mkdtemp(); tiny_causal_lm("gpt2").save_pretrained(d)
+            >>> ckpt = Checkpoint(d); ckpt.free_outside(); ckpt.model.transformer.wte.weight.is_meta
+            True
+        """
         with self.without_blocks() as model:
             model.to_empty(device="meta")
 
     @contextlib.contextmanager
     def without_blocks(self) -> Iterator[nn.Module]:
-        """The skeleton with an empty block list (the embeddings, final norm and head only), restored on exit."""
+        """The skeleton with an empty block list (embeddings, final norm, head), restored on exit (class example)."""
         parent_name, _, leaf = self.blocks_name.rpartition(".")
         parent = self.model.get_submodule(parent_name)
         setattr(parent, leaf, nn.ModuleList())
@@ -151,11 +169,6 @@ class Checkpoint:
             yield self.model
         finally:
             setattr(parent, leaf, self.blocks)
-
-    def outside_names(self) -> list[str]:
-        """Model names of the tensors outside the blocks (persistent buffers included)."""
-        with self.without_blocks() as model:
-            return list(model.state_dict(keep_vars=True))
 
 
 def _weight_map(hf_dir: Path) -> dict[str, str]:

@@ -85,6 +85,11 @@ def quantize_checkpoint(
     Raises:
         ValueError: a recipe that cannot stream, missing calibration data, an unknown layout, an `out`
             holding something else.
+
+    Example:
+        >>> quantize_checkpoint(".", "int8-static", out="never-written")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: streamed quantization runs weight-only or dynamic recipes ...
     """
     recipe = Recipe.preset(recipe) if isinstance(recipe, str) else recipe
     check_streamable(recipe)

@@ -62,6 +62,10 @@ def merge_hessians(accumulators: dict[str, Any]) -> None:
     """Replace each `HessianAccumulator` by the token-weighted mean over every rank (a collective call).
 
     Every rank must pass the same layer names; they are visited in sorted order.
+
+    Example:
+        >>> from quantpilot.algorithms.gptq import HessianAccumulator
+        >>> merge_hessians({"fc": HessianAccumulator(2)})  # one process: nothing to merge
     """
     if not is_distributed():
         return

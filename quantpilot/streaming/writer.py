@@ -69,11 +69,17 @@ class ShardWriter:
 
     @property
     def next_shard(self) -> int:
-        """Index of the first shard not written yet (0 on a fresh run)."""
+        """Index of the first shard not written yet (0 on a fresh run); see the module example."""
         return int(self.state["done"])
 
     def shard_name(self, index: int) -> str:
-        """The file name of shard `index` (0-based), Hugging Face style."""
+        """The file name of shard `index` (0-based), Hugging Face style.
+
+        Example:
+            >>> import tempfile
+            >>> ShardWriter(tempfile.mkdtemp(), shards=2, fingerprint={}).shard_name(1)
+            'model-00002-of-00002.safetensors'
+        """
         return f"model-{index + 1:05d}-of-{self.shards:05d}.safetensors"
 
     def _latest(self, pattern: str) -> Path | None:
@@ -81,7 +87,13 @@ class ShardWriter:
         return found[-1] if found else None
 
     def carried(self) -> list[torch.Tensor] | None:
-        """This rank's activations saved after the last finished shard (None if there are none)."""
+        """This rank's activations saved after the last finished shard (None if there are none).
+
+        Example:
+            >>> import tempfile
+            >>> ShardWriter(tempfile.mkdtemp(), shards=2, fingerprint={}).carried() is None
+            True
+        """
         path = self.state_dir / f"carry-rank{self.rank}-{self.next_shard:05d}.safetensors"
         if not path.is_file():
             return None
@@ -89,7 +101,15 @@ class ShardWriter:
         return [tensors[str(i)] for i in range(len(tensors))]
 
     def write(self, module: nn.Module, choices: dict[str, Any], carry: list[torch.Tensor] | None = None) -> None:
-        """Write the next shard (`module`'s tensors under its full names) and the progress record."""
+        """Write the next shard (`module`'s tensors under its full names) and the progress record.
+
+        Example:
+            >>> import tempfile, quantpilot as qp
+            >>> w = ShardWriter(tempfile.mkdtemp(), shards=1, fingerprint={})
+            >>> w.write(qp.freeze(qp.quantize(torch.nn.Sequential(torch.nn.Linear(4, 4)), "w8a16")), {})
+            >>> w.next_shard
+            1
+        """
         index = self.next_shard
         if carry is not None:  # every rank keeps its own share of the calibration activations
             path = self.state_dir / f"carry-rank{self.rank}-{index + 1:05d}.safetensors"
@@ -127,7 +147,16 @@ class ShardWriter:
                     path.unlink(missing_ok=True)
 
     def finish(self, model_class: str, recipe: Recipe) -> Path:
-        """Write the shard index and the quantpilot map (last), then remove the progress folder."""
+        """Write the shard index and the quantpilot map (last), then remove the progress folder.
+
+        Example:
+            >>> import tempfile, quantpilot as qp
+            >>> net = torch.nn.Sequential(torch.nn.Linear(4, 4))
+            >>> w = ShardWriter(tempfile.mkdtemp() + "/q", shards=1, fingerprint={})
+            >>> w.write(qp.freeze(qp.quantize(net, "w8a16")), {})
+            >>> qp.load(net, w.finish("Sequential", qp.Recipe.preset("w8a16")))[0].is_frozen
+            True
+        """
         if self.rank != 0:
             return self.out
         index = {"metadata": {"format": "quantpilot"}, "weight_map": dict(sorted(self.state["weight_map"].items()))}
