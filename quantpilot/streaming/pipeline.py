@@ -131,7 +131,9 @@ def quantize_checkpoint(
         ckpt.free_block(index)
         _report(on_block, index, len(ckpt.blocks), clock, tick)
     barrier()
-    return writer.finish(type(ckpt.model).__name__, recipe)
+    done = writer.finish(type(ckpt.model).__name__, recipe)
+    barrier()  # no rank returns before rank 0's map is in place
+    return done
 
 
 def _report(on_block, index: int, blocks: int, clock: float, tick: float) -> None:
