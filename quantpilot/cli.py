@@ -199,6 +199,10 @@ def _quantize(args: argparse.Namespace) -> int:
                 cos = torch.nn.functional.cosine_similarity(ref, got, dim=-1)
                 check = f"feature cosine vs float on {len(x)} held-out photos: mean {cos.mean():.4f}"
         api.save(qmodel, out)
+        from .cli_auto import source_of
+        from .saved_dirs import write_source
+
+        write_source(out, **source_of(args.model, model))  # export/benchmark/evaluate/inspect reopen it alone
     except BaseException:
         _undo(out, created, existed)
         raise

@@ -44,6 +44,7 @@ __all__ = [
     "parse_budget",
     "add_auto_parser",
     "model_kind",
+    "source_of",
     "load_for_cli",
     "read_data",
     "input_batches",
@@ -106,6 +107,22 @@ def model_kind(name: str) -> str:
     return _model_kind(name) or "text"
 
 
+def source_of(name: str, model: torch.nn.Module) -> dict[str, Any]:
+    """How `saved_dirs.write_source` records the float model `name` loaded as `model` (bundled, or HF class).
+
+    Example:
+        >>> source_of("minilm", None)
+        {'bundled': 'minilm'}
+    """
+    from .models import available
+
+    if name in available():
+        return {"bundled": name}
+    kind = type(model).__name__
+    auto = next((a for a in ("ForImageClassification", "ForCausalLM") if kind.endswith(a)), None)
+    return {"hf_dir": Path(name).expanduser(), "auto_class": f"AutoModel{auto}" if auto else "AutoModel"}
+
+
 def load_for_cli(name: str, kind: str) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
     """`(float model, tokenizer or image preparation, how saved_dirs.write_source records it)`.
 
@@ -117,14 +134,7 @@ def load_for_cli(name: str, kind: str) -> tuple[torch.nn.Module, Any, dict[str, 
 
     if name in ("minilm", "efficientnet-lite0") or kind != "causal-lm":
         model, prep = _load(name, kind)
-        if name in ("minilm", "efficientnet-lite0"):
-            return model, prep, {"bundled": name}
-        auto = (
-            "AutoModelForImageClassification"
-            if type(model).__name__.endswith("ForImageClassification")
-            else "AutoModel"
-        )
-        return model, prep, {"hf_dir": Path(name).expanduser(), "auto_class": auto}
+        return model, prep, source_of(name, model)
     import transformers
 
     folder = Path(name).expanduser()

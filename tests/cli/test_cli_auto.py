@@ -176,3 +176,16 @@ def test_path_mistakes_are_one_line_exit_2(tmp_path, tiny_bert, sentences, capsy
 
 def test_version(capsys):
     assert main(["--version"]) == 0 and capsys.readouterr().out.startswith("quantpilot ")
+
+
+def test_a_quantize_folder_reopens_alone(tiny_bert, sentences, tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # keep this process's thread count
+    out = tmp_path / "q"
+    argv = ["quantize", "--model", tiny_bert, "--recipe", "int8-dynamic", "--data", sentences[0], "--calib-size", "8"]
+    code, _, err = _run(capsys, *argv, "--out", out, "--threads", "1")
+    assert code == 0, err
+    assert json.loads((out / "source.json").read_text())["auto_class"] == "AutoModel"
+    code, printed, err = _run(capsys, "inspect", out)
+    assert code == 0 and "text model (AutoModel)" in printed, err
