@@ -151,7 +151,7 @@ def export_llm(
     with torch.no_grad():
         ours = perplexity(qmodel(input_ids=ids).logits, ids)
     try:
-        logits = engine_logits(format, path, ids)
+        logits = engine_logits(format, path, ids, qmodel.config.vocab_size)
     except Exception:
         _remove(format, path)
         raise

@@ -42,16 +42,10 @@ def perplexity(logits: torch.Tensor | np.ndarray, ids: torch.Tensor) -> float:
     return math.exp(float(loss))
 
 
-def _llama_cpp_logits(path: Path, ids: torch.Tensor) -> np.ndarray:
-    from llama_cpp import Llama
-
-    llm = Llama(model_path=str(path), n_ctx=max(ids.shape[-1], 8), logits_all=True, verbose=False, n_threads=2)
-    llm.eval(ids.reshape(-1).tolist())
-    return np.array(llm.scores[: ids.shape[-1]])
-
-
-def engine_logits(fmt: str, path: Path, ids: torch.Tensor) -> np.ndarray | None:
+def engine_logits(fmt: str, path: Path, ids: torch.Tensor, vocab_size: int | None = None) -> np.ndarray | None:
     """Logits (n, vocab) of the export at `path` in its engine; None for GGUF without llama-cpp-python.
+
+    `vocab_size` (the model's rows) is needed for GGUF: llama.cpp's logits are a flat buffer.
 
     Example:
         >>> engine_logits("onnx", Path("x"), torch.zeros(1, 2))
@@ -74,7 +68,10 @@ def engine_logits(fmt: str, path: Path, ids: torch.Tensor) -> np.ndarray | None:
             import llama_cpp  # noqa: F401
         except ImportError:
             return None
-        return _llama_cpp_logits(path, ids)
+        from .llama_cpp_runner import LlamaCpp
+
+        with LlamaCpp(path, n_ctx=ids.shape[-1], vocab_size=vocab_size) as llm:
+            return llm.logits(ids.reshape(-1).tolist())
     raise ValueError(f"format must be 'hf', 'gguf' or 'openvino', got {fmt!r}")
 
 

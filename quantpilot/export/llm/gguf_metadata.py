@@ -36,6 +36,7 @@ def hyperparameters(config: Any) -> dict[str, Any]:
             "block_count": config.n_layer,
             "head_count": config.n_head,
             "layer_norm_eps": config.layer_norm_epsilon,
+            "vocab_size": config.vocab_size,  # llama.cpp's row count when there is no tokenizer (no_vocab)
         }
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads

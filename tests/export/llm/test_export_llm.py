@@ -30,8 +30,8 @@ def test_gguf_export_with_tokenizer_and_text(rtn_models, tmp_path, bpe_tokenizer
 def test_an_export_the_engine_does_not_reproduce_is_removed(rtn_models, tmp_path, monkeypatch):
     real = engine_check.engine_logits
 
-    def shifted(fmt, path, ids):
-        logits = real(fmt, path, ids)
+    def shifted(fmt, path, ids, vocab_size=None):
+        logits = real(fmt, path, ids, vocab_size)
         return logits + np.linspace(0, 1, logits.shape[-1], dtype=np.float32)
 
     monkeypatch.setattr("quantpilot.export.llm.engine_logits", shifted)
