@@ -83,41 +83,21 @@ def quantpilot_models(model, calib: list[dict]) -> dict[str, Any]:
     return {name: qp.algorithms.quantize_embeddings(q, **table) for name, q in out.items()}
 
 
-def llama_cpp_row(name: str, path: Path, windows: list[np.ndarray], params: int, args) -> dict:
-    """Perplexity, size and speeds of one GGUF in llama.cpp (prompt of 16 tokens, then --decode single steps)."""
-    import llama_cpp
+def llama_cpp_row(name: str, path: Path, windows: list[np.ndarray], params: int, vocab: int, args) -> dict:
+    """Perplexity, size and speeds of one GGUF in llama.cpp (a 16-token prompt, then --decode single steps)."""
+    from quantpilot.export.llm.llama_cpp_runner import LlamaCpp
 
-    llm = llama_cpp.Llama(
-        model_path=str(path), n_ctx=WINDOW, n_batch=WINDOW, logits_all=True, n_threads=args.threads, verbose=False
-    )
-
-    def logits_of(ids: np.ndarray) -> np.ndarray:
-        llm.reset()
-        llm.eval(ids.tolist())
-        return np.array(llm.scores[: len(ids)])
-
-    def prompt() -> None:
-        llm.reset()
-        llm.eval(windows[0][:16].tolist())
-
-    def decode() -> None:
-        prompt()
-        for token in windows[-1][: args.decode].tolist():
-            llm.eval([token])
-
-    ppl = nll_ppl(logits_of, windows)
-    prefill = median_time(lambda: logits_of(windows[0]), args.repeats)
-    decode_s = median_time(decode, args.repeats) - median_time(prompt, args.repeats)
+    with LlamaCpp(path, n_ctx=WINDOW, vocab_size=vocab, threads=args.threads) as llm:
+        ppl = nll_ppl(llm.logits, windows)
+        prefill = median_time(lambda: llm.logits(windows[0]), args.repeats)
+        steps = [
+            s for _ in range(args.repeats) for s in llm.decode_seconds(windows[0][:16], windows[-1][: args.decode])
+        ]
     size = path.stat().st_size
     return {
-        "engine": "llama.cpp",
-        "row": name,
-        "ppl": ppl,
-        "mb": size / 2**20,
-        "bpw": size * 8 / params,
-        "prefill": WINDOW / prefill,
-        "decode": args.decode / max(decode_s, 1e-9),
-    }
+        "engine": "llama.cpp", "row": name, "ppl": ppl, "mb": size / 2**20, "bpw": size * 8 / params,
+        "prefill": WINDOW / prefill, "decode": 1 / statistics.median(steps),
+    }  # fmt: skip
 
 
 # --------------------------------------------------------------------------- llama.cpp
@@ -140,7 +120,8 @@ def llama_cpp_rows(model, tokenizer, qmodels, windows, work: Path, args) -> list
     for name, q in qmodels.items():
         files[f"quantpilot {name} (Q4_1)"] = write_gguf(q, tokenizer, work / f"qp-{name}.gguf").path
     params = sum(p.numel() for p in model.parameters())
-    rows = [llama_cpp_row(name, path, windows, params, args) for name, path in files.items()]
+    vocab = model.config.vocab_size
+    rows = [llama_cpp_row(name, path, windows, params, vocab, args) for name, path in files.items()]
     for name in ("llama.cpp Q4_0 + imatrix", "llama.cpp Q4_K_M + imatrix"):
         rows.append({"engine": "llama.cpp", "row": name, "missing": "llama-cpp-python exposes no imatrix tool"})
     return rows
@@ -260,6 +241,7 @@ def main() -> None:
     parser.add_argument("--decode", type=int, default=32, help="new tokens timed for decode")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
+    parser.add_argument("--testbed", type=Path, default=None, help="trained testbed folder (default: the cache)")
     parser.add_argument("--smoke", action="store_true", help="a tiny random GPT-2 on random tokens (checks the script)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -276,7 +258,7 @@ def main() -> None:
         tokens = torch.randint(0, 512, (WINDOW * args.windows,), generator=torch.Generator().manual_seed(0)).numpy()
         calib = [{"input_ids": torch.randint(0, 512, (1, WINDOW))} for _ in range(args.calib)]
     else:
-        model, tokenizer = load_testbed()
+        model, tokenizer = load_testbed(args.testbed)
         tokens = wikitext_tokens("test", tokenizer).numpy()
         calib = calibration_batches(tokenizer, n=args.calib, seq_len=WINDOW, seed=0)
     windows = [tokens[i * WINDOW : (i + 1) * WINDOW] for i in range(min(args.windows, len(tokens) // WINDOW))]

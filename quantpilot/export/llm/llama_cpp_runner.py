@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -75,10 +76,14 @@ class LlamaCpp:
         ptr = self._lc.llama_get_logits(self.ctx)
         return np.ctypeslib.as_array(ptr, shape=(len(ids), self.vocab_size)).copy()
 
-    def generate_steps(self, prompt: list[int] | np.ndarray, tokens: list[int] | np.ndarray) -> None:
-        """Decode `prompt` at once, then `tokens` one per step with the cache (what decode speed times)."""
+    def decode_seconds(self, prompt: list[int] | np.ndarray, tokens: list[int] | np.ndarray) -> list[float]:
+        """Decode `prompt` at once, then `tokens` one per step with the cache; the seconds of each step."""
         prompt = [int(t) for t in prompt]
         self.reset()
         self._decode(prompt, 0, False)
+        seconds = []
         for i, token in enumerate(tokens):
+            start = time.perf_counter()
             self._decode([int(token)], len(prompt) + i, False)
+            seconds.append(time.perf_counter() - start)
+        return seconds
