@@ -36,7 +36,6 @@ import torch
 from torch import nn
 
 from ..api import run_pipeline
-from ..primitives import dequantize, quantize
 from ..spec import PerChannel, PerGroup, QuantSpec
 from .gptq_sequential import find_blocks, gptq_blocks, gptq_targets, spec_group  # noqa: F401 (re-exported)
 from .rtn import DEFAULT_SKIP, _check_model, quantize_weight, weight_only_recipe
@@ -204,12 +203,14 @@ def _column_sweep(
     Grids still missing in `have_grid` are filled into `scale` / `zero` when the sweep reaches their group.
     """
     rows, columns = w.shape
-    codes = torch.zeros(rows, columns, dtype=torch.uint8)
+    # Column-major work: each column (and each rank-1 update) is one contiguous row of these (measured ~2x).
+    codes_t = torch.zeros(columns, rows, dtype=torch.uint8)
     qmin, qmax = float(column_spec.qmin), float(column_spec.qmax)
     threads = torch.get_num_threads()
+    grids: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for i1 in range(0, columns, block_size):
         i2 = min(i1 + block_size, columns)
-        w1 = w[:, i1:i2].clone()
+        w1 = w[:, i1:i2].T.contiguous()
         err1 = torch.zeros_like(w1)
         u1 = u[i1:i2, i1:i2]
         # The column loop is thousands of small (rows x <=block) ops: one thread runs them fastest (profiled:
@@ -225,24 +226,26 @@ def _column_sweep(
                     # grid never depends on the block size (the reference reads the stale columns there;
                     # with its default 128 / 128 no group straddles a block and both agree).
                     end = min(i1 + i + group, columns)
-                    pending = err1[:, :i] @ u[i1 : i1 + i, i2:end]
-                    ahead = torch.cat([w1[:, i:], w[:, i2:end] - pending], dim=1)[:, :group]
+                    pending = err1[:i].T @ u[i1 : i1 + i, i2:end]
+                    ahead = torch.cat([w1[i:].T, w[:, i2:end] - pending], dim=1)[:, :group]
                     _, sc, zp = quantize_weight(ahead, column_spec, scale_dtype)
                     scale[:, g], zero[:, g] = sc[:, 0], zp[:, 0]
                     have_grid[g] = True
+                if g not in grids:
+                    grids[g] = (scale[:, g].contiguous(), zero[:, g].contiguous())
+                s_col, z_col = grids[g]
                 # primitives.quantize / dequantize inlined (the same float32 operations, so the same codes):
                 # their argument checks cost more than the arithmetic on one column.
-                s_col, z_col = scale[:, g], zero[:, g]
-                q = (w1[:, i] / s_col).round_().add_(z_col).clamp_(qmin, qmax)
-                codes[:, i1 + i] = q.to(torch.uint8)
-                e = (w1[:, i] - (q - z_col) * s_col) / u1[i, i]
-                w1[:, i:].sub_(torch.outer(e, u1[i, i:]))
-                err1[:, i] = e
+                q = (w1[i] / s_col).round_().add_(z_col).clamp_(qmin, qmax)
+                codes_t[i1 + i] = q.to(torch.uint8)
+                e = (w1[i] - (q - z_col) * s_col) / u1[i, i]
+                w1[i:].sub_(torch.outer(u1[i, i:], e))
+                err1[i] = e
         finally:
             torch.set_num_threads(threads)
         # The lazy batch update: the whole block's error reaches the later columns in one matmul.
-        w[:, i2:].sub_(err1 @ u[i1:i2, i2:])
-    return codes
+        w[:, i2:].sub_(err1.T @ u[i1:i2, i2:])
+    return codes_t.T.contiguous()
 
 
 def gptq(
