@@ -139,12 +139,12 @@ def _logits(output: Any) -> torch.Tensor:
 
 def _quantize(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    from .cli_stream import is_causal_lm_folder, quantize_causal_lm
+    from .cli_stream import quantize_causal_lm, streams
 
-    if is_causal_lm_folder(args.model):  # language models stream block by block (and resume into --out)
-        return quantize_causal_lm(args, _recipe(args.recipe))
-    _check_out(out)
     recipe = _recipe(args.recipe)
+    if streams(args.model, recipe):  # language models stream block by block (and resume into --out)
+        return quantize_causal_lm(args, recipe)
+    _check_out(out)
     kind = _model_kind(args.model)
     if kind is not None:
         _check_data_kind(args.data, kind, args.model)

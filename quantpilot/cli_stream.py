@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["is_causal_lm_folder", "quantize_causal_lm", "calibration_ids"]
+__all__ = ["is_causal_lm_folder", "streams", "quantize_causal_lm", "calibration_ids"]
 
 
 def is_causal_lm_folder(model: str) -> bool:
@@ -45,6 +45,27 @@ def is_causal_lm_folder(model: str) -> bool:
         return False
     causal = ("ForCausalLM", "LMHeadModel")
     return any(isinstance(a, str) and a.endswith(causal) and not a.startswith("Bert") for a in architectures)
+
+
+def streams(model: str, recipe: Any) -> bool:
+    """True when the command streams: a causal-LM folder and a recipe a block-by-block run reproduces.
+
+    Other recipes (static activation ranges, SmoothQuant, LLM.int8()) keep the in-memory path.
+
+    Example:
+        >>> import quantpilot as qp
+        >>> streams("no-such-folder", qp.Recipe.preset("rtn-w4-g128"))
+        False
+    """
+    from .streaming.blocks import check_streamable
+
+    if not is_causal_lm_folder(model):
+        return False
+    try:
+        check_streamable(recipe)
+    except ValueError:
+        return False
+    return True
 
 
 def calibration_ids(tokenizer: Any, text: str, samples: int, seq_len: int) -> torch.Tensor:

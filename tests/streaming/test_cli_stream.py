@@ -48,10 +48,9 @@ def test_gptq_from_the_command_line_prints_blocks_and_reopens_alone(
     ("extra", "message"),
     [
         (["--recipe", "gptq-w4-g128"], "pass --calib-data"),
-        (["--recipe", "int8-static"], "weight-only or dynamic"),
         (["--recipe", "gptq-w4-g128", "--calib-data", "missing.txt"], "is not a file"),
     ],
-    ids=["no-data", "static-recipe", "missing-file"],
+    ids=["no-data", "missing-file"],
 )
 def test_command_line_errors_are_one_line(extra, message, saved_decoder, tmp_path, capsys):
     folder = saved_decoder("gpt2")
@@ -61,3 +60,13 @@ def test_command_line_errors_are_one_line(extra, message, saved_decoder, tmp_pat
         code = main(["quantize", "--model", str(folder), "--out", str(tmp_path / "q"), *extra])
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_recipes_that_cannot_stream_keep_the_in_memory_path(saved_decoder):
+    import quantpilot as qp
+    from quantpilot.cli_stream import streams
+
+    folder = str(saved_decoder("gpt2"))
+    assert streams(folder, qp.Recipe.preset("gptq-w4-g128")) and streams(folder, qp.Recipe.preset("w8a16"))
+    assert not streams(folder, qp.Recipe.preset("int8-static"))
+    assert not streams(folder, qp.Recipe.preset("llm-int8"))
