@@ -32,7 +32,7 @@ h1{font-size:1.5em;padding:.6em .8em;background:#eaf4ea;border-left:6px solid #2
 h2{font-size:1.15em;margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
 table{border-collapse:collapse;font-size:.88em;width:100%}
 th,td{border:1px solid #ddd;padding:.3em .5em;text-align:right;vertical-align:top}
-th{background:#f4f6f8}td{white-space:nowrap}td.l,th.l{text-align:left;white-space:normal}
+th{background:#f4f6f8}td{white-space:nowrap}td.l,th.l{text-align:left;white-space:normal}td.l{overflow-wrap:anywhere}td.l:last-child{min-width:16em}
 tr.chosen td{background:#fff6d5;font-weight:600}tr.baseline td{background:#f7f7f7;color:#555}
 .no{color:#c0392b}.yes{color:#27ae60}
 .facts{display:grid;grid-template-columns:max-content 1fr;gap:.15em 1.2em;font-size:.92em}
@@ -65,7 +65,7 @@ def _metric(value: Any, interval: Any) -> str:
     """`0.9931 [0.9912, 0.9950]`: the metric and its 95 % bootstrap interval when there is one."""
     text = _fmt(value, 6)  # six digits: a cosine of 0.999985 must not read as 1
     if isinstance(interval, list | tuple) and len(interval) == 2 and None not in map(_num, interval):
-        text += f" <span class='note'>[{_fmt(interval[0], 6)}, {_fmt(interval[1], 6)}]</span>"
+        text += f"<br><span class='note'>[{_fmt(interval[0], 6)}, {_fmt(interval[1], 6)}]</span>"
     return text
 
 
