@@ -133,9 +133,12 @@ def _transformer(engine: str, amx: bool) -> list[tuple[str, Recipe, str]]:
 def _cnn(engine: str, amx: bool, depthwise: tuple[str, ...]) -> list[tuple[str, Recipe, str]]:
     base = Recipe.preset("int8-static")
     sym = base.replace(activations=_SYMMETRIC_INT8)
+    # Percentile 99.99 under symmetric ranges: top-1 0.8675 on the 400 photos, against 0.865 for the
+    # MSE histogram and min-max (FP32 0.8725); same graph, so same speed.
+    percentile = {"kind": "histogram", "method": "percentile", "percentile": 99.99}
     symmetric = (
         "int8-sym",
-        sym,
+        sym.replace(activation_calibrator=percentile),
         "every convolution int8, symmetric activations: OpenVINO keeps int8 chains int8 and runs the rest in "
         "bf16 (EfficientNet-Lite0 on AMX: 1.26x OpenVINO bf16, 1.19x NNCF)",
     )
