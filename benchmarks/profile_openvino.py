@@ -79,7 +79,8 @@ def profile(compiled, feeds: dict[str, np.ndarray], iters: int = 5) -> dict[str,
         if kind in COMPUTE:
             precision = rt["runtimePrecision"].astype(str) if "runtimePrecision" in rt else "?"
             precisions[kind][precision] += 1
-    return {"total": sum(median.values()), "groups": dict(groups), "precisions": {k: dict(v) for k, v in precisions.items()}}
+    counts = {k: dict(v) for k, v in precisions.items()}
+    return {"total": sum(median.values()), "groups": dict(groups), "precisions": counts}
 
 
 def show(name: str, result: dict[str, Any], top: int = 12) -> None:
