@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -269,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as done:  # a usage error (one line, status 2), or --help (status 0)
         return done.code if isinstance(done.code, int) else 2
+    # torch's ONNX exporter logs one warning per torchvision operator it cannot register; a command's
+    # output is its progress and verdict, so only the exporter's errors get through.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     try:
         return args.func(args)
     except KeyboardInterrupt:
