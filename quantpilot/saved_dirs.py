@@ -165,7 +165,9 @@ def _skeleton(folder: Path, record: dict[str, Any]) -> tuple[nn.Module, Any]:
 
 
 def open_saved(directory: str | Path) -> tuple[nn.Module, Any]:
-    """Reopen a folder the `quantpilot` command wrote: a pair `(quantized model, prep)`; prep: tokenizer, image processor or None.
+    """Reopen a folder the `quantpilot` command wrote: `(quantized model, prep)`.
+
+    prep is the tokenizer, the image processor, or None when the folder holds neither.
 
     Example:
         >>> import tempfile

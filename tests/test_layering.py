@@ -26,7 +26,9 @@ LAYERS = {
     "engines": 9,
     "selection": 10, "selection_calibrators": 10, "selection_stages": 10, "auto": 10,
     "report": 11,
-    "cli": 12, "cli_inputs": 12, "cli_stream": 12, "cli_export_llm": 12, "cli_auto": 12, "cli_bench": 12, "cli_data": 12, "cli_metrics": 12, "cli_saved": 12, "cli_tools": 12, "saved_dirs": 12, "models": 12, "testing": 12, "tasks": 12, "demos": 12, "_moved": 12, "datasets": 12,
+    "cli": 12, "cli_inputs": 12, "cli_stream": 12, "cli_export_llm": 12, "cli_auto": 12, "cli_bench": 12,
+    "cli_data": 12, "cli_metrics": 12, "cli_saved": 12, "cli_tools": 12, "saved_dirs": 12, "models": 12,
+    "testing": 12, "tasks": 12, "demos": 12, "_moved": 12, "datasets": 12,
 }  # fmt: skip
 
 
