@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .cli_saved import Saved, float_skeleton, is_saved_folder, open_folder, synthetic_batch
+from .timing import interleaved_samples
 
 __all__ = ["time_side_by_side", "add_benchmark_parser", "ENGINES"]
 
@@ -36,15 +37,7 @@ def time_side_by_side(fns: dict[str, Callable[[], object]], warmup: int = 3, ite
         >>> time_side_by_side({"x": lambda: None}, 0, 2)["x"]["p50"] >= 0
         True
     """
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(iters):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - start)
+    samples = interleaved_samples(fns, warmup, iters)
     return {n: {f"p{q}": float(np.percentile(s, q)) for q in (50, 90, 99)} for n, s in samples.items()}
 
 

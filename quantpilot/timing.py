@@ -12,7 +12,7 @@ import statistics
 import time
 from collections.abc import Callable
 
-__all__ = ["median_latency", "interleaved_latency"]
+__all__ = ["median_latency", "interleaved_latency", "interleaved_samples"]
 
 
 def median_latency(fn: Callable[[], object], warmup: int = 3, iters: int = 20) -> float:
@@ -40,6 +40,18 @@ def interleaved_latency(fns: dict[str, Callable[[], object]], warmup: int = 3, i
         >>> sorted(interleaved_latency({"a": lambda: None, "b": lambda: None}, 0, 3))
         ['a', 'b']
     """
+    return {name: statistics.median(times) for name, times in interleaved_samples(fns, warmup, iters).items()}
+
+
+def interleaved_samples(
+    fns: dict[str, Callable[[], object]], warmup: int = 3, iters: int = 20
+) -> dict[str, list[float]]:
+    """Every timed call's wall time in seconds, per function, timed in turns (for percentiles as well as medians).
+
+    Example:
+        >>> [len(t) for t in interleaved_samples({"a": lambda: None, "b": lambda: None}, 1, 4).values()]
+        [4, 4]
+    """
     if iters < 1 or warmup < 0:
         raise ValueError(f"need iters >= 1 and warmup >= 0, got iters={iters}, warmup={warmup}")
     for _ in range(warmup):
@@ -51,4 +63,4 @@ def interleaved_latency(fns: dict[str, Callable[[], object]], warmup: int = 3, i
             start = time.perf_counter()
             fn()
             samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(times) for name, times in samples.items()}
+    return samples
