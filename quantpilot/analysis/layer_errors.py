@@ -162,7 +162,12 @@ def _float_weight(name: str, layer: QuantModule, twin: nn.Module | None) -> torc
     if twin is None:
         return None
     weight = getattr(twin, "weight", None)
-    return weight.detach() if isinstance(weight, torch.Tensor) else None
+    if not isinstance(weight, torch.Tensor):
+        return None
+    if type(twin).__name__ == "Conv1D" and hasattr(twin, "nf"):
+        # transformers' GPT-2 Conv1D stores W as (in, out); the quantized layer holds it as a Linear's (out, in).
+        return weight.detach().t()
+    return weight.detach()
 
 
 def layer_errors(

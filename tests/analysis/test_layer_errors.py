@@ -89,3 +89,18 @@ def test_residual_add_points_get_rows_named_by_point():
     rows = {r.name: r for r in report.rows}
     assert {"blocks.0:add", "blocks.1:add"} <= set(rows)
     assert 20 < rows["blocks.0:add"].activation_sqnr_db < math.inf and rows["blocks.0:add"].type == "add"
+
+
+def test_gpt2_conv1d_layers_are_compared_with_their_transposed_float_weight():
+    """transformers' Conv1D stores W as (in, out); square ones (c_proj) would otherwise compare silently wrong."""
+    from quantpilot.testing import tiny_causal_lm
+
+    model = tiny_causal_lm("gpt2")
+    qmodel = qp.quantize(model, "w8a16")
+    qp.freeze(qmodel)
+    report = layer_errors(qmodel, [torch.randint(0, 512, (2, 16))], float_model=model)
+    proj = next(r for r in report.rows if r.name == "transformer.h.0.attn.c_proj")
+    conv1d = model.get_submodule("transformer.h.0.attn.c_proj")
+    expected = sqnr_db(conv1d.weight.detach().t(), qmodel.get_submodule(proj.name).quantized_weight(torch.float32))
+    assert proj.weight_sqnr_db == pytest.approx(expected, abs=0.05)
+    assert all(r.weight_sqnr_db > 30 for r in report.rows if r.type == "QuantLinear")
