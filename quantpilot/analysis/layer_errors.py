@@ -35,6 +35,7 @@ from ..api import freeze, is_frozen, quantized_layers
 from ..atomic import atomic_path
 from ..batches import call_model, eval_mode
 from ..nn import QuantModule, TensorQuantizer
+from ..nn.experts import QuantExpertWeight
 from ..surgery import observe
 from .statistics import point_quantizers
 
@@ -146,9 +147,16 @@ def _float_twin(name: str, layer: QuantModule, float_model: nn.Module | None) ->
         try:
             return float_model.get_submodule(name)
         except AttributeError:
-            raise ValueError(
-                f"float_model has no module '{name}': pass the float model this quantized model was made from"
-            ) from None
+            pass
+        try:  # a mixture-of-experts stack: a 3-D Parameter of the float experts module, not a module
+            stack = float_model.get_parameter(name)
+        except AttributeError:
+            stack = None
+        if isinstance(layer, QuantExpertWeight) and stack is not None and stack.dim() == 3:
+            return QuantExpertWeight(stack, transposed=layer.transposed, weight_spec=None)
+        raise ValueError(
+            f"float_model has no module '{name}': pass the float model this quantized model was made from"
+        )
     if layer.is_frozen:
         return None
     # The unfrozen layer still holds its float weight: the same layer with both quantizations off is float.

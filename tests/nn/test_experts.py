@@ -176,3 +176,22 @@ def test_a_stack_skipped_by_its_own_name_stays_float_and_reloads(tmp_path):
     assert torch.equal(experts.inner.down_proj, model.model.layers[0].mlp.experts.down_proj)
     qp.save(qmodel, tmp_path / "q")
     assert torch.equal(_logits(qp.load(_build("mixtral", seed=1), tmp_path / "q"), ids), _logits(qmodel, ids))
+
+
+@pytest.mark.parametrize("family", ["mixtral", "gpt-oss"], ids=["out-in-stacks", "in-out-stacks"])
+def test_layer_errors_compare_expert_stacks_with_the_float_model(family):
+    """The float experts module holds its stacks as Parameters: layer_errors finds them there, in either layout."""
+    from quantpilot.analysis import layer_errors
+    from quantpilot.metrics import sqnr_db
+
+    model = _build(family)
+    qmodel = qp.freeze(qp.quantize(model, "w8a16"))
+    report = layer_errors(qmodel, [torch.randint(3, 96, (2, 8))], float_model=model)
+    stacks = [r for r in report.rows if r.type == "QuantExpertWeight"]
+    assert stacks, [r.type for r in report.rows]
+    for row in stacks:
+        layer = qmodel.get_submodule(row.name)
+        float_stack = model.get_parameter(row.name).detach()
+        float_stack = float_stack.transpose(1, 2) if layer.transposed else float_stack
+        expected = sqnr_db(float_stack.reshape(-1, layer.in_features), layer.quantized_weight(torch.float32))
+        assert row.weight_sqnr_db == pytest.approx(expected, abs=0.05)
