@@ -28,6 +28,8 @@ from ..analysis.statistics import CalibrationStatistics, _smooth, _static_quanti
 from ..api import freeze, quantize, run_pipeline
 from ..batches import call_model, eval_mode, first_tensor
 from ..calibrators import MinMax
+from ..placement import ENGINES as PLACEMENT_ENGINES
+from ..placement import placements_for
 from ..recipe import Recipe
 from ..selection_calibrators import CANDIDATE_CALIBRATORS, calibrator_label, choose_calibrators
 from ..selection_stages import with_functional_ops
@@ -113,6 +115,9 @@ def families(model: nn.Module, target: str) -> tuple[list[Family], list[tuple[st
         skipped.append(("dynamic", f"{target} runs QDQ graphs with fixed activation ranges: no dynamic int8"))
     static = preset("int8-static")
     out.append(Family("static", static, True, "int8 weights and activations on every layer, calibrated ranges"))
+    symmetric = _symmetric_placement(model, target)
+    if symmetric is not None:
+        out.append(Family("static-sym", symmetric.replace(steps=steps), True, symmetric.notes["placement"]))
     with_ops, notes = with_functional_ops(model, static)
     if with_ops.ops:
         out.append(Family("static+ops", with_ops, True, f"static int8 plus the functional points {list(with_ops.ops)}"))
@@ -124,6 +129,22 @@ def families(model: nn.Module, target: str) -> tuple[list[Family], list[tuple[st
     else:
         skipped.append(("weight-only", "not a language model (weight-only pays off in memory-bound decoding)"))
     return out, skipped
+
+
+def _own_activations(recipe: Recipe) -> Any:
+    """The activation spec a recipe needs statistics of, or None when int8-static's shared pass serves it."""
+    return None if recipe.activations == Recipe.preset("int8-static").activations else recipe.activations
+
+
+def _symmetric_placement(model: nn.Module, target: str) -> Recipe | None:
+    """quantpilot.placement's symmetric-activation convolution placement, for a CNN on a QDQ engine.
+
+    On AMX, OpenVINO keeps int8 convolution chains int8 only with symmetric activations; asymmetric ones
+    ran EfficientNet-Lite0 at half of bf16's speed (benchmarks/README.md), so CNNs get this family too.
+    """
+    if target not in PLACEMENT_ENGINES or not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        return None
+    return dict(placements_for("cnn", target, model=model)).get("int8-sym")
 
 
 def relative_error(reference: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor]) -> float:
@@ -155,7 +176,7 @@ class Builder:
 
     def __init__(self, model: nn.Module, calib: list[Any], ops: Sequence[str] = ()) -> None:
         self.model, self.calib, self.ops = model, calib, tuple(ops)
-        self._stats: dict[float | None, CalibrationStatistics] = {}
+        self._stats: dict[tuple[float | None, str | None], CalibrationStatistics] = {}
         self._ranges: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         with eval_mode(model), torch.no_grad():
             self.reference = [first_tensor(call_model(model, b)).float() for b in calib[:PROXY_BATCHES]]
@@ -165,22 +186,26 @@ class Builder:
         """Passes over the calibration data so far (one, plus one per SmoothQuant alpha tried)."""
         return len(self._stats)
 
-    def statistics(self, alpha: float | None = None) -> CalibrationStatistics:
+    def statistics(self, alpha: float | None = None, activations: Any = None) -> CalibrationStatistics:
         """The statistics of int8-static with every functional point the model has (and a SmoothQuant alpha).
 
         Calibrated once and cached: the variants without points, or with other calibrators, reuse the pass.
+        A family with another activation spec (symmetric ranges) needs a pass of its own.
         """
-        if alpha not in self._stats:
+        key = (alpha, None if activations is None else repr(activations))
+        if key not in self._stats:
             base = Recipe.preset("int8-static").replace(ops=self.ops, steps=base_steps(self.model))
-            self._stats[alpha] = CalibrationStatistics(self.model, base, self.calib, keep_inputs=True, smoothing=alpha)
-        return self._stats[alpha]
+            if activations is not None:
+                base = base.replace(activations=activations)
+            self._stats[key] = CalibrationStatistics(self.model, base, self.calib, keep_inputs=True, smoothing=alpha)
+        return self._stats[key]
 
     def build(self, candidate: Candidate) -> nn.Module:
         """The frozen quantized model of `candidate` (kind "quantized")."""
         recipe = candidate.recipe
         if recipe.activations is None or recipe.dynamic:
             return run_pipeline(self.model, recipe)  # no activation ranges to calibrate
-        stats = self.statistics(candidate.alpha)
+        stats = self.statistics(candidate.alpha, _own_activations(recipe))
         # The statistics already smoothed their model: building with the step too would smooth twice.
         plain = recipe.replace(steps=tuple(s for s in recipe.steps if not isinstance(s, SmoothQuant)))
         # What `stats.build(plain)` does, with each point's range computed once for all the variants that share
@@ -222,7 +247,7 @@ class Builder:
             out.append(Candidate(f"{family.name} {label}", "quantized", family.name,
                                  head.replace(activation_calibrator=config, name=f"{head.name}-{label}"),
                                  why=f"every activation range from {label}"))  # fmt: skip
-        stats = self.statistics()
+        stats = self.statistics(None, _own_activations(head))
         choices = choose_calibrators(stats, head)
         overrides = {literal_pattern(n): {"activation_calibrator": c} for n, (c, _) in choices.items()
                      if c != head.activation_calibrator}  # fmt: skip
