@@ -235,9 +235,13 @@ def _checks(table: list[dict], allowed: float) -> list[dict]:
            for r in rows.values()]  # fmt: skip
     rivals = [rows["OpenVINO bf16"]] + [rows[n] for n in ("NNCF int8",) if n in rows and rows[n]["within"]]
     fastest = min(rivals, key=lambda r: r["latency_s"])
+    speed = f"{fastest['latency_s'] / auto['latency_s']:.2f}x its speed"
+    fast_enough = auto["latency_s"] <= fastest["latency_s"] * SPEED_TOLERANCE
+    if auto["row"] == "autopilot: bf16" and fastest["row"] == "OpenVINO bf16":
+        # The answer is the engine's bf16 itself: the two rows are one model timed twice, so any gap is noise.
+        fast_enough, speed = True, f"the answer is OpenVINO bf16 itself ({speed} when timed again)"
     out.append(_check(f"autopilot at least as fast as the faster of bf16 / NNCF int8 within budget ({fastest['row']})",
-                      auto["latency_s"] <= fastest["latency_s"] * SPEED_TOLERANCE,
-                      f"{fastest['latency_s'] / auto['latency_s']:.2f}x its speed"))  # fmt: skip
+                      fast_enough, speed))  # fmt: skip
     ac = rows.get("NNCF accuracy control")
     if ac is None or not ac["within"]:
         out.append(_check("autopilot vs NNCF accuracy control", None, "NNCF's accuracy control missed the budget"))
