@@ -37,7 +37,7 @@ import torch
 import yaml
 
 from . import api
-from .cli_inputs import _check_data_kind, _images, _is_tokenizer, _load, _model_kind, _sentences
+from .cli_inputs import _check_data_kind, _images, _is_tokenizer, _load, _model_kind, _sentences, read_text_file
 from .evaluate import size_on_disk
 from .recipe import Recipe
 from .summary import summary
@@ -68,10 +68,7 @@ def _recipe(value: str) -> Recipe:
         return Recipe.preset(value)
     if not path.is_file():
         raise ValueError(f"recipe file {path} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"recipe file {path} is not UTF-8 text") from None
+    text = read_text_file(path, "recipe file")
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except json.JSONDecodeError as err:

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .cli_inputs import _IMAGE_SUFFIXES
+from .cli_inputs import _IMAGE_SUFFIXES, read_text_file
 
 __all__ = ["Samples", "read_texts", "read_images", "read_token_ids", "read_samples", "take"]
 
@@ -61,10 +61,8 @@ def read_texts(path: str | Path, flag: str) -> list[str]:
     _exists(path, flag)
     if path.is_dir():
         raise ValueError(f"{flag} {path} is a folder; a text model needs a text file (one sample per line) or .jsonl")
-    try:
-        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    except UnicodeDecodeError:
-        raise ValueError(f"{flag} {path} is not UTF-8 text; pass one sample per line, or .jsonl") from None
+    text = read_text_file(path, flag, "; pass one sample per line, or .jsonl")
+    lines = [line.strip() for line in text.splitlines()]
     lines = [line for line in lines if line]
     if path.suffix.lower() != ".jsonl":
         texts = lines

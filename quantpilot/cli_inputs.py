@@ -67,6 +67,23 @@ def _folder_kind(folder: Path) -> str:
     return "text" if text else "image"
 
 
+def read_text_file(path: Path, flag: str, hint: str = "") -> str:
+    """The UTF-8 text of a file the user named with `flag`; anything else is one line ending in `hint`.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "b.bin"; _ = p.write_bytes(b"\\xff")
+        >>> read_text_file(p, "--data", "; pass one sentence per line")
+        Traceback (most recent call last):
+        ...
+        ValueError: --data ... is not UTF-8 text; pass one sentence per line
+    """
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{flag} {path} is not UTF-8 text{hint}") from None
+
+
 def _model_kind(name: str) -> str | None:
     """The model's input kind when it can be told without loading it (None: tell from what `load` returns)."""
     from .models import available
@@ -152,10 +169,7 @@ def _sentences(args: argparse.Namespace) -> tuple[list[str], list[str]]:
         _enough(len(calibration), args.calib_size, "sentences")
         return calibration[: args.calib_size], datasets.sentences("eval")
     path = Path(args.data)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"--data {path} is not UTF-8 text; a text model needs one sentence per line") from None
+    text = read_text_file(path, "--data", "; a text model needs one sentence per line")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return _split(lines, args.calib_size, path, "sentences")
 

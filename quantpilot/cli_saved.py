@@ -57,8 +57,13 @@ def is_saved_folder(path: str | Path) -> bool:
         >>> is_saved_folder("minilm")
         False
     """
-    path = Path(path)
-    return path.is_dir() and any((p / "quantpilot.json").is_file() for p in (path, path / "model"))
+    from .saved_dirs import model_folder
+
+    try:
+        model_folder(path)
+    except ValueError:
+        return False
+    return True
 
 
 def open_folder(directory: str | Path) -> Saved:

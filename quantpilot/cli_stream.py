@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from .cli_inputs import read_text_file
+
 __all__ = ["is_causal_lm_folder", "streams", "quantize_causal_lm", "calibration_ids"]
 
 
@@ -96,10 +98,7 @@ def _calibration(args: argparse.Namespace, recipe: Any) -> torch.Tensor | None:
     path = Path(args.calib_data)
     if not path.is_file():
         raise ValueError(f"--calib-data {path} is not a file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"--calib-data {path} is not UTF-8 text") from None
+    text = read_text_file(path, "--calib-data")
     import transformers
 
     try:
