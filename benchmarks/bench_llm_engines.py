@@ -4,10 +4,13 @@ On the WikiText-2 testbed GPT-2 (`quantpilot_testbed.language_model`, trained an
 use), each row is scored on the first --windows non-overlapping 256-token windows of test.txt:
 
 - llama.cpp (llama-cpp-python): FP16 GGUF; llama.cpp's own quantizer (`llama_model_quantize`) at Q8_0,
-  Q4_0, Q4_K_M; quantpilot RTN, GPTQ, AWQ (W4 g128 asymmetric; the token table and its tied head
-  W4 g32 by `quantize_embeddings`, as llama.cpp quantizes token_embd) exported as Q4_1 (codes kept).
-  The importance-matrix rows need llama.cpp's `llama-imatrix` tool, which llama-cpp-python does not
-  ship or expose: they are printed as MISSING.
+  Q4_0, Q4_K_M; the same Q4_0 and Q4_K_M by `llama-quantize --imatrix`, the importance matrix computed
+  by `llama-imatrix` from the FP16 GGUF on the calibration windows GPTQ/AWQ/NNCF use (decoded to text,
+  --calib chunks of 256 tokens); quantpilot RTN, GPTQ, AWQ (W4 g128 asymmetric; the token table and its
+  tied head W4 g32 by `quantize_embeddings`, as llama.cpp quantizes token_embd) exported as Q4_1 (codes
+  kept). llama-cpp-python ships neither tool: `llama_tools.py` builds both from its sdist's llama.cpp
+  sources on first use (minutes; cached in ~/.cache/quantpilot/llama-tools). All GGUFs are loaded at
+  once and timed in turns.
 - OpenVINO (CPU): bf16 IR; NNCF `compress_weights` INT4_ASYM g128 (plain, and awq + scale_estimation
   on the same calibration windows); quantpilot RTN, GPTQ, AWQ exported as IR (u4 codes). Perplexity
   with the CPU's deployment defaults; quantpilot rows also at f32 (the export check). The IR is a
@@ -83,29 +86,81 @@ def quantpilot_models(model, calib: list[dict]) -> dict[str, Any]:
     return {name: qp.algorithms.quantize_embeddings(q, **table) for name, q in out.items()}
 
 
-def llama_cpp_row(name: str, path: Path, windows: list[np.ndarray], params: int, vocab: int, args) -> dict:
-    """Perplexity, size and speeds of one GGUF in llama.cpp (a 16-token prompt, then --decode single steps)."""
+def llama_cpp_measure(files: dict[str, Path], windows: list[np.ndarray], params: int, vocab: int, args) -> list[dict]:
+    """Perplexity, size and speeds of each GGUF in llama.cpp, every file loaded at once and timed in turns.
+
+    Prefill: one 256-token window; decode: a 16-token prompt, then --decode single steps with the cache.
+    The rows are timed round-robin (--repeats rounds), so the load other processes put on the shared
+    cores falls on every row alike instead of on whichever row ran at a busy moment.
+    """
+    from contextlib import ExitStack
+
     from quantpilot.export.llm.llama_cpp_runner import LlamaCpp
 
-    with LlamaCpp(path, n_ctx=WINDOW, vocab_size=vocab, threads=args.threads) as llm:
-        ppl = nll_ppl(llm.logits, windows)
-        prefill = median_time(lambda: llm.logits(windows[0]), args.repeats)
-        steps = [
-            s for _ in range(args.repeats) for s in llm.decode_seconds(windows[0][:16], windows[-1][: args.decode])
+    with ExitStack() as stack:
+        llms = {
+            n: stack.enter_context(LlamaCpp(p, n_ctx=WINDOW, vocab_size=vocab, threads=args.threads))
+            for n, p in files.items()
+        }
+        ppl = {name: nll_ppl(llm.logits, windows) for name, llm in llms.items()}
+        prefill: dict[str, list[float]] = {name: [] for name in files}
+        steps: dict[str, list[float]] = {name: [] for name in files}
+        for _ in range(args.repeats):
+            for name, llm in llms.items():
+                prefill[name].append(median_time(lambda llm=llm: llm.logits(windows[0]), 1))
+                steps[name] += llm.decode_seconds(windows[0][:16], windows[-1][: args.decode])
+    rows = []
+    for name, path in files.items():
+        size = path.stat().st_size
+        rows.append({
+            "engine": "llama.cpp", "row": name, "ppl": ppl[name], "mb": size / 2**20, "bpw": size * 8 / params,
+            "prefill": WINDOW / statistics.median(prefill[name]), "decode": 1 / statistics.median(steps[name]),
+        })  # fmt: skip
+    return rows
+
+
+def calibration_text(tokenizer, calib: list[dict]) -> str:
+    """The GPTQ/AWQ/NNCF calibration windows as text, for llama-imatrix (which tokenizes it itself)."""
+    return "".join(tokenizer.decode(b["input_ids"][0].tolist()) for b in calib)
+
+
+def imatrix_files(fp16: Path, tokenizer, calib: list[dict], work: Path, args) -> tuple[dict[str, Path], list[dict]]:
+    """llama.cpp's `llama-quantize --imatrix` Q4_0 and Q4_K_M, the matrix from `llama-imatrix` on the calibration text.
+
+    The tools are built from llama-cpp-python's sources on first use (`llama_tools`, minutes). Returns the
+    files, or MISSING rows saying why they could not be made.
+    """
+    names = ("Q4_0", "Q4_K_M")
+    if tokenizer is None:
+        return {}, [
+            {"engine": "llama.cpp", "row": f"llama.cpp {n} + imatrix", "missing": "--smoke has no text"} for n in names
         ]
-    size = path.stat().st_size
-    return {
-        "engine": "llama.cpp", "row": name, "ppl": ppl, "mb": size / 2**20, "bpw": size * 8 / params,
-        "prefill": WINDOW / prefill, "decode": 1 / statistics.median(steps),
-    }  # fmt: skip
+    try:
+        from llama_tools import build_tools
+
+        tools = build_tools(jobs=args.threads)
+        text = work / "calibration.txt"
+        text.write_text(calibration_text(tokenizer, calib), encoding="utf-8")
+        imatrix = tools.imatrix(fp16, text, work / "imatrix.gguf", ctx=WINDOW, chunks=len(calib), threads=args.threads)
+        files = {
+            f"llama.cpp {n} + imatrix": tools.quantize(fp16, work / f"llama-{n}-imatrix.gguf", n, imatrix, args.threads)
+            for n in names
+        }
+        return files, []
+    except (RuntimeError, OSError, StopIteration) as err:
+        why = " ".join(str(err).split())[:200]
+        return {}, [{"engine": "llama.cpp", "row": f"llama.cpp {n} + imatrix", "missing": why} for n in names]
 
 
 # --------------------------------------------------------------------------- llama.cpp
-def llama_cpp_rows(model, tokenizer, qmodels, windows, work: Path, args) -> list[dict]:
+def llama_cpp_rows(model, tokenizer, qmodels, windows, calib, work: Path, args) -> list[dict]:
+    import logging
+
     import llama_cpp
 
     from quantpilot.export.llm.gguf_writer import write_gguf
 
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's per-tensor log, not the table
     fp16 = work / "fp16.gguf"
     write_gguf(model, tokenizer, fp16)
     files = {"FP16": fp16}
@@ -117,14 +172,12 @@ def llama_cpp_rows(model, tokenizer, qmodels, windows, work: Path, args) -> list
         rc = llama_cpp.llama_model_quantize(str(fp16).encode(), str(target).encode(), params)
         if rc == 0:
             files[f"llama.cpp {name}"] = target
+    with_imatrix, missing = imatrix_files(fp16, tokenizer, calib, work, args)
+    files.update(with_imatrix)
     for name, q in qmodels.items():
         files[f"quantpilot {name} (Q4_1)"] = write_gguf(q, tokenizer, work / f"qp-{name}.gguf").path
     params = sum(p.numel() for p in model.parameters())
-    vocab = model.config.vocab_size
-    rows = [llama_cpp_row(name, path, windows, params, vocab, args) for name, path in files.items()]
-    for name in ("llama.cpp Q4_0 + imatrix", "llama.cpp Q4_K_M + imatrix"):
-        rows.append({"engine": "llama.cpp", "row": name, "missing": "llama-cpp-python exposes no imatrix tool"})
-    return rows
+    return llama_cpp_measure(files, windows, params, model.config.vocab_size, args) + missing
 
 
 # --------------------------------------------------------------------------- OpenVINO
@@ -161,29 +214,30 @@ def openvino_rows(model, qmodels, windows, calib, work: Path, args) -> list[dict
         irs[f"quantpilot {name} (u4)"] = (core.read_model(str(path)), deploy)
         exact[f"quantpilot {name} (u4)"] = core.read_model(str(path))
     params = sum(p.numel() for p in model.parameters())
-    rows = []
+    rows, compiled = [], {}
     for name, (ir, config) in irs.items():
         folder = work / f"ov-{len(rows)}"
         folder.mkdir()
         ov.save_model(ir, str(folder / "m.xml"), compress_to_fp16=(name == "bf16"))
-        compiled = core.compile_model(ir, "CPU", config)
+        compiled[name] = core.compile_model(ir, "CPU", config)
 
-        def logits_of(ids: np.ndarray, c: Any = compiled) -> np.ndarray:
+        def logits_of(ids: np.ndarray, c: Any = compiled[name]) -> np.ndarray:
             return np.asarray(c(ids[None])[0])[0]
 
-        row = {
-            "engine": "openvino",
-            "row": name,
-            "ppl": nll_ppl(logits_of, windows),
-            "mb": (folder / "m.bin").stat().st_size / 2**20,
-            "prefill": WINDOW / median_time(lambda c=compiled: logits_of(windows[0], c), args.repeats),
-            "decode": None,
-        }
+        row = {"engine": "openvino", "row": name, "ppl": nll_ppl(logits_of, windows), "decode": None}
+        row["mb"] = (folder / "m.bin").stat().st_size / 2**20
         row["bpw"] = row["mb"] * 2**20 * 8 / params
         if name in exact:
             strict = core.compile_model(exact[name], "CPU", {**deploy, **OPENVINO_EXACT_CONFIG})
             row["ppl_f32"] = nll_ppl(lambda ids, c=strict: np.asarray(c(ids[None])[0])[0], windows)
         rows.append(row)
+    # Prefill timed in turns across the rows (as llama.cpp's), so the shared cores' load hits them alike.
+    from quantpilot.timing import interleaved_samples
+
+    window = windows[0][None]
+    samples = interleaved_samples({n: lambda c=c: c(window) for n, c in compiled.items()}, 1, args.repeats)
+    for row in rows:
+        row["prefill"] = WINDOW / statistics.median(samples[row["row"]])
     return rows
 
 
@@ -204,11 +258,12 @@ def print_table(rows: list[dict]) -> None:
 def targets(rows: list[dict], ours: dict[str, float]) -> list[str]:
     lines = []
     done = [r for r in rows if "missing" not in r]
-    for engine, theirs_prefix in (("llama.cpp", "llama.cpp Q4"), ("openvino", "NNCF")):
+    # The issue's rivals: llama.cpp's best 4-bit file made with an importance matrix; NNCF's best int4.
+    for engine, theirs_prefix, suffix in (("llama.cpp", "llama.cpp Q4", "+ imatrix"), ("openvino", "NNCF", "")):
         qp_rows = [r for r in done if r["engine"] == engine and r["row"].startswith("quantpilot")]
-        peer = [r for r in done if r["engine"] == engine and r["row"].startswith(theirs_prefix)]
+        peer = [r for r in done if r["engine"] == engine and r["row"].startswith(theirs_prefix) and suffix in r["row"]]
         if not qp_rows or not peer:
-            lines.append(f"MISS {engine}: rows missing")
+            lines.append(f"MISS {engine}: no quantpilot rows or no {theirs_prefix}* {suffix} rows to compare")
             continue
         best, rival = min(qp_rows, key=lambda r: r["ppl"]), min(peer, key=lambda r: r["ppl"])
         speed = "decode" if engine == "llama.cpp" else "prefill"
@@ -274,7 +329,7 @@ def main() -> None:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            rows += llama_cpp_rows(model, tokenizer, qmodels, windows, Path(tmp), args)
+            rows += llama_cpp_rows(model, tokenizer, qmodels, windows, calib, Path(tmp), args)
         except ImportError as err:
             rows.append({"engine": "llama.cpp", "row": "all", "missing": f"llama-cpp-python not installed ({err})"})
         rows += openvino_rows(model, qmodels, windows, calib, Path(tmp), args)
