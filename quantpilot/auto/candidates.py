@@ -6,8 +6,8 @@ variant it has, so timing the heads first tells which families can beat bf16 at 
 variants change ranges (calibrators, SmoothQuant) or leave layers in float; all static variants are frozen
 from one `CalibrationStatistics` pass (one more per SmoothQuant alpha, whose inputs differ).
 
-The proxy is the relative squared error of the candidate's output against the float model's on a few
-calibration batches: no `eval_fn` call, used to order variants before they are scored.
+The proxy is the relative squared error of the candidate's output rows against the float model's on a few
+calibration batches, padding rows left out: no `eval_fn` call, used to order variants before they are scored.
 
 Example:
     >>> import torch
@@ -17,7 +17,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,7 @@ from torch import nn
 from ..analysis.statistics import CalibrationStatistics, _smooth, _static_quantizers, literal_pattern
 from ..api import freeze, quantize, run_pipeline
 from ..batches import call_model, eval_mode, first_tensor
+from ..calibrator_config import CalibratorConfig
 from ..calibrators import MinMax
 from ..placement import ENGINES as PLACEMENT_ENGINES
 from ..placement import placements_for
@@ -42,7 +43,11 @@ __all__ = ["Candidate", "Family", "Builder", "relative_error", "families"]
 FAMILY_ORDER = ("dynamic", "static", "static+ops", "weight-only")
 # Targets where per-batch (dynamic) activation ranges can run: a QDQ graph carries fixed ranges.
 DYNAMIC_TARGETS = ("torch", "torch-int8")
-SMOOTHING_ALPHAS = (0.5, 0.8)
+# 0.95 is what NNCF's transformer preset migrates; on MiniLM 0.8 to 0.85 held the most cosine (benchmarks/README.md).
+SMOOTHING_ALPHAS = (0.5, 0.8, 0.95)
+# Smoothing flattens the channels a clipping calibrator was protecting: after it, min-max ranges beat the MSE
+# histogram on MiniLM (held-out cosine 0.9978 against 0.9959 at alpha 0.8), so each alpha is also tried with them.
+SMOOTHED_CALIBRATOR = CalibratorConfig("minmax")
 PROXY_BATCHES = 2
 
 
@@ -147,16 +152,38 @@ def _symmetric_placement(model: nn.Module, target: str) -> Recipe | None:
     return dict(placements_for("cnn", target, model=model)).get("int8-sym")
 
 
-def relative_error(reference: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor]) -> float:
-    """Sum of squared differences over sum of squares of the reference (0 = identical outputs).
+def relative_error(
+    reference: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor], masks: Sequence[torch.Tensor | None] = ()
+) -> float:
+    """Mean over output rows (vectors along the last dim) of each row's squared error over its squared norm.
+
+    Per row, so that a few large rows (BERT's special tokens, its outlier dimensions) cannot drown the rest;
+    `masks[i]` (a batch's attention mask, shaped like the output's leading dims) leaves padding rows out:
+    a padded position's hidden state is never read, yet it dominated the sum and ranked SmoothQuant 0.5 above
+    0.8 on MiniLM, the reverse of their held-out cosines. 0 = identical outputs.
 
     Example:
-        >>> relative_error([torch.ones(2)], [torch.ones(2)])
-        0.0
+        >>> relative_error([torch.ones(2, 4)], [torch.ones(2, 4) * 1.1])
+        0.01...
     """
-    noise = sum(float((o.double() - r.double()).pow(2).sum()) for r, o in zip(reference, outputs, strict=True))
-    signal = sum(float(r.double().pow(2).sum()) for r in reference)
-    return noise / max(signal, 1e-30)
+    errors = []
+    for i, (ref, out) in enumerate(zip(reference, outputs, strict=True)):
+        ref, out = ref.double(), out.double()
+        if ref.dim() == 0:
+            ref, out = ref.reshape(1, 1), out.reshape(1, 1)
+        norms = ref.pow(2).sum(dim=-1)
+        rows = (out - ref).pow(2).sum(dim=-1) / norms.clamp_min(max(float(norms.mean()) * 1e-6, 1e-30))
+        mask = masks[i] if i < len(masks) else None
+        if mask is not None and tuple(mask.shape) == tuple(rows.shape):
+            rows = rows[mask.bool()]
+        errors.append(rows.flatten())
+    return float(torch.cat(errors).mean()) if errors else 0.0
+
+
+def _row_mask(batch: Any) -> torch.Tensor | None:
+    """The batch's attention mask (which rows of a sequence output are real tokens), if it has one."""
+    mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
+    return mask if isinstance(mask, torch.Tensor) else None
 
 
 class Builder:
@@ -180,6 +207,7 @@ class Builder:
         self._ranges: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         with eval_mode(model), torch.no_grad():
             self.reference = [first_tensor(call_model(model, b)).float() for b in calib[:PROXY_BATCHES]]
+        self.masks = [_row_mask(b) for b in calib[:PROXY_BATCHES]]
 
     @property
     def calibration_passes(self) -> int:
@@ -233,7 +261,7 @@ class Builder:
         """Relative output error of `qmodel` against the float model on the first calibration batches."""
         with eval_mode(qmodel), torch.no_grad():
             outputs = [first_tensor(call_model(qmodel, b)).float() for b in self.calib[:PROXY_BATCHES]]
-        return relative_error(self.reference, outputs)
+        return relative_error(self.reference, outputs, self.masks)
 
     def calibrator_variants(self, family: Family) -> list[Candidate]:
         """The head's variants with another activation calibrator: each whole-model candidate, and the
@@ -258,16 +286,25 @@ class Builder:
         return out
 
     def smoothquant_variants(self, family: Family, recipe: Recipe) -> list[Candidate]:
-        """`recipe` after SmoothQuant at each alpha (no per-layer overrides: they were chosen unsmoothed)."""
+        """`recipe` after SmoothQuant at each alpha, with its own calibrator and with min-max ranges (no per-layer
+        overrides: they were chosen unsmoothed)."""
         if not _has_smoothable(self.model, recipe):
             return []
         base = recipe.replace(overrides={})
-        return [
-            Candidate(f"{family.name} smoothquant {a:g}", "quantized", family.name,
-                      base.replace(steps=(*base.steps, SmoothQuant(alpha=a)), name=f"{base.name}-sq{a:g}"), alpha=a,
-                      why=f"SmoothQuant alpha {a:g} moves activation outliers into the weights, every layer int8")
-            for a in SMOOTHING_ALPHAS
-        ]  # fmt: skip
+        calibrators = [base.activation_calibrator]
+        if base.activation_calibrator != SMOOTHED_CALIBRATOR:
+            calibrators.append(SMOOTHED_CALIBRATOR)
+        out = []
+        for alpha in SMOOTHING_ALPHAS:
+            smoothed = base.replace(steps=(*base.steps, SmoothQuant(alpha=alpha)), name=f"{base.name}-sq{alpha:g}")
+            for config in calibrators:
+                label = "" if config == base.activation_calibrator else f" {calibrator_label(config)}"
+                why = f"SmoothQuant alpha {alpha:g} moves activation outliers into the weights, every layer int8"
+                out.append(Candidate(
+                    f"{family.name} smoothquant {alpha:g}{label}", "quantized", family.name,
+                    smoothed.replace(activation_calibrator=config, name=smoothed.name + label.replace(" ", "-")),
+                    alpha=alpha, why=why + (f", {calibrator_label(config)} ranges" if label else "")))  # fmt: skip
+        return out
 
     def harm_ranking(self, qmodel: nn.Module) -> list[tuple[str, float]]:
         """Units (layers, points) of `qmodel`, most harmful first, harm = output noise-to-signal (proxy)."""

@@ -29,6 +29,7 @@ from .run import Run, Trial
 __all__ = ["baselines", "probe", "search_family", "try_qat", "float_layers_name"]
 
 SCORED_CALIBRATOR_VARIANTS = 2
+SCORED_SMOOTHED_VARIANTS = 2
 FLOAT_STEPS = (1, 2, 4, 8, 16)
 
 
@@ -126,7 +127,7 @@ def search_family(run: Run, builder: Builder, family: Family) -> bool:
         return best is not None
     smoothed = _variants(run, builder, family, builder.smoothquant_variants(family, best.candidate.recipe))
     if smoothed:
-        best_sq = _score_best(run, smoothed, 1)
+        best_sq = _score_best(run, smoothed, SCORED_SMOOTHED_VARIANTS)
         if best_sq is not None and run.loss(best_sq.metric) < run.loss(best.metric):
             best = best_sq
         if best.within:

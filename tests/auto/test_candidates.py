@@ -63,6 +63,46 @@ def test_relative_error_is_zero_for_equal_outputs_and_scale_free():
     assert relative_error(a, [a[0] * 1.1]) == pytest.approx(relative_error([a[0] * 7], [a[0] * 7.7]), rel=1e-5)
 
 
+def test_relative_error_leaves_padding_rows_out_and_weighs_rows_alike():
+    ref = torch.ones(1, 3, 4)
+    ref[0, 0] *= 100  # one large row (a special token) must not drown the others
+    out = ref.clone()
+    out[0, 1] *= 1.1  # a real token off by 10 %
+    out[0, 2] = 1e3  # a padding position, whatever its value
+    mask = torch.tensor([[1, 1, 0]])
+    assert relative_error([ref], [out], [mask]) == pytest.approx(0.01 / 2)
+    assert relative_error([ref], [out]) > 1e3  # unmasked, the padding row dominates
+
+
+class _Tokens(torch.nn.Module):
+    """A stand-in sequence model: hidden states (batch, tokens, width) from token ids."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.proj = torch.nn.Embedding(16, 8), torch.nn.Linear(8, 8)
+
+    def forward(self, input_ids, attention_mask):
+        return self.proj(self.embed(input_ids))
+
+
+def test_the_proxy_reads_the_batches_attention_mask():
+    batch = {"input_ids": torch.randint(0, 16, (2, 6)), "attention_mask": torch.tensor([[1] * 6, [1] * 3 + [0] * 3])}
+    builder = Builder(_Tokens().eval(), [batch])
+    assert builder.masks[0] is batch["attention_mask"]
+    assert builder.proxy(builder.model) == 0.0
+
+
+def test_smoothquant_variants_offer_min_max_ranges_at_every_alpha():
+    from quantpilot.auto.candidates import SMOOTHING_ALPHAS
+
+    family = {f.name: f for f in families(_Tokens(), "openvino")[0]}["static"]
+    variants = Builder(_Tokens().eval(), []).smoothquant_variants(family, family.recipe)
+    assert {(c.alpha, c.recipe.activation_calibrator.kind) for c in variants} == {
+        (a, kind) for a in SMOOTHING_ALPHAS for kind in ("histogram", "minmax")
+    }
+    assert len({c.name for c in variants}) == len(variants)
+
+
 def test_the_symmetric_family_offers_calibrator_variants_from_its_own_statistics():
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1)).eval()
     family = {f.name: f for f in families(net, "openvino")[0]}["static-sym"]
