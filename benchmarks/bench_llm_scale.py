@@ -116,6 +116,10 @@ def child(op: str, folder: Path, out: Path, calib_tokens: int, max_blocks: int =
 
         def on_block(info: dict) -> None:
             blocks.append(info["block_seconds"])
+            # Progress on stderr (the parent passes it through): a 7B GPTQ run takes an hour on 2 cores.
+            print(f"  {op} block {info['block'] + 1}/{info['blocks']}: {info['block_seconds']:.1f} s, "
+                  f"{info['seconds']:.0f} s in all, RSS {info['rss_bytes'] / 2**30:.2f} GiB", file=sys.stderr,
+                  flush=True)  # fmt: skip
             if max_blocks and info["block"] + 1 >= max_blocks:
                 raise _Enough
 
@@ -142,9 +146,8 @@ def child(op: str, folder: Path, out: Path, calib_tokens: int, max_blocks: int =
 def run(op: str, folder: Path, work: Path, calib_tokens: int, max_blocks: int) -> dict:
     out = work / op
     cmd = [sys.executable, __file__, "--child", op, str(folder), str(out), str(calib_tokens), str(max_blocks)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)  # stderr (progress, errors) passes through
     if done.returncode:
-        print(done.stderr[-3000:])
         raise SystemExit(f"{op} failed")
     return json.loads(done.stdout.strip().splitlines()[-1])
 

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..algorithms.gptq_sequential import block_hessians, gptq_block_layers, spec_group
+from ..algorithms.gptq_sequential import block_hessians, dequantized_once, gptq_block_layers, spec_group
 from ..api import RECIPE_ATTR, freeze
 from ..install import install_layers, plan_layers
 from ..recipe import Recipe
@@ -196,7 +196,8 @@ def _gptq(model, block, path, recipe, step, calls, merge_hessians) -> list[Call]
         act_order=step.act_order,
         scale_dtype=getattr(torch, recipe.scale_dtype),
     )
-    return [{**call, key: _hidden(block(**call))} for call in calls]
+    with dequantized_once(block, list(accumulators)):  # the same replay as the in-memory gptq_blocks
+        return [{**call, key: _hidden(block(**call))} for call in calls]
 
 
 def _awq(model, path, recipe, step, calls) -> dict[str, Any]:

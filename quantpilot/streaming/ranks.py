@@ -61,7 +61,8 @@ def gather_objects(value: Any) -> list[Any]:
 def merge_hessians(accumulators: dict[str, Any]) -> None:
     """Replace each `HessianAccumulator` by the token-weighted mean over every rank (a collective call).
 
-    Every rank must pass the same layer names; they are visited in sorted order.
+    Every rank must pass the same layer names; they are visited in sorted order. An accumulator shared
+    by several layers (q/k/v) is merged once.
 
     Example:
         >>> from quantpilot.algorithms.gptq import HessianAccumulator
@@ -69,8 +70,12 @@ def merge_hessians(accumulators: dict[str, Any]) -> None:
     """
     if not is_distributed():
         return
+    merged_ids: set[int] = set()
     for name in sorted(accumulators):
         acc = accumulators[name]
+        if id(acc) in merged_ids:
+            continue
+        merged_ids.add(id(acc))
         tokens = torch.tensor([float(acc.tokens)], dtype=torch.float64)
         total = acc.hessian.double() * acc.tokens
         dist.all_reduce(tokens)
