@@ -248,12 +248,7 @@ def minilm_rows(model, tok, threads: int, workdir: Path) -> tuple[list[Row], dic
         rows.append(Row(f"qp {label} on OpenVINO", _ov_runner(path, threads), _dir_size(path)))
         rows.append(Row(f"qp {label} on ORT", _ort_runner(path, threads), _dir_size(path)))
     rows += _placement_rows("transformer", model, example, lambda r: qp_static((), r), threads, workdir)
-    # SmoothQuant first (alpha 0.8, the MiniLM demo's choice), then the same int8-static+matmul recipe.
-    smoothed = qp.algorithms.smoothquant(
-        model, calibration, alpha=0.8, recipe=qp.Recipe.preset("int8-static").replace(ops=("matmul",))
-    )
-    path = qp.export_onnx(smoothed, example, workdir / "minilm-qp-sq.onnx")
-    rows.append(Row("qp SmoothQuant+int8-static+matmul on OpenVINO", _ov_runner(path, threads), _dir_size(path)))
+    # SmoothQuant is a placement now (int8-smooth: alpha 0.8 with min-max ranges, its float rest in bf16 on AMX).
     dynamic = qp.freeze(qp.quantize(model, "int8-dynamic"))
     int8_dir = workdir / "qp-int8-dynamic"
     qp.save(dynamic, int8_dir)

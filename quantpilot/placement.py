@@ -21,10 +21,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .calibrator_config import CalibratorConfig
 from .recipe import Recipe
 from .spec import PerTensor, QuantSpec
+from .steps import SmoothQuant
 
-__all__ = ["placements_for", "engine_options", "depthwise_layers", "has_amx", "MODEL_KINDS"]
+__all__ = ["placements_for", "engine_options", "depthwise_layers", "ffn_down_layers", "has_amx", "MODEL_KINDS"]
 
 MODEL_KINDS = ("transformer", "cnn")
 _ALIASES = {"minilm": "transformer", "bert": "transformer", "efficientnet": "cnn", "efficientnet-lite0": "cnn"}
@@ -34,6 +36,10 @@ ENGINES = ("openvino", "onnxruntime", "torch-int8")
 # `_depthwise_conv`, timm's `conv_dw`, torchvision MobileNet's grouped `conv.1.0`): used when no model
 # is given to find them by their `groups`.
 _DEPTHWISE_PATTERNS = ("*depthwise*", "*conv_dw*", "*dwconv*")
+# Name patterns of feed-forward down projections (their input is the activation function's output): BERT and
+# ViT `layer.N.output.dense` (not `attention.output.dense`), Llama `mlp.down_proj`, GPT-2 `mlp.c_proj`, OPT/ViT
+# `fc2`, DistilBERT `ffn.lin2`; used when no model is given to find them by their shapes.
+_FFN_DOWN_PATTERNS = ("*layer.*[0-9].output.dense", "*.mlp.down_proj", "*.mlp.c_proj", "*.fc2", "*.ffn.lin2")
 _SYMMETRIC_INT8 = QuantSpec("int8", symmetric=True, granularity=PerTensor())
 
 
@@ -70,6 +76,31 @@ def depthwise_layers(model) -> tuple[str, ...]:
     )
 
 
+def ffn_down_layers(model) -> tuple[str, ...]:
+    """Qualified names of the feed-forward down projections of a transformer: the Linears that narrow at least
+    twofold back to the model width (the most common output width among its Linears).
+
+    Their input is the activation function's output (GELU's long positive tail, a few huge channels): the
+    hardest tensor of a BERT-like model to hold in one int8 range.
+
+    Example:
+        >>> import torch
+        >>> block = torch.nn.ModuleDict({"q": torch.nn.Linear(8, 8), "up": torch.nn.Linear(8, 32),
+        ...                              "down": torch.nn.Linear(32, 8), "head": torch.nn.Linear(8, 2)})
+        >>> ffn_down_layers(block)
+        ('down',)
+    """
+    from collections import Counter
+
+    import torch
+
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    if not linears:
+        return ()
+    width = Counter(m.out_features for _, m in linears).most_common(1)[0][0]
+    return tuple(n for n, m in linears if m.out_features == width and m.in_features >= 2 * width)
+
+
 def _kind(model_kind: str) -> str:
     kind = _ALIASES.get(model_kind, model_kind)
     if kind not in MODEL_KINDS:
@@ -86,8 +117,8 @@ def placements_for(
         model_kind: "transformer" (attention models) or "cnn" (torch.fx-traceable convolutional nets).
         engine: "openvino", "onnxruntime" or "torch-int8".
         cpu: `quantpilot.machine.cpu_report()` (or its flags); None reads this machine's.
-        model: the float model, to find its depthwise convolutions by their groups; without it they are
-            found by name (`*depthwise*`, `*conv_dw*`, `*dwconv*`).
+        model: the float model, to find its depthwise convolutions by their groups and its feed-forward down
+            projections by their shapes; without it both are found by name (`*depthwise*`, `*mlp.down_proj`...).
 
     Returns:
         `[(name, Recipe)]`; every name is unique, and each recipe's `notes["placement"]` says why it exists.
@@ -102,14 +133,14 @@ def placements_for(
         raise ValueError(f"engine={engine!r}: use one of {list(ENGINES)}")
     amx = has_amx(cpu)
     if kind == "transformer":
-        out = _transformer(engine, amx)
+        out = _transformer(engine, amx, ffn_down_layers(model) if model is not None else _FFN_DOWN_PATTERNS)
     else:
         depthwise = depthwise_layers(model) if model is not None else _DEPTHWISE_PATTERNS
         out = _cnn(engine, amx, depthwise)
     return [(name, recipe.replace(name=name, notes={**recipe.notes, "placement": why})) for name, recipe, why in out]
 
 
-def _transformer(engine: str, amx: bool) -> list[tuple[str, Recipe, str]]:
+def _transformer(engine: str, amx: bool, ffn_down: tuple[str, ...]) -> list[tuple[str, Recipe, str]]:
     base = Recipe.preset("int8-static")
     matmul = base.replace(ops=("matmul",))
     layers = (
@@ -125,9 +156,20 @@ def _transformer(engine: str, amx: bool) -> list[tuple[str, Recipe, str]]:
         matmul.replace(activations=_SYMMETRIC_INT8),
         "symmetric activations everywhere: no zero-point compensation in the int8 GEMMs",
     )
+    # SmoothQuant 0.8 with min-max ranges: MiniLM's held-out cosine 0.9933 -> 0.9978 at the same graph plus one
+    # per-channel multiply per smoothed input (benchmarks/README.md).
+    smoothed = matmul.replace(steps=(SmoothQuant(alpha=0.8),), activation_calibrator=CalibratorConfig("minmax"))
+    smooth = ("int8-smooth", smoothed, "int8-matmul after SmoothQuant 0.8 with min-max ranges: activation "
+              "outlier channels moved into the per-channel weight scales")  # fmt: skip
+    ffn_float = (
+        "int8-smooth-ffn-float",
+        smoothed.replace(skip=tuple(ffn_down)),
+        "int8-smooth with the feed-forward down projections float (bf16 on AMX): their GELU-output inputs cost "
+        "most of the remaining error (MiniLM cosine 0.9978 -> 0.9988)",
+    )
     # Same order on both ISAs until a profile says otherwise: int8 attention is what lifts MiniLM
     # above bf16 (issue 18's table); symmetric activations drop the zero-point work in the GEMMs.
-    return [with_matmul, sym, layers]
+    return [with_matmul, sym, smooth, ffn_float, layers]
 
 
 def _cnn(engine: str, amx: bool, depthwise: tuple[str, ...]) -> list[tuple[str, Recipe, str]]:

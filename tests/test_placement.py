@@ -7,7 +7,7 @@ import torch
 
 import quantpilot as qp
 from quantpilot.engines import torch_int8
-from quantpilot.placement import depthwise_layers, engine_options, has_amx, placements_for
+from quantpilot.placement import depthwise_layers, engine_options, ffn_down_layers, has_amx, placements_for
 
 AMX = {"flags": {"amx_int8": True, "amx_bf16": True, "avx512_vnni": True}}
 VNNI = {"flags": {"amx_int8": False, "amx_bf16": False, "avx512_vnni": True}}
@@ -39,6 +39,24 @@ def test_depthwise_found_by_groups_and_skipped():
     assert depthwise_layers(net) == ("0",)
     pointwise = dict(placements_for("cnn", "openvino", AMX, model=net))["int8-sym-pointwise"]
     assert pointwise.for_layer("0", "Conv2d") is None and pointwise.for_layer("1", "Conv2d") is not None
+
+
+def test_ffn_down_projections_found_by_shape_and_left_float():
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64)  # fmt: skip
+    bert = BertModel(config).eval()
+    assert ffn_down_layers(bert) == ("encoder.layer.0.output.dense", "encoder.layer.1.output.dense")
+    found = dict(placements_for("transformer", "openvino", AMX, model=bert))
+    ffn_float = found["int8-smooth-ffn-float"]
+    assert ffn_float.for_layer("encoder.layer.0.output.dense", "Linear") is None
+    assert ffn_float.for_layer("encoder.layer.0.attention.output.dense", "Linear") is not None
+    assert ffn_float.steps == found["int8-smooth"].steps == (qp.steps.SmoothQuant(alpha=0.8),)
+    # without the model the names decide: BERT's down projection, not its attention output projection
+    by_name = dict(placements_for("transformer", "openvino", AMX))["int8-smooth-ffn-float"]
+    assert by_name.for_layer("encoder.layer.3.output.dense", "Linear") is None
+    assert by_name.for_layer("encoder.layer.3.attention.output.dense", "Linear") is not None
 
 
 def test_refusals_name_the_fix():
