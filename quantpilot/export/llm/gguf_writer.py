@@ -48,7 +48,7 @@ class GGUFExport:
     """
 
     path: Path
-    ggml_type: str
+    ggml_type: str  # the type most quantized weights use (a mixed 4/8-bit model has per-tensor types)
     bits_per_weight: float  # of the quantized layers' weights, as stored (codes + block scales)
     requantized: tuple[str, ...]  # names of weights the gguf quantizer had to round again
     worst_relative_rms_error: float  # over quantized weights, GGUF weight against quantpilot's
@@ -105,7 +105,9 @@ def write_gguf(model: Any, tokenizer: Any, path: str | Path, gguf_type: str | No
         model: a frozen quantpilot model of a transformers GPT-2 or Llama (weight-only 4/8-bit).
         tokenizer: its Hugging Face tokenizer (byte-level BPE is written; None -> token ids only).
         path: the .gguf file to create (never overwritten; written atomically).
-        gguf_type: q8_0, q4_0 or q4_1; default the type the codes map to exactly (`default_gguf_type`).
+        gguf_type: q8_0, q4_0 or q4_1 for every quantized weight; default, per weight, the type its own
+            codes map to exactly (`default_gguf_type`): 4-bit layers with an 8-bit token table become
+            Q4_x blocks and a Q8_0 table, as llama.cpp's own files mix types, not all Q8_0.
             A float model (no quantized layer) is written f16 whatever the type.
 
     Example:
@@ -126,7 +128,8 @@ def write_gguf(model: Any, tokenizer: Any, path: str | Path, gguf_type: str | No
         kind = "f16"  # a float model (the FP16 GGUF llama.cpp's own quantizer starts from)
     encoded = []
     for name, t in tensors:
-        wanted = kind if t.codes is not None else ("f16" if t.value.dim() == 2 else "f32")
+        own = gguf_type or default_gguf_type({name: t})  # GGUF types are per tensor: keep each one's codes
+        wanted = own if t.codes is not None else ("f16" if t.value.dim() == 2 else "f32")
         if wanted != "f32" and t.value.shape[-1] % 32:
             wanted = "f32" if t.codes is None else wanted
             if t.codes is not None:
@@ -136,14 +139,26 @@ def write_gguf(model: Any, tokenizer: Any, path: str | Path, gguf_type: str | No
     requantized = tuple(n for n, e in quantized if not e.exact)
     worst = max((e.relative_rms_error for _, e in quantized), default=0.0)
     if requantized:
+        own = sorted({default_gguf_type({n: t}) for n, t in tensors if t.codes is not None})
+        advice = (
+            f"{'/'.join(own)} keeps this model's codes (leave gguf_type unset)"
+            if gguf_type
+            else "Q8_0 holds 8-bit codes exactly only when they are symmetric"
+        )
+        types = "/".join(sorted({e.ggml_type.lower() for _, e in quantized if not e.exact}))
         warnings.warn(
-            f"{len(requantized)} of {len(quantized)} weights do not map to {kind} exactly and were requantized "
-            f"by the gguf quantizer (relative RMS error up to {worst:.2e} against quantpilot's weights); "
-            f"{default_gguf_type(dict(tensors))} keeps this model's codes",
+            f"{len(requantized)} of {len(quantized)} weights do not map to {types} exactly and were requantized "
+            f"by the gguf quantizer (relative RMS error up to {worst:.2e} against quantpilot's weights); {advice}",
             stacklevel=2,
         )
     stored_bits = sum(e.data.nbytes * 8 for _, e in quantized)
     numel = sum(e.data.shape[0] * t.value.shape[1] for n, t, e in encoded if t.codes is not None)
+    if quantized and gguf_type is None:  # the file's label: the type holding most quantized weights
+        shares: dict[str, int] = {}
+        for _, t, e in encoded:
+            if t.codes is not None:
+                shares[e.ggml_type.lower()] = shares.get(e.ggml_type.lower(), 0) + t.value.numel()
+        kind = max(shares, key=shares.__getitem__)
     with atomic_path(path) as tmp:
         writer = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH[arch.upper()]])
         vocab = add_metadata(writer, model, tokenizer, arch, gguf.LlamaFileType[_FILE_TYPES[kind]])
