@@ -9,13 +9,15 @@ time and time per block:
 - stream-rtn / stream-gptq / stream-awq: `quantpilot.streaming.quantize_checkpoint` with the
   rtn-w4-g128, gptq-w4-g128 and awq-w4-g128 presets (GPTQ: random token windows, at least as many
   tokens as the widest layer's inputs; AWQ: 16 x 128 tokens, clip search on);
+- testbed (a size of its own): streamed vs in-memory RTN/GPTQ/AWQ on the trained testbed GPT-2,
+  perplexity and KL (`llm_scale_testbed.py`);
 - memory-rtn: the in-memory path for comparison (`from_pretrained(dtype=bfloat16)` then
   `qp.algorithms.rtn(bits=4, group_size=128, inplace=True)`), and whether its codes equal the
   streamed ones (the streamed folder loaded with `qp.load` onto a meta skeleton).
 
 Peak RSS is given as a multiple of the bf16 model's bytes; the target is <= 0.6x for the 7B model.
 Run:  make bench-llm-scale
-      .venv/bin/python benchmarks/bench_llm_scale.py [--sizes 1b,7b] [--ops stream-rtn,memory-rtn,...]
+      .venv/bin/python benchmarks/bench_llm_scale.py [--sizes testbed,1b,7b] [--ops stream-rtn,memory-rtn,...]
 """
 
 from __future__ import annotations
@@ -154,7 +156,7 @@ def run(op: str, folder: Path, work: Path, calib_tokens: int, max_blocks: int) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", default="1b,7b")
+    parser.add_argument("--sizes", default="testbed,1b,7b", help="testbed (streamed vs in-memory), 1b, 7b")
     parser.add_argument("--ops", help="comma-separated operations for every size (default: see DEFAULT_OPS)")
     parser.add_argument(
         "--max-blocks",
@@ -176,8 +178,17 @@ def main() -> None:
 
     print(cpu_header())
     print(f"checkpoint cache: {cache_dir()}")
-    rows = []
+    rows, testbed = [], []
     for size in args.sizes.split(","):
+        if size == "testbed":
+            from llm_scale_testbed import compare_on_testbed
+
+            work = Path(tempfile.mkdtemp(prefix="qp-scale-testbed-", dir=cache_dir()))
+            try:
+                testbed = compare_on_testbed(work)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+            continue
         folder = write_model(size)
         size_bytes = model_bytes(folder)
         work = Path(tempfile.mkdtemp(prefix=f"qp-scale-{size}-", dir=cache_dir()))
@@ -193,6 +204,12 @@ def main() -> None:
                       f"{per_block:>6} s/block  {r['wall']:7.1f} s  {same}", flush=True)  # fmt: skip
         finally:
             shutil.rmtree(work, ignore_errors=True)
+    if testbed:
+        from llm_scale_testbed import print_testbed
+
+        print_testbed(testbed)
+    if not rows:
+        return
     print("\n| size | operation | peak RSS GiB | x bf16 model | median s/block | wall s | note |")
     print("|---|---|---|---|---|---|---|")
     for size, op, gib, ratio, per_block, wall, note in rows:

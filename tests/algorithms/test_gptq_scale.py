@@ -1,4 +1,4 @@
-"""GPTQ's shortcuts for 7B-wide layers: panel Hessians, the flipped-Cholesky factor, shared Hessians, one dequantization."""
+"""GPTQ's shortcuts for 7B-wide layers: panel Hessians, flipped-Cholesky factor, shared Hessians, one dequantization."""
 
 from __future__ import annotations
 
