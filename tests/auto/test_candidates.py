@@ -39,13 +39,15 @@ def test_a_model_with_batchnorm_folds_it_in_every_recipe():
 
 
 @pytest.mark.parametrize("target", ["openvino", "onnxruntime"], ids=["openvino", "onnxruntime"])
-def test_a_cnn_also_gets_the_symmetric_activation_placement_on_qdq_engines(target):
+def test_a_cnn_also_gets_the_uint8_and_symmetric_activation_placements_on_qdq_engines(target):
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
     found = {f.name: f for f in families(net, target)[0]}
-    sym = found["static-sym"].recipe
+    sym, u8 = found["static-sym"].recipe, found["static-u8"].recipe
     assert sym.activations.symmetric and not found["static"].recipe.activations.symmetric
-    assert "static-sym" not in {f.name for f in families(_mlp(), target)[0]}  # no convolution: not offered
-    assert "static-sym" not in {f.name for f in families(net, "torch")[0]}  # not a QDQ engine
+    assert u8.activations.dtype.value == "uint8" and not u8.activations.symmetric
+    for name in ("static-sym", "static-u8"):
+        assert name not in {f.name for f in families(_mlp(), target)[0]}  # no convolution: not offered
+        assert name not in {f.name for f in families(net, "torch")[0]}  # not a QDQ engine
 
 
 def test_a_cnn_candidate_of_the_symmetric_family_builds_from_the_shared_statistics():
