@@ -15,7 +15,7 @@ from torch import nn
 
 from ..batches import call_model, eval_mode
 from ..nn.registry import is_linear
-from ..primitives import choose_qparams, fake_quantize, min_max
+from ..primitives import choose_qparams, dequantize, min_max, quantize
 from ..recipe import OUTPUT_HEADS
 from ..spec import PerGroup, QuantSpec
 from ..surgery import observe
@@ -72,7 +72,10 @@ def _weight(module: nn.Module) -> torch.Tensor:
 
 
 def _fake_quant(w: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
-    return fake_quantize(w, *choose_qparams(*min_max(w, spec), spec), spec)
+    # dequantize(quantize(...)) is fake_quantize's value bit for bit without its autograd Function, which keeps
+    # the straight-through masks of every call: the searches run ~100 of these on whole weights per block.
+    scale, zero_point = choose_qparams(*min_max(w, spec), spec)
+    return dequantize(quantize(w, scale, zero_point, spec), scale, zero_point, spec, w.dtype)
 
 
 def _targets(model: nn.Module, skip: Sequence[str]) -> dict[str, nn.Module]:
@@ -312,14 +315,18 @@ def _search_clip(w: torch.Tensor, x: torch.Tensor, spec: QuantSpec) -> torch.Ten
     size = spec.granularity.size if isinstance(spec.granularity, PerGroup) else width
     groups = width // size
     xg = x.reshape(-1, groups, size).transpose(0, 1)  # (groups, tokens, size)
+    # The reference's error, mean over tokens of (x_g . (q - w)_g)^2, is d^T G_g d with G_g = X_g^T X_g / tokens:
+    # every shrink is scored from (size x size) Gram matrices instead of a (groups, tokens, out) product and its
+    # difference to the float one (a 1B block's clip search: ~4x fewer flops, no token-sized temporaries).
+    gram = torch.bmm(xg.transpose(1, 2), xg) / xg.shape[1]  # (groups, size, size)
     wg = w.reshape(out_ch, groups, size)
-    ref = torch.bmm(xg, wg.permute(1, 2, 0))  # (groups, tokens, out): each group's partial dot products
     org_max = wg.abs().amax(dim=-1, keepdim=True)
     best_max, best_err = org_max.clone(), torch.full_like(org_max, math.inf)
     for i in range(int(CLIP_MAX_SHRINK * CLIP_GRID)):
         max_val = org_max * (1 - i / CLIP_GRID)
         q = _fake_quant(torch.clamp(wg, -max_val, max_val).reshape(out_ch, width), spec).reshape(out_ch, groups, size)
-        err = (torch.bmm(xg, q.permute(1, 2, 0)) - ref).pow(2).mean(dim=1).t().unsqueeze(-1)  # (out, groups, 1)
+        d = (q - wg).transpose(0, 1)  # (groups, out, size)
+        err = (torch.bmm(d, gram) * d).sum(dim=-1).t().unsqueeze(-1)  # (out, groups, 1)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         best_max = torch.where(better, max_val, best_max)
