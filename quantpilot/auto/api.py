@@ -100,6 +100,9 @@ def autoquantize(
 ) -> AutoResult:
     """Find the fastest model on `target` whose metric stays within `budget` of the float model's.
 
+    Candidates within 3 % of the fastest one's latency count as equally fast (timing noise on a shared machine):
+    among them the better metric is chosen.
+
     Args:
         model: the float model (never modified).
         calib_data: calibration batches, each an input as the model takes it (a tensor, a tuple of

@@ -20,9 +20,12 @@ from .run import Run, Trial
 from .scores import drop_interval
 from .search import floor
 
-__all__ = ["final_timing", "choose", "deploy_and_check", "verdict", "ratio_text"]
+__all__ = ["final_timing", "choose", "fastest_first", "deploy_and_check", "verdict", "ratio_text"]
 
 HOLDOUT_CHECKS = 2
+# Latencies within 3 % of the fastest are a tie on a shared machine (interleaved medians still move that much):
+# among tied candidates the better search metric goes first, so noise alone never trades accuracy for nothing.
+SPEED_TIE = 1.03
 
 
 def ratio_text(reference_s: float, candidate_s: float) -> str:
@@ -51,7 +54,7 @@ def choose(run: Run, eligible: list[Trial]) -> Trial:
     for trial in eligible:
         if trial.latency_s >= base.latency_s:
             trial.why = f"within budget, but {ratio_text(base.latency_s, trial.latency_s)} {base.name}: never chosen"
-    faster = sorted((t for t in eligible if t.latency_s < base.latency_s), key=lambda t: t.latency_s)
+    faster = fastest_first(run, [t for t in eligible if t.latency_s < base.latency_s])
     checks = 0
     for trial in faster:
         if checks == HOLDOUT_CHECKS or run.scorer.calls >= run.max_evaluations - 1:
@@ -76,6 +79,26 @@ def choose(run: Run, eligible: list[Trial]) -> Trial:
     run.note(base.name, "chosen", "no quantized candidate both held the budget and ran faster than "
              f"{base.name} on {run.target}: {base.name} itself, no quantization")  # fmt: skip
     return base
+
+
+def fastest_first(run: Run, trials: list[Trial]) -> list[Trial]:
+    """`trials` by latency, except that those within `SPEED_TIE` of the fastest go first by their search metric.
+
+    Example:
+        >>> from types import SimpleNamespace as T
+        >>> run = T(loss=lambda metric: 1.0 - metric)
+        >>> trials = [T(name="a", latency_s=1.00, metric=0.990), T(name="b", latency_s=1.02, metric=0.998),
+        ...           T(name="c", latency_s=0.90, metric=0.900)]
+        >>> [t.name for t in fastest_first(run, trials)]
+        ['c', 'a', 'b']
+        >>> [t.name for t in fastest_first(run, trials[:2])]
+        ['b', 'a']
+    """
+    by_speed = sorted(trials, key=lambda t: t.latency_s)
+    if not by_speed:
+        return by_speed
+    tied = [t for t in by_speed if t.latency_s <= by_speed[0].latency_s * SPEED_TIE]
+    return sorted(tied, key=lambda t: run.loss(t.metric)) + by_speed[len(tied) :]
 
 
 def deploy_and_check(run: Run, chosen: Trial, folder: Path) -> dict[str, Any]:
