@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -160,8 +161,10 @@ def bench_model(setup: dict, budget: float, args) -> dict:
 
     model, threads = setup["model"], args.threads
     search, holdout = split_holdout(setup["items"])
-    workdir = Path(args.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    # A folder of this run's own: quantpilot never overwrites a file, so a rerun must not meet the last one's.
+    workdir = Path(tempfile.mkdtemp(prefix=f"{setup['name']}-", dir=args.workdir))
+    print(f"{setup['name']}: exports and the autopilot's output in {workdir}")
     fp32_onnx = qp.export_onnx(model, setup["example"], workdir / f"{setup['name']}-fp32.onnx")
     fp32_size = _dir_size(fp32_onnx)
     rows: dict[str, dict] = {
