@@ -50,6 +50,16 @@ def test_gguf_q4_0_export_reads_back_in_the_gguf_reader(quantized, tmp_path, cap
     assert bytes(reader.fields["general.architecture"].parts[-1]).decode() == "llama"
 
 
+def test_gguf_without_a_type_keeps_each_weights_own_4_bit_type(quantized, tmp_path):
+    import gguf
+
+    assert _export(quantized, tmp_path / "g", "--format", "gguf") == 0
+    reader = gguf.GGUFReader(str(tmp_path / "g" / "model.gguf"))
+    q = {t.name: t for t in reader.tensors}["blk.0.attn_q.weight"]
+    # rtn-w4-g128's asymmetric groups: Q4_1, not an 8-bit requantization of 4-bit codes
+    assert q.tensor_type == gguf.GGMLQuantizationType.Q4_1
+
+
 def test_hf_export_loads_in_transformers(quantized, tmp_path):
     import transformers
 
