@@ -116,9 +116,12 @@ def print_testbed(rows: list[dict]) -> None:
     Example:
         >>> print_testbed([{"method": "float", "ppl": 191.4}])  # doctest: +ELLIPSIS
         <BLANKLINE>
-        testbed GPT-2 ... float perplexity 191.40 ...
+        testbed GPT-2 (...): float perplexity 191.40
+        | method W4 g128 | ppl in-memory | ...
+        |---|...
     """
-    print(f"\ntestbed GPT-2 (WikiText-2 test, 256-token windows): float perplexity {rows[0]['ppl']:.2f}")
+    print(f"\ntestbed GPT-2 (WikiText-2 test, first {PPL_WINDOWS} windows of 256 tokens; KL on {KL_WINDOWS}): "
+          f"float perplexity {rows[0]['ppl']:.2f}")  # fmt: skip
     print("| method W4 g128 | ppl in-memory | ppl streamed | diff % | KL(mem‖stream) | KL(float‖mem) "
           "| KL(float‖stream) | bit-identical | s in-memory | s streamed |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|")
