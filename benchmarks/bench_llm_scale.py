@@ -165,6 +165,11 @@ def main() -> None:
         help="stop streamed runs after this many blocks (0: all); s/block and "
         "peak RSS are those of the blocks run, the wall column then covers only them",
     )
+    parser.add_argument(
+        "--work",
+        help="keep the outputs in this folder (default: a temporary one, removed); the same command run again "
+        "resumes an interrupted streamed run there (its peak, wall and s/block then cover the resumed blocks)",
+    )
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -191,7 +196,8 @@ def main() -> None:
             continue
         folder = write_model(size)
         size_bytes = model_bytes(folder)
-        work = Path(tempfile.mkdtemp(prefix=f"qp-scale-{size}-", dir=cache_dir()))
+        keep = args.work is not None
+        work = Path(args.work) / size if keep else Path(tempfile.mkdtemp(prefix=f"qp-scale-{size}-", dir=cache_dir()))
         try:
             for op in (args.ops or DEFAULT_OPS[size]).split(","):
                 r = run(op, folder, work, SIZES[size]["intermediate_size"], args.max_blocks)
@@ -203,7 +209,8 @@ def main() -> None:
                 print(f"{size:>3} {op:<24} peak {rows[-1][2]:6.2f} GiB = {rows[-1][3]:4.2f}x model  "
                       f"{per_block:>6} s/block  {r['wall']:7.1f} s  {same}", flush=True)  # fmt: skip
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            if not keep:
+                shutil.rmtree(work, ignore_errors=True)
     if testbed:
         from llm_scale_testbed import print_testbed
 
