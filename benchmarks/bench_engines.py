@@ -160,7 +160,7 @@ def _placement_rows(kind: str, model, example, calibrated, threads: int, workdir
     for name, recipe in placements_for(kind, "openvino", model=model):
         path: list[Path] = []
 
-        def build(dtype: str, name=name, recipe=recipe) -> Row:
+        def build(dtype: str, name=name, recipe=recipe, path=path) -> Row:
             if not path:
                 path.append(qp.export_onnx(calibrated(recipe), example, workdir / f"{kind}-placement-{name}.onnx"))
             return Row(placement_row_name(name, dtype), _ov_runner(path[0], threads, dtype), _dir_size(path[0]))
