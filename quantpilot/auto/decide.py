@@ -20,7 +20,7 @@ from .run import Run, Trial
 from .scores import drop_interval
 from .search import floor
 
-__all__ = ["final_timing", "choose", "fastest_first", "deploy_and_check", "verdict", "ratio_text"]
+__all__ = ["final_timing", "choose", "fastest_first", "graph_key", "deploy_and_check", "verdict", "ratio_text"]
 
 HOLDOUT_CHECKS = 2
 # Latencies within 3 % of the fastest are a tie on a shared machine (interleaved medians still move that much):
@@ -81,23 +81,52 @@ def choose(run: Run, eligible: list[Trial]) -> Trial:
     return base
 
 
+def graph_key(recipe: Any) -> str:
+    """What decides a candidate's graph on the engine: its recipe without the range choices (calibrators, the
+    SmoothQuant alpha), which change constants, not operations.
+
+    Example:
+        >>> import quantpilot as qp
+        >>> a = qp.Recipe(steps=(qp.steps.SmoothQuant(alpha=0.8),))
+        >>> b = a.replace(steps=(qp.steps.SmoothQuant(alpha=0.95),), activation_calibrator={"kind": "minmax"})
+        >>> graph_key(a) == graph_key(b), graph_key(a) == graph_key(qp.Recipe())
+        (True, False)
+    """
+    if recipe is None:
+        return "float"
+    data = recipe.to_dict()
+    for key in ("name", "notes", "activation_calibrator", "weight_calibrator"):
+        data.pop(key, None)
+    data["overrides"] = {p: {k: v for k, v in o.items() if "calibrator" not in k}
+                         for p, o in (data.get("overrides") or {}).items()}  # fmt: skip
+    data["overrides"] = {p: o for p, o in data["overrides"].items() if o}
+    data["steps"] = [step.get("name", step) if isinstance(step, dict) else step for step in data.get("steps", ())]
+    return repr(sorted(data.items(), key=lambda kv: kv[0]))
+
+
 def fastest_first(run: Run, trials: list[Trial]) -> list[Trial]:
-    """`trials` by latency, except that those within `SPEED_TIE` of the fastest go first by their search metric.
+    """`trials` by latency, with two allowances for timing noise: trials with the same graph (`graph_key`: they
+    differ only in ranges) share their fastest time, and those within `SPEED_TIE` of the fastest count as tied;
+    ties go to the better search metric.
 
     Example:
         >>> from types import SimpleNamespace as T
         >>> run = T(loss=lambda metric: 1.0 - metric)
-        >>> trials = [T(name="a", latency_s=1.00, metric=0.990), T(name="b", latency_s=1.02, metric=0.998),
-        ...           T(name="c", latency_s=0.90, metric=0.900)]
+        >>> trials = [T(name="a", latency_s=1.00, metric=0.990, candidate=T(recipe=None)),
+        ...           T(name="b", latency_s=1.02, metric=0.998, candidate=T(recipe=None)),
+        ...           T(name="c", latency_s=0.90, metric=0.900, candidate=T(recipe=None))]
         >>> [t.name for t in fastest_first(run, trials)]
-        ['c', 'a', 'b']
-        >>> [t.name for t in fastest_first(run, trials[:2])]
-        ['b', 'a']
+        ['b', 'a', 'c']
     """
-    by_speed = sorted(trials, key=lambda t: t.latency_s)
+    shared: dict[str, float] = {}
+    for t in trials:
+        key = graph_key(t.candidate.recipe)
+        shared[key] = min(shared.get(key, t.latency_s), t.latency_s)
+    latency = {id(t): shared[graph_key(t.candidate.recipe)] for t in trials}
+    by_speed = sorted(trials, key=lambda t: (latency[id(t)], run.loss(t.metric)))
     if not by_speed:
         return by_speed
-    tied = [t for t in by_speed if t.latency_s <= by_speed[0].latency_s * SPEED_TIE]
+    tied = [t for t in by_speed if latency[id(t)] <= latency[id(by_speed[0])] * SPEED_TIE]
     return sorted(tied, key=lambda t: run.loss(t.metric)) + by_speed[len(tied) :]
 
 
