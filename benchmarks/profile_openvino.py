@@ -9,7 +9,7 @@ For each variant the CPU plugin compiles the graph with `PERF_COUNT`, runs the b
 * how many compute nodes (FullyConnected/MatMul/Convolution/GroupConvolution) ran in each runtime
   precision (`runtimePrecision` of the runtime model's rt_info).
 
-The IRs are kept under `bench-out/profile/` so NNCF's FakeQuantize placement can be read.
+The IRs are kept under `bench-out/profile/run-*/` so NNCF's FakeQuantize placement can be read.
 
 Run: .venv/bin/python benchmarks/profile_openvino.py [--models minilm,efficientnet] [--threads 2]
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -189,8 +190,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     print(cpu_header())
     torch.set_num_threads(args.threads)
-    workdir = Path(args.out)
-    workdir.mkdir(parents=True, exist_ok=True)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    # A folder of this run's own: quantpilot never overwrites a file, so a rerun must not meet the last one's.
+    workdir = Path(tempfile.mkdtemp(prefix="run-", dir=args.out))
+    print(f"IRs in {workdir}")
     from quantpilot.placement import placements_for
 
     for kind in args.models.split(","):
