@@ -36,7 +36,7 @@ from ..recipe import Recipe
 from ..spec import PerTensor, QuantSpec
 from ..surgery import observe
 
-__all__ = ["CalibrationStatistics", "literal_pattern", "point_quantizers"]
+__all__ = ["CalibrationStatistics", "literal_pattern", "point_quantizers", "quantizers_by_point", "apply_smoothing"]
 
 # Bound on the calibration inputs kept per layer for output-error measurements (float32 values):
 # 2**20 values = 4 MiB, a few batches of a BERT layer or the whole calibration set of a small CNN.
@@ -71,7 +71,15 @@ def point_quantizers(qmodel: nn.Module) -> dict[str, list[TensorQuantizer]]:
     return out
 
 
-def _static_quantizers(model: nn.Module) -> dict[str, TensorQuantizer]:
+def quantizers_by_point(model: nn.Module) -> dict[str, TensorQuantizer]:
+    """The quantizers of `model` that calibrate a range, by their point's qualified name.
+
+    Example:
+        >>> import torch, quantpilot as qp
+        >>> q = qp.quantize(torch.nn.Sequential(torch.nn.Linear(2, 2)), "int8-static")
+        >>> sorted(quantizers_by_point(q))
+        ['0.input_quantizer']
+    """
     return {q.qualname: q for q in model.modules() if isinstance(q, TensorQuantizer) and q.needs_calibration}
 
 
@@ -134,8 +142,8 @@ class CalibrationStatistics:
         self.smoothing: dict[str, torch.Tensor] = {}
         if self.alpha is not None:
             self.smoothing = _smoothing_factors(model, self.quantized, batches, self.alpha)
-            _smooth(self.quantized, self.smoothing)
-        quantizers = _static_quantizers(self.quantized)
+            apply_smoothing(self.quantized, self.smoothing)
+        quantizers = quantizers_by_point(self.quantized)
         self._histograms: dict[str, Histogram] = {}
         self.inputs: dict[str, list[torch.Tensor]] = {}
         feeders: dict[str, nn.Module] = {}
@@ -260,8 +268,8 @@ class CalibrationStatistics:
         if not isinstance(recipe, Recipe):
             raise TypeError(f"recipe must be a quantpilot.Recipe, got {type(recipe).__name__}")
         qmodel = quantize(self.model, recipe)
-        _smooth(qmodel, self.smoothing)
-        for name, q in _static_quantizers(qmodel).items():
+        apply_smoothing(qmodel, self.smoothing)
+        for name, q in quantizers_by_point(qmodel).items():
             q.calibrator = self.calibrator_for(name, q.calibrator_config, q.spec)
         return freeze(qmodel)
 
@@ -285,8 +293,14 @@ def _smoothing_factors(
     return {name: smoothing_factors(amax[name], layer.weight, alpha) for name, layer in targets.items() if name in amax}
 
 
-def _smooth(qmodel: nn.Module, factors: dict[str, torch.Tensor]) -> None:
-    """Apply stored smoothing factors to the layers of `qmodel` that are quantized Linears with quantized inputs."""
+def apply_smoothing(qmodel: nn.Module, factors: dict[str, torch.Tensor]) -> None:
+    """Apply stored smoothing factors to the layers of `qmodel` that are quantized Linears with quantized inputs.
+
+    Example:
+        >>> import torch, quantpilot as qp
+        >>> q = qp.quantize(torch.nn.Sequential(torch.nn.Linear(2, 2)), "int8-static")
+        >>> apply_smoothing(q, {})  # nothing to smooth: unchanged
+    """
     if not factors:
         return
     for name, layer in quantized_layers(qmodel):

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..analysis.statistics import CalibrationStatistics, _smooth, _static_quantizers, literal_pattern
+from ..analysis.statistics import CalibrationStatistics, apply_smoothing, literal_pattern, quantizers_by_point
 from ..api import freeze, quantize, run_pipeline
 from ..batches import call_model, eval_mode, first_tensor
 from ..calibrator_config import CalibratorConfig
@@ -244,8 +244,8 @@ class Builder:
         # What `stats.build(plain)` does, with each point's range computed once for all the variants that share
         # it: a histogram's MSE/entropy search is most of a build's time, and variants differ in few points.
         qmodel = quantize(self.model, plain)
-        _smooth(qmodel, stats.smoothing)
-        for name, q in _static_quantizers(qmodel).items():
+        apply_smoothing(qmodel, stats.smoothing)
+        for name, q in quantizers_by_point(qmodel).items():
             q.calibrator = self._calibrator(stats, candidate.alpha, name, q.calibrator_config, q.spec)
         return freeze(qmodel)
 
