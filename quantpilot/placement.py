@@ -192,7 +192,7 @@ def _cnn(engine: str, amx: bool, depthwise: tuple[str, ...]) -> list[tuple[str, 
         "int8-u8",
         base.replace(activations=_ASYMMETRIC_UINT8, activation_calibrator=percentile),
         "every convolution int8, activations asymmetric uint8: a ReLU6 output uses all 256 codes at zero point 0 "
-        "(EfficientNet-Lite0 on AMX: 1.36x OpenVINO bf16 against 1.21x for int8-sym in the same run)",
+        "(EfficientNet-Lite0 on AMX, quiet `make bench`: 1.33x OpenVINO bf16 against 1.10x for int8-sym)",
     )
     pointwise = (
         "int8-sym-pointwise",
