@@ -141,17 +141,22 @@ class _Accumulator:
         return _db(self.signal, self.noise) if self.seen else math.nan
 
 
+def _lookup(getter: Any, name: str) -> Any:
+    """`getter(name)` (torch's get_submodule / get_parameter), or None where the model has nothing by that name."""
+    try:
+        return getter(name)
+    except AttributeError:
+        return None
+
+
 def _float_twin(name: str, layer: QuantModule, float_model: nn.Module | None) -> nn.Module | None:
     """A float module computing what `layer` computes before quantization, or None if the float weight is gone."""
     if float_model is not None:
-        try:
-            return float_model.get_submodule(name)
-        except AttributeError:
-            pass
-        try:  # a mixture-of-experts stack: a 3-D Parameter of the float experts module, not a module
-            stack = float_model.get_parameter(name)
-        except AttributeError:
-            stack = None
+        module = _lookup(float_model.get_submodule, name)
+        if module is not None:
+            return module
+        # a mixture-of-experts stack: a 3-D Parameter of the float experts module, not a module
+        stack = _lookup(float_model.get_parameter, name)
         if isinstance(layer, QuantExpertWeight) and stack is not None and stack.dim() == 3:
             return QuantExpertWeight(stack, transposed=layer.transposed, weight_spec=None)
         raise ValueError(
