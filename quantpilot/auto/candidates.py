@@ -148,8 +148,8 @@ def _cnn_placements(model: nn.Module, target: str) -> list[tuple[str, Recipe]]:
     """quantpilot.placement's uint8- and symmetric-activation convolution placements, for a CNN on a QDQ engine.
 
     On AMX, OpenVINO runs int8 convolution chains fast only when no activation carries an int8 zero point:
-    asymmetric int8 ran EfficientNet-Lite0 at half of bf16's speed, uint8 (zero point 0 after ReLU6) at 1.36x
-    and symmetric int8 at 1.21x (benchmarks/README.md), so CNNs get both families too.
+    asymmetric int8 ran EfficientNet-Lite0 at half of bf16's speed, uint8 (zero point 0 after ReLU6) at 1.33x
+    and symmetric int8 at 1.10x (quiet `make bench`, benchmarks/README.md), so CNNs get both families too.
     """
     if target not in PLACEMENT_ENGINES or not any(isinstance(m, nn.Conv2d) for m in model.modules()):
         return []

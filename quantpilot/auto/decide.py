@@ -118,11 +118,11 @@ def fastest_first(run: Run, trials: list[Trial]) -> list[Trial]:
         >>> [t.name for t in fastest_first(run, trials)]
         ['b', 'a', 'c']
     """
+    keys = {id(t): graph_key(t.candidate.recipe) for t in trials}
     shared: dict[str, float] = {}
     for t in trials:
-        key = graph_key(t.candidate.recipe)
-        shared[key] = min(shared.get(key, t.latency_s), t.latency_s)
-    latency = {id(t): shared[graph_key(t.candidate.recipe)] for t in trials}
+        shared[keys[id(t)]] = min(shared.get(keys[id(t)], t.latency_s), t.latency_s)
+    latency = {id(t): shared[keys[id(t)]] for t in trials}
     by_speed = sorted(trials, key=lambda t: (latency[id(t)], run.loss(t.metric)))
     if not by_speed:
         return by_speed
