@@ -1,8 +1,8 @@
-"""The language-model testbed: a small GPT-2 trained on WikiText-2, its data and its perplexity.
+"""The language-model testbeds: a small GPT-2 (or Llama) trained on WikiText-2, its data and its perplexity.
 
-No small language model ships with weights here, so `load_testbed` trains one once (a byte-level
-BPE tokenizer and a ~14 M parameter GPT-2 on `valid.txt`, ~20 minutes on two idle cores) and caches
-both outside git; later calls load the cache. Perplexity is measured on non-overlapping windows
+No small language model ships with weights here, so `load_testbed` trains one once (a byte-level BPE
+tokenizer and a ~14 M parameter GPT-2, or with `arch="llama"` a ~7 M Llama, on `valid.txt`, ~20 minutes)
+and caches both outside git; later calls load the cache. Perplexity is measured on non-overlapping windows
 of `test.txt`, as the GPTQ and AWQ papers evaluate; `perplexity` and `kl_to_reference` are the
 library's (`quantpilot.metrics`), re-exported here. Tests use `tiny_causal_lm` (random weights).
 
@@ -32,18 +32,11 @@ from torch import nn
 # The metrics and the tiny test models belong to the library; re-exported so testbed users find them here.
 from quantpilot.metrics import kl_to_reference, perplexity
 from quantpilot.testing import tiny_causal_lm
+from quantpilot_testbed.llama_testbed import LLAMA_TESTBED_CONFIG, build_llama
 
 __all__ = [
-    "TESTBED_CONFIG",
-    "wikitext_path",
-    "default_cache_dir",
-    "load_testbed",
-    "train_testbed",
-    "wikitext_tokens",
-    "perplexity",
-    "kl_to_reference",
-    "calibration_batches",
-    "tiny_causal_lm",
+    "TESTBED_CONFIG", "wikitext_path", "default_cache_dir", "load_testbed", "train_testbed", "wikitext_tokens",
+    "perplexity", "kl_to_reference", "calibration_batches", "tiny_causal_lm",
 ]
 
 # The testbed's shape: GPT-2 with d=384, 6 blocks, 6 heads, an 8k byte-level BPE vocabulary, 256-token
@@ -95,16 +88,25 @@ def _read_split(split: str) -> str:
     return path.read_text(encoding="utf-8")
 
 
-def default_cache_dir() -> Path:
-    """Where the trained testbed lives: `$QUANTPILOT_CACHE/lm-testbed` or `~/.cache/quantpilot/lm-testbed`.
+def _config(arch: str) -> dict[str, Any]:
+    """The shape and training recipe of testbed `arch` ("gpt2", or "llama": `llama_testbed`)."""
+    if arch == "gpt2":
+        return TESTBED_CONFIG
+    if arch == "llama":
+        return LLAMA_TESTBED_CONFIG
+    raise ValueError(f"arch must be 'gpt2' or 'llama', got {arch!r}")
+
+
+def default_cache_dir(arch: str = "gpt2") -> Path:
+    """Where testbed `arch` is cached: `lm-testbed/<arch>-v<version>` under `$QUANTPILOT_CACHE` or ~/.cache/quantpilot.
 
     Example:
-        >>> default_cache_dir().name.startswith("gpt2-v")  # under $QUANTPILOT_CACHE or ~/.cache/quantpilot
-        True
+        >>> default_cache_dir().name.startswith("gpt2-v"), default_cache_dir("llama").name.startswith("llama-v")
+        (True, True)
     """
     root = os.environ.get("QUANTPILOT_CACHE")
     base = Path(root) if root else Path.home() / ".cache" / "quantpilot"
-    return base / "lm-testbed" / f"gpt2-v{TESTBED_CONFIG['version']}"
+    return base / "lm-testbed" / f"{arch}-v{_config(arch)['version']}"
 
 
 def _gpt2_config(
@@ -153,8 +155,9 @@ def train_testbed(
     max_seconds: float | None = None,
     log: Any = print,
     overwrite: bool = False,
+    arch: str = "gpt2",
 ) -> Path:
-    """Train the testbed tokenizer and GPT-2 on `valid.txt` and write them to `directory`.
+    """Train the testbed tokenizer and model (GPT-2, or `arch="llama"`) on `valid.txt`; write them to `directory`.
 
     The files appear atomically (written to a temporary sibling folder, then renamed), so a
     concurrent `load_testbed` never sees half a checkpoint. `directory` must not exist or be empty:
@@ -168,6 +171,7 @@ def train_testbed(
         max_seconds: wall-clock cap on the training loop (default `TESTBED_CONFIG["max_seconds"]`).
         log: called with progress lines.
         overwrite: replace an existing trained testbed in `directory` (after the new one is written).
+        arch: "gpt2" (`TESTBED_CONFIG`) or "llama" (`llama_testbed.LLAMA_TESTBED_CONFIG`).
 
     Returns:
         The directory, holding `tokenizer.json`, the model (`config.json`, `model.safetensors`) and
@@ -177,13 +181,13 @@ def train_testbed(
         >>> callable(train_testbed)
         True
     """
-    cfg = TESTBED_CONFIG
-    directory = Path(directory) if directory is not None else default_cache_dir()
+    cfg = _config(arch)
+    directory = Path(directory) if directory is not None else default_cache_dir(arch)
     _check_target(directory, overwrite)
     steps = cfg["train_steps"] if steps is None else int(steps)
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    model, tokenizer, record = _train(steps, max_seconds, log)
+    model, tokenizer, record = _train(steps, max_seconds, log, arch)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-", dir=directory.parent))
     try:
@@ -249,20 +253,26 @@ def _install(tmp: Path, directory: Path, overwrite: bool = False) -> Path:
     return directory
 
 
-def _train(steps: int, max_seconds: float | None, log: Any) -> tuple[nn.Module, Any, dict]:
-    """Train the tokenizer and GPT-2 (minutes): (model, tokenizer, the train_log.json record)."""
+def _build(arch: str, vocab_size: int, cfg: dict[str, Any]) -> nn.Module:
+    if arch == "llama":
+        return build_llama(vocab_size, cfg)
     from transformers import GPT2LMHeadModel
 
-    cfg = TESTBED_CONFIG
+    return GPT2LMHeadModel(
+        _gpt2_config(vocab_size, cfg["n_embd"], cfg["n_layer"], cfg["n_head"], cfg["n_positions"], cfg["dropout"])
+    )
+
+
+def _train(steps: int, max_seconds: float | None, log: Any, arch: str = "gpt2") -> tuple[nn.Module, Any, dict]:
+    """Train the tokenizer and the model (minutes): (model, tokenizer, the train_log.json record)."""
+    cfg = _config(arch)
     start = time.perf_counter()
     torch.manual_seed(cfg["seed"])
     text = _read_split("valid")
     tokenizer = _train_tokenizer(text, cfg["vocab_size"])
     data = wikitext_tokens("valid", tokenizer)
     log(f"tokenizer: {len(tokenizer)} tokens; valid.txt -> {data.numel()} tokens ({time.perf_counter() - start:.0f}s)")
-    model = GPT2LMHeadModel(
-        _gpt2_config(len(tokenizer), cfg["n_embd"], cfg["n_layer"], cfg["n_head"], cfg["n_positions"], cfg["dropout"])
-    )
+    model = _build(arch, len(tokenizer), cfg)
     log(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters")
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -317,12 +327,15 @@ def _train(steps: int, max_seconds: float | None, log: Any) -> tuple[nn.Module, 
     return model, tokenizer, record
 
 
-def load_testbed(directory: str | Path | None = None, *, train: bool = True) -> tuple[nn.Module, Any]:
-    """The trained testbed GPT-2 (float32, eval mode) and its tokenizer; trains and caches it on first use.
+def load_testbed(
+    directory: str | Path | None = None, *, train: bool = True, arch: str = "gpt2"
+) -> tuple[nn.Module, Any]:
+    """The trained testbed model (float32, eval mode) and its tokenizer; trains and caches it on first use.
 
     Args:
-        directory: cache folder (default `default_cache_dir()`).
+        directory: cache folder (default `default_cache_dir(arch)`).
         train: train when the cache is empty (a few minutes); False raises instead.
+        arch: "gpt2" (GPT2LMHeadModel) or "llama" (LlamaForCausalLM, `llama_testbed`).
 
     Returns:
         (model, tokenizer). Each call returns a fresh model object.
@@ -331,16 +344,17 @@ def load_testbed(directory: str | Path | None = None, *, train: bool = True) -> 
         >>> callable(load_testbed)
         True
     """
-    from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-    directory = Path(directory) if directory is not None else default_cache_dir()
-    if not (directory / _DONE_FILE).exists():
+    directory = Path(directory) if directory is not None else default_cache_dir(arch)
+    if not (directory / _DONE_FILE).exists():  # train once, then every call loads the cache
         if not train:
-            raise ValueError(f"no trained testbed in {directory}: run `python scripts/train_lm.py` first")
-        train_testbed(directory)
+            raise ValueError(f"no trained testbed in {directory}: run `python scripts/train_lm.py --arch {arch}` first")
+        train_testbed(directory, arch=arch)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(directory)
     tokenizer.model_max_length = 10**9  # whole splits are tokenized at once, never fed to the model whole
-    model = GPT2LMHeadModel.from_pretrained(directory, dtype=torch.float32)
+    # The folder's config.json names the class, so a folder given with `directory` loads as what it holds.
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
     return model.eval(), tokenizer
 
 
