@@ -7,7 +7,8 @@ Llama model as:
   `transformers.AutoModelForCausalLM.from_pretrained(out)` loads it on a CPU, vLLM/SGLang on GPUs.
   Llama-family only (compressed-tensors packs `nn.Linear`; GPT-2's `Conv1D` is refused).
 - `"gguf"`: one GGUF file for llama.cpp (`gguf_writer`): Q4_0 / Q4_1 / Q8_0 blocks from our codes.
-- `"openvino"`: OpenVINO IR with u4/u8 compressed weights in NNCF's layout (`openvino_ir`).
+- `"openvino"`: OpenVINO IR with u4/u8 compressed weights in NNCF's layout (`openvino_ir`), the KV
+  cache as OpenVINO state (`openvino_kv`).
 
 Then the export is reloaded in its engine and the perplexity of both models on the same tokens is
 compared (`engine_check`); a difference above `tolerance` (relative) is a ValueError and the files

@@ -62,7 +62,9 @@ def engine_logits(fmt: str, path: Path, ids: torch.Tensor, vocab_size: int | Non
         import openvino as ov
 
         compiled = ov.Core().compile_model(str(path), "CPU", OPENVINO_EXACT_CONFIG)
-        return np.asarray(compiled(ids.numpy())[0])[0]
+        request = compiled.create_infer_request()
+        request.reset_state()  # a stateful (KV-cache) IR scores the window as one fresh sequence
+        return np.asarray(request.infer({0: ids.numpy()})[0])[0]
     if fmt == "gguf":
         try:
             import llama_cpp  # noqa: F401

@@ -10,6 +10,8 @@ runs in f32, so the IR computes exactly quantpilot's weights (NNCF uses f16 scal
 values, kept in f32 so `(q - z) * s` is not rounded). Compiled with `INFERENCE_PRECISION_HINT=f32`
 and `DYNAMIC_QUANTIZATION_GROUP_SIZE=0` the logits equal quantpilot's within 1e-6; OpenVINO's CPU
 defaults (bf16 where the CPU has it, int8 dynamic quantization of activations) differ by ~0.5 %.
+By default the traced graph carries the KV cache as OpenVINO state (`openvino_kv`: the form optimum-intel
+and openvino-genai run, decoding one token per call); `kv_cache=False` writes the full-sequence graph.
 
 Example (a trace takes seconds; `tests/export/llm/test_openvino_ir.py` runs whole exports):
     >>> import tempfile, os, quantpilot as qp
@@ -34,6 +36,7 @@ from torch import nn
 
 from ...atomic import atomic_directory, check_new
 from ...nn.quant_module import QuantModule
+from .openvino_kv import convert_with_cache, make_stateful
 from .weights import architecture, lm_tensors
 
 __all__ = ["write_openvino_ir", "OpenVINOExport", "float_twin"]
@@ -51,6 +54,7 @@ class OpenVINOExport:
     path: Path
     compressed: int
     low_bit_types: tuple[str, ...]
+    stateful: bool = False  # KV cache as OpenVINO state (`openvino_kv`), else a full-sequence graph
 
 
 class _Logits(nn.Module):
@@ -115,12 +119,15 @@ def _decompression(t: Any, ops: Any, ov: Any) -> tuple[Any, str]:
     return ops.reshape(weight, ops.constant(np.array([rows, cols], dtype=np.int64)), False), kind
 
 
-def write_openvino_ir(model: Any, path: str | Path) -> OpenVINOExport:
+def write_openvino_ir(model: Any, path: str | Path, kv_cache: bool = True) -> OpenVINOExport:
     """Write a frozen GPT-2 / Llama quantpilot model as OpenVINO IR (`path` .xml + .bin) with compressed weights.
 
     Args:
         model: frozen weight-only quantpilot model (4- or 8-bit codes) of a transformers GPT-2 or Llama.
         path: the .xml file to create; the .bin goes beside it (both new; written atomically).
+        kv_cache: the stateful graph with the KV cache as OpenVINO state (`openvino_kv`: one request
+            scores a window, or decodes a token per call; `reset_state()` between sequences), as
+            optimum-intel exports; False writes the stateless full-sequence graph (`input_ids` -> logits).
 
     Example:
         >>> write_openvino_ir(torch.nn.Linear(2, 2), "m.xml")
@@ -137,8 +144,12 @@ def write_openvino_ir(model: Any, path: str | Path) -> OpenVINOExport:
     check_new(path), check_new(path.with_suffix(".bin"))
     quantized = {_key(t.value.numpy()): t for t in lm_tensors(model).values() if t.codes is not None}
     example = torch.zeros(1, 8, dtype=torch.long)
+    twin = float_twin(model)
     with torch.no_grad():
-        ir = ov.convert_model(_Logits(float_twin(model)), example_input=example, input=[((-1, -1), ov.Type.i64)])
+        if kv_cache:
+            ir = convert_with_cache(twin)
+        else:
+            ir = ov.convert_model(_Logits(twin), example_input=example, input=[((-1, -1), ov.Type.i64)])
     done, kinds = set(), set()
     for node in ir.get_ordered_ops():
         if node.get_type_name() != "Constant" or len(node.get_output_partial_shape(0)) != 2:
@@ -159,6 +170,8 @@ def write_openvino_ir(model: Any, path: str | Path) -> OpenVINOExport:
             f"OpenVINO export: {len(quantized) - len(done)} quantized weights were not found in the traced graph"
         )
     ir.validate_nodes_and_infer_types()
+    if kv_cache:
+        make_stateful(ir)  # after the replacement: the same constants, the past/present pairs become state
     with atomic_directory(path.parent) as tmp:
         ov.save_model(ir, str(tmp / path.name), compress_to_fp16=False)
-    return OpenVINOExport(path, len(done), tuple(sorted(kinds)))
+    return OpenVINOExport(path, len(done), tuple(sorted(kinds)), kv_cache)
