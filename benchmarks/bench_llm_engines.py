@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -47,19 +47,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helper modules beside this script
+
+from llm_engines_rows import WINDOW, openvino_rows, paired_interval, ppl_of, transformers_rows, window_nll  # noqa: E402
+
 from quantpilot.machine import cpu_header  # noqa: E402
-
-WINDOW = 256
-Logits = Callable[[np.ndarray], np.ndarray]  # (n,) ids -> (n, vocab) logits
-
-
-def nll_ppl(logits_of: Logits, windows: list[np.ndarray]) -> float:
-    total, count = 0.0, 0
-    for ids in windows:
-        logits = torch.as_tensor(np.asarray(logits_of(ids)), dtype=torch.float64)[:-1]
-        total += float(torch.nn.functional.cross_entropy(logits, torch.as_tensor(ids[1:]), reduction="sum"))
-        count += len(ids) - 1
-    return math.exp(total / count)
 
 
 def median_time(fn: Callable[[], Any], repeats: int) -> float:
@@ -71,7 +63,9 @@ def median_time(fn: Callable[[], Any], repeats: int) -> float:
     return statistics.median(times)
 
 
-def quantpilot_models(model, calib: list[dict]) -> dict[str, Any]:
+def quantpilot_models(model, calib: list[dict]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """RTN, GPTQ, AWQ (W4 g128 asymmetric), each with the token table W4 g32 and, "+t8", 8 bits per row;
+    and ("-ft") the three with the float table, for transformers (see `llm_engines_rows.transformers_rows`)."""
     import copy
 
     import quantpilot as qp
@@ -85,13 +79,14 @@ def quantpilot_models(model, calib: list[dict]) -> dict[str, Any]:
         out[name] = qp.freeze(q)
     # The token table and the head tied to it packed too (W4 g32, as bench-llm's "+ table" row): the engines'
     # own 4-bit files quantize token_embd, so the bits per weight compare like for like (wpe stays float).
-    table = {"bits": 4, "group_size": 32, "skip": ("transformer.wpe",)}
+    skip = ("transformer.wpe",)  # GPT-2's position table (Llama has none: RoPE)
+    table = {"bits": 4, "group_size": 32, "skip": skip}
     models = {name: qp.algorithms.quantize_embeddings(q, **table) for name, q in out.items()}
     # And the table (the tied head) at 8 bits per row, as NNCF's int8 backup keeps it and llama.cpp's 4-bit
     # files keep their output tensor (Q6_K, or Q8_0 where the width is not a multiple of 256): more bits.
-    wide = {"bits": 8, "group_size": None, "skip": ("transformer.wpe",)}
+    wide = {"bits": 8, "group_size": None, "skip": skip}
     models.update({f"{name}+t8": qp.algorithms.quantize_embeddings(q, **wide) for name, q in out.items()})
-    return models
+    return models, {f"{name}-ft": q for name, q in out.items()}
 
 
 def llama_cpp_measure(files: dict[str, Path], windows: list[np.ndarray], params: int, vocab: int, args) -> list[dict]:
@@ -115,7 +110,7 @@ def llama_cpp_measure(files: dict[str, Path], windows: list[np.ndarray], params:
             n: stack.enter_context(LlamaCpp(p, n_ctx=WINDOW, vocab_size=vocab, threads=args.threads))
             for n, p in files.items()
         }
-        ppl = {name: nll_ppl(llm.logits, windows) for name, llm in llms.items()}
+        nll = {name: window_nll(llm.logits, windows) for name, llm in llms.items()}
         for llm in llms.values():  # one-token steps on --decode-threads, windows on --threads (see main's help)
             llama_cpp.llama_set_n_threads(llm.ctx, args.decode_threads, args.threads)
         prefill: dict[str, list[float]] = {name: [] for name in files}
@@ -128,7 +123,8 @@ def llama_cpp_measure(files: dict[str, Path], windows: list[np.ndarray], params:
     for name, path in files.items():
         size = path.stat().st_size
         rows.append({
-            "engine": "llama.cpp", "row": name, "ppl": ppl[name], "mb": size / 2**20, "bpw": size * 8 / params,
+            "engine": "llama.cpp", "row": name, "ppl": ppl_of(nll[name]), "nll": nll[name], "mb": size / 2**20,
+            "bpw": size * 8 / params,
             "prefill": WINDOW / statistics.median(prefill[name]), "decode": 1 / statistics.median(steps[name]),
         })  # fmt: skip
     return rows
@@ -196,83 +192,38 @@ def llama_cpp_rows(model, tokenizer, qmodels, windows, calib, work: Path, args) 
     return llama_cpp_measure(files, windows, params, model.config.vocab_size, args) + missing
 
 
-# --------------------------------------------------------------------------- OpenVINO
-def openvino_rows(model, qmodels, windows, calib, work: Path, args) -> list[dict]:
-    import nncf
-    import openvino as ov
+FLOAT_ROW = {"llama.cpp": "FP16", "openvino": "bf16", "transformers": "bf16"}  # each engine's float reference
 
-    from quantpilot.export.llm.engine_check import OPENVINO_EXACT_CONFIG
-    from quantpilot.export.llm.openvino_ir import _Logits, write_openvino_ir
 
-    core = ov.Core()
-    deploy = {"INFERENCE_NUM_THREADS": str(args.threads)}
-    with torch.no_grad():
-        float_ir = ov.convert_model(
-            _Logits(model), example_input=torch.zeros(1, 8, dtype=torch.long), input=[((-1, -1), ov.Type.i64)]
-        )
-    irs: dict[str, tuple[Any, dict]] = {"bf16": (float_ir, {**deploy, "INFERENCE_PRECISION_HINT": "bf16"})}
-    dataset = nncf.Dataset([b["input_ids"].numpy() for b in calib])
-    plain = nncf.compress_weights(float_ir.clone(), mode=nncf.CompressWeightsMode.INT4_ASYM, group_size=128, ratio=1.0)
-    irs["NNCF INT4_ASYM g128"] = (plain, deploy)
-    tuned = nncf.compress_weights(
-        float_ir.clone(),
-        mode=nncf.CompressWeightsMode.INT4_ASYM,
-        group_size=128,
-        ratio=1.0,
-        dataset=dataset,
-        awq=True,
-        scale_estimation=True,
-    )
-    irs["NNCF INT4_ASYM g128 awq+se"] = (tuned, deploy)
-    exact = {}
-    for name, q in qmodels.items():
-        path = write_openvino_ir(q, work / f"qp-{name}" / "m.xml").path
-        label = f"quantpilot {name} ({'u4/u8' if name.endswith('+t8') else 'u4'})"
-        irs[label] = (core.read_model(str(path)), deploy)
-        exact[label] = core.read_model(str(path))
-    params = sum(p.numel() for p in model.parameters())
-    rows, compiled = [], {}
-    for name, (ir, config) in irs.items():
-        folder = work / f"ov-{len(rows)}"
-        folder.mkdir()
-        ov.save_model(ir, str(folder / "m.xml"), compress_to_fp16=(name == "bf16"))
-        compiled[name] = core.compile_model(ir, "CPU", config)
-
-        def logits_of(ids: np.ndarray, c: Any = compiled[name]) -> np.ndarray:
-            return np.asarray(c(ids[None])[0])[0]
-
-        row = {"engine": "openvino", "row": name, "ppl": nll_ppl(logits_of, windows), "decode": None}
-        row["mb"] = (folder / "m.bin").stat().st_size / 2**20
-        row["bpw"] = row["mb"] * 2**20 * 8 / params
-        if name in exact:
-            strict = core.compile_model(exact[name], "CPU", {**deploy, **OPENVINO_EXACT_CONFIG})
-            row["ppl_f32"] = nll_ppl(lambda ids, c=strict: np.asarray(c(ids[None])[0])[0], windows)
-        rows.append(row)
-    # Prefill timed in turns across the rows (as llama.cpp's), so the shared cores' load hits them alike.
-    from quantpilot.timing import interleaved_samples
-
-    window = windows[0][None]
-    samples = interleaved_samples({n: lambda c=c: c(window) for n, c in compiled.items()}, 1, args.repeats)
-    for row in rows:
-        row["prefill"] = WINDOW / statistics.median(samples[row["row"]])
-    return rows
+def _interval(row: dict, reference: dict | None) -> str:
+    if reference is None or "nll" not in row or "nll" not in reference or row is reference:
+        return ""
+    lo, hi = paired_interval(row["nll"], reference["nll"])
+    return f"[{lo:+.2f}, {hi:+.2f}]"
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'engine':<10} {'row':<32} {'ppl':>9} {'MB':>7} {'bpw':>6} {'prefill t/s':>12} {'decode t/s':>11}")
+    """The rows, with each row's paired 95 % interval of perplexity change (%) against its engine's float row."""
+    floats = {r["engine"]: r for r in rows if r.get("row") == FLOAT_ROW.get(r["engine"]) and "nll" in r}
+    print(
+        f"{'engine':<12} {'row':<36} {'ppl':>9} {'vs float, 95% (%)':>18} {'MB':>6} {'bpw':>6} "
+        f"{'prefill t/s':>11} {'decode t/s':>10}"
+    )
     for r in rows:
         if "missing" in r:
-            print(f"{r['engine']:<10} {r['row']:<32} MISSING: {r['missing']}")
+            print(f"{r['engine']:<12} {r['row']:<36} MISSING: {r['missing']}")
             continue
         decode = f"{r['decode']:.1f}" if r.get("decode") else "n/a"
         extra = f"  (f32 check: {r['ppl_f32']:.3f})" if "ppl_f32" in r else ""
+        extra += f"  ({r['dtype']} weights)" if "dtype" in r else ""
         print(
-            f"{r['engine']:<10} {r['row']:<32} {r['ppl']:>9.3f} {r['mb']:>7.2f} {r['bpw']:>6.2f} "
-            f"{r['prefill']:>12.0f} {decode:>11}{extra}"
+            f"{r['engine']:<12} {r['row']:<36} {r['ppl']:>9.3f} {_interval(r, floats.get(r['engine'])):>18} "
+            f"{r['mb']:>6.2f} {r['bpw']:>6.2f} {r['prefill']:>11.0f} {decode:>10}{extra}"
         )
 
 
 def targets(rows: list[dict], ours: dict[str, float]) -> list[str]:
+    """PASS/MISS lines: each rival against quantpilot's best row at no more bits; every export against quantpilot."""
     lines = []
     done = [r for r in rows if "missing" not in r]
     # The issue's rivals: llama.cpp's best 4-bit file made with an importance matrix; NNCF's best int4.
@@ -282,18 +233,19 @@ def targets(rows: list[dict], ours: dict[str, float]) -> list[str]:
         if not qp_rows or not peer:
             lines.append(f"MISS {engine}: no quantpilot rows or no {theirs_prefix}* {suffix} rows to compare")
             continue
-        speed = "decode" if engine == "llama.cpp" else "prefill"
         # Each rival against quantpilot's best row at no more bits per weight; the target is the best rival.
         for rival in sorted(peer, key=lambda r: r["ppl"]):
             fits = [r for r in qp_rows if r["bpw"] <= rival["bpw"]] or [min(qp_rows, key=lambda r: r["bpw"])]
             best = min(fits, key=lambda r: r["ppl"])
-            ratio = best[speed] / rival[speed]
+            ratio = best["decode"] / rival["decode"] if best.get("decode") and rival.get("decode") else float("nan")
             ok = best["ppl"] < rival["ppl"] and best["bpw"] <= rival["bpw"] and abs(ratio - 1) <= 0.05
             verdict = ("PASS" if ok else "MISS") if rival is min(peer, key=lambda r: r["ppl"]) else "  (also)"
+            paired = _interval(best, rival)
             lines.append(
                 f"{verdict} {engine}: {best['row']} ppl {best['ppl']:.3f} @ {best['bpw']:.2f} bpw vs "
-                f"{rival['row']} {rival['ppl']:.3f} @ {rival['bpw']:.2f} bpw; {speed} speed ratio {ratio:.2f} "
-                "(target: lower ppl, <= bpw, speed within 5 %)"
+                f"{rival['row']} {rival['ppl']:.3f} @ {rival['bpw']:.2f} bpw"
+                + (f" (change {paired} %, paired 95 %)" if paired else "")
+                + f"; decode speed ratio {ratio:.2f} (target: lower ppl, <= bpw, decode within 5 %)"
             )
     for r in done:
         if not r["row"].startswith("quantpilot"):
@@ -305,13 +257,37 @@ def targets(rows: list[dict], ours: dict[str, float]) -> list[str]:
             f"{'PASS' if diff <= 1e-3 else 'MISS'} {r['engine']} export of {method}: ppl {engine_ppl:.4f} vs "
             f"quantpilot {ours[method]:.4f} ({diff:.2e}, target <= 1e-3)"
         )
-    lines.append("MISS transformers: the testbed is GPT-2 (Conv1D), which the compressed-tensors checkpoint refuses")
     return lines
+
+
+def _models(args) -> tuple[Any, Any, np.ndarray, list[dict]]:
+    """(float model, tokenizer or None, test tokens, calibration batches): the trained testbed, or --smoke's."""
+    from quantpilot_testbed.language_model import calibration_batches, load_testbed, wikitext_tokens
+
+    if not args.smoke:
+        model, tokenizer = load_testbed(args.testbed, arch=args.arch)
+        calib = calibration_batches(tokenizer, n=args.calib, seq_len=WINDOW, seed=0)
+        return model, tokenizer, wikitext_tokens("test", tokenizer).numpy(), calib
+    if args.arch == "llama":
+        from quantpilot_testbed.llama_testbed import LLAMA_TESTBED_CONFIG, build_llama
+
+        torch.manual_seed(0)
+        model = build_llama(512, {**LLAMA_TESTBED_CONFIG, "n_layer": 2}).eval()
+    else:
+        from quantpilot.testing import tiny_causal_lm
+
+        model = tiny_causal_lm("gpt2")
+        model.config.n_positions = WINDOW
+        model = type(model)(model.config).eval()
+    tokens = torch.randint(0, 512, (WINDOW * args.windows,), generator=torch.Generator().manual_seed(0)).numpy()
+    calib = [{"input_ids": torch.randint(0, 512, (1, WINDOW))} for _ in range(args.calib)]
+    return model, None, tokens, calib
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--windows", type=int, default=20, help="test.txt windows of 256 tokens")
+    parser.add_argument("--arch", choices=("llama", "gpt2"), default="llama", help="testbed family")
+    parser.add_argument("--windows", type=int, default=100, help="test.txt windows of 256 tokens")
     parser.add_argument("--calib", type=int, default=32, help="calibration windows of valid.txt (GPTQ, AWQ, NNCF)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--decode", type=int, default=32, help="new tokens timed for decode")
@@ -319,35 +295,26 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
     parser.add_argument("--testbed", type=Path, default=None, help="trained testbed folder (default: the cache)")
-    parser.add_argument("--smoke", action="store_true", help="a tiny random GPT-2 on random tokens (checks the script)")
+    parser.add_argument("--smoke", action="store_true", help="a tiny random model on random tokens (checks the script)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     print(cpu_header())
-    from quantpilot_testbed.language_model import calibration_batches, load_testbed, wikitext_tokens
-
-    if args.smoke:
-        from quantpilot.testing import tiny_causal_lm
-
-        model, tokenizer = tiny_causal_lm("gpt2"), None
-        model.config.n_positions = WINDOW
-        model = type(model)(model.config).eval()
-        tokens = torch.randint(0, 512, (WINDOW * args.windows,), generator=torch.Generator().manual_seed(0)).numpy()
-        calib = [{"input_ids": torch.randint(0, 512, (1, WINDOW))} for _ in range(args.calib)]
-    else:
-        model, tokenizer = load_testbed(args.testbed)
-        tokens = wikitext_tokens("test", tokenizer).numpy()
-        calib = calibration_batches(tokenizer, n=args.calib, seq_len=WINDOW, seed=0)
+    model, tokenizer, tokens, calib = _models(args)
     windows = [tokens[i * WINDOW : (i + 1) * WINDOW] for i in range(min(args.windows, len(tokens) // WINDOW))]
-    qmodels = quantpilot_models(model, calib)
+    print(f"testbed: {args.arch}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; "
+          f"{len(windows)} test windows of {WINDOW}, {len(calib)} calibration windows")  # fmt: skip
+    qmodels, float_table = quantpilot_models(model, calib)
 
     def torch_logits(m):
         return lambda ids: m(input_ids=torch.as_tensor(ids)[None]).logits[0].float().numpy()
 
     with torch.no_grad():
-        ours = {name: nll_ppl(torch_logits(q), windows) for name, q in qmodels.items()}
-        ours["FP32"] = nll_ppl(torch_logits(model), windows)
-    print("quantpilot (PyTorch, f32): " + ", ".join(f"{k} {v:.3f}" for k, v in ours.items()))
+        nll = {name: window_nll(torch_logits(q), windows) for name, q in {**qmodels, **float_table}.items()}
+        nll["FP32"] = window_nll(torch_logits(model), windows)
+    ours = {name: ppl_of(v) for name, v in nll.items()}
+    print("quantpilot (PyTorch, f32), ppl and paired 95 % change vs FP32: " + ", ".join(
+        f"{k} {ours[k]:.3f} {_interval({'nll': v}, {'nll': nll['FP32']})}" for k, v in nll.items()))  # fmt: skip
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -355,12 +322,17 @@ def main() -> None:
         except ImportError as err:
             rows.append({"engine": "llama.cpp", "row": "all", "missing": f"llama-cpp-python not installed ({err})"})
         rows += openvino_rows(model, qmodels, windows, calib, Path(tmp), args)
-    rows.append({"engine": "transformers", "row": "quantpilot RTN checkpoint", "missing": "GPT-2 Conv1D: no HF export"})
+        if args.arch == "gpt2":
+            why = "GPT-2's Conv1D: compressed-tensors packs nn.Linear only (use --arch llama)"
+            rows.append({"engine": "transformers", "row": "quantpilot checkpoints", "missing": why})
+        else:
+            rows += transformers_rows(model, tokenizer, float_table, windows, Path(tmp), args)
     print_table(rows)
     for line in targets(rows, ours):
         print(line)
     if args.out:
-        args.out.write_text(json.dumps({"quantpilot": ours, "rows": rows}, indent=2))
+        plain = [{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in r.items()} for r in rows]
+        args.out.write_text(json.dumps({"quantpilot": ours, "rows": plain}, indent=2))
 
 
 if __name__ == "__main__":
