@@ -66,3 +66,12 @@ def test_a_failing_tool_names_itself_and_its_last_lines(tmp_path):
     fake.chmod(0o755)
     with pytest.raises(RuntimeError, match=r"llama-quantize failed \(exit 1\):\ninvalid ftype Q9"):
         tools.LlamaTools(fake, fake).quantize(tmp_path / "a.gguf", tmp_path / "b.gguf", "Q9")
+
+
+def test_target_lines_carry_the_paired_interval_against_the_rival(bench):
+    import numpy as np
+
+    rival = {**_row("llama.cpp Q4_K_M + imatrix", 151.0, 5.7), "nll": np.array([1000.0, 1010.0, 990.0])}
+    ours = {**_row("quantpilot AWQ (Q4_1)", 150.0, 5.3), "nll": rival["nll"] - 2.55}  # 1 % lower in every window
+    line = bench.targets([rival, ours], {"AWQ": 150.0})[0]
+    assert line.startswith("PASS llama.cpp") and "(change [-1.00, -1.00] %, paired 95 %)" in line
