@@ -19,7 +19,7 @@ from typing import Any
 
 from .base import Step, StepContext, register_step
 
-__all__ = ["GPTQ", "AWQ", "check_weight_only"]
+__all__ = ["GPTQ", "AWQ", "check_weight_only", "check_fixed_grid"]
 
 
 def check_weight_only(step: Step, recipe: Any) -> None:
@@ -54,7 +54,12 @@ def _scale_dtype(recipe: Any) -> Any:
 @register_step
 @dataclass(frozen=True)
 class GPTQ(Step):
-    """GPTQ (Frantar et al., 2022) on the recipe's Linear layers, block by block.
+    """GPTQ (Frantar et al., 2022) on the recipe's Linear layers.
+
+    Weight-only recipes (packed unsigned codes, float activations): block by block, each layer replaced by a
+    packed one. Recipes with quantized activations (W8A8): every Linear's codes are chosen on its own grid
+    (`quantpilot.algorithms.gptq_fixed_grid`) after the steps before this one (SmoothQuant) changed the
+    weights, from Hessians gathered on the float model; put GPTQ after SmoothQuant in `steps`.
 
     Args:
         block_size: columns per lazy-update block.
@@ -82,10 +87,18 @@ class GPTQ(Step):
             raise ValueError(f"GPTQ damp is a fraction of the mean Hessian diagonal in (0, 1), got {self.damp!r}")
 
     def check(self, recipe: Any) -> None:
-        check_weight_only(self, recipe)
+        if recipe.activations is None:
+            check_weight_only(self, recipe)
+            return
+        check_fixed_grid(self, recipe)
 
     def before_install(self, model: Any, recipe: Any, context: StepContext) -> Any:
         from ..algorithms.gptq import gptq_blocks
+        from ..algorithms.gptq_fixed_grid import input_hessians
+
+        if recipe.activations is not None:
+            context.state["gptq"] = input_hessians(model, _linear_targets(model, recipe), context.batches)
+            return model
 
         # gptq_blocks puts a packed layer in place of each layer it quantizes; the walker leaves those alone.
         gptq_blocks(
@@ -100,6 +113,39 @@ class GPTQ(Step):
             scale_dtype=_scale_dtype(recipe),
         )
         return model
+
+    def after_install(self, model: Any, recipe: Any, context: StepContext) -> Any:
+        from ..algorithms.gptq_fixed_grid import gptq_installed_layers
+
+        hessians = context.state.pop("gptq", None)
+        if hessians is not None:
+            done = gptq_installed_layers(model, hessians, damp=self.damp, block_size=self.block_size)
+            context.report["gptq"] = {"layers": len(done), "grid": "the layers' own (W8A8)"}
+        return model
+
+
+def check_fixed_grid(step: Step, recipe: Any) -> None:
+    """Raise unless GPTQ can run on a W8A8 recipe's own grids: integer per-channel or per-tensor weights,
+    no act-order, and every SmoothQuant step before it (smoothing after GPTQ would move its grid).
+
+    Example:
+        >>> import quantpilot as qp
+        >>> from quantpilot.steps import SmoothQuant
+        >>> check_fixed_grid(GPTQ(), qp.Recipe.preset("int8-static").replace(steps=(SmoothQuant(), GPTQ())))
+    """
+    from ..spec import PerChannel, PerTensor
+
+    weights = recipe.weights
+    if weights is None or weights.dtype.is_float or not isinstance(weights.granularity, PerChannel | PerTensor):
+        raise ValueError(
+            "GPTQ with quantized activations needs integer per-channel or per-tensor weights (e.g. "
+            "Recipe.preset('int8-static')); grouped 4-bit weights are weight-only: activations=None"
+        )
+    if step.act_order or step.blocks is not None:
+        raise ValueError("GPTQ's act_order and blocks are for weight-only recipes: leave them unset for W8A8")
+    names = [s.name for s in recipe.steps]
+    if "smoothquant" in names and names.index("smoothquant") > names.index(step.name):
+        raise ValueError("put SmoothQuant before GPTQ in the recipe's steps: smoothing after GPTQ moves its grid")
 
 
 def _plain_pair(pair: Any) -> Any:
