@@ -41,7 +41,9 @@ from torch import fx, nn
 
 from .nn.attention import ATTRIBUTE, AttentionQuantizers, is_attention_module, use_quantized_attention
 from .nn.residual_add import QuantAdd
+from .nn.tensor_quantizer import TensorQuantizer
 from .recipe import Recipe
+from .spec import QuantSpec
 
 __all__ = ["install_matmul_points", "install_add_points", "functional_points"]
 
@@ -92,18 +94,39 @@ def install_matmul_points(model: nn.Module, recipe: Recipe) -> list[str]:
         layer = recipe.for_point(point)
         if layer is None:
             continue
-        spec = layer.activations
-        if not any("activations" in o for p, o in recipe.overrides.items() if fnmatch(point, p)):
-            # Symmetric unless the recipe says otherwise for this point: OpenVINO runs attention in
-            # int8 (fused MHA) only with zero-point-free matmul inputs. Measured on MiniLM: asymmetric
-            # inputs left 11 of 12 attention MatMuls in f32; symmetric ones fused all 6 blocks in int8.
-            spec = dataclasses.replace(spec, symmetric=True)
-        quantizers = AttentionQuantizers(spec, dynamic=layer.dynamic, calibrator=layer.activation_calibrator)
-        for role, q in quantizers.named_children():
+        quantizers = AttentionQuantizers(
+            _default_symmetric(recipe, layer.activations, point),
+            dynamic=layer.dynamic,
+            calibrator=layer.activation_calibrator,
+        )
+        for role, q in list(quantizers.named_children()):
+            _own_role_scheme(quantizers, recipe, point, role)
+            q = getattr(quantizers, role)
             q.qualname = f"{name}.{ATTRIBUTE}.{role}" if name else f"{ATTRIBUTE}.{role}"
         setattr(module, ATTRIBUTE, quantizers)
         installed.append(point)
     return installed
+
+
+def _default_symmetric(recipe: Recipe, spec: QuantSpec, *names: str) -> QuantSpec:
+    # Symmetric unless the recipe says otherwise for this point: OpenVINO runs attention in int8 (fused
+    # MHA) only with zero-point-free matmul inputs. Measured on MiniLM: asymmetric inputs left 11 of 12
+    # attention MatMuls in f32; symmetric ones fused all 6 blocks in int8.
+    if any("activations" in o for p, o in recipe.overrides.items() if any(fnmatch(n, p) for n in names)):
+        return spec
+    return dataclasses.replace(spec, symmetric=True)
+
+
+def _own_role_scheme(quantizers: nn.Module, recipe: Recipe, point: str, role: str) -> None:
+    # An override naming one input ("*:matmul.probs") gives that input its own scheme: e.g. the softmax output
+    # as uint8 with zero point 0, twice the codes of a symmetric int8 grid on a non-negative tensor.
+    role_point = f"{point}.{role}"
+    if not any(fnmatch(role_point, p) and not fnmatch(point, p) for p in recipe.overrides):
+        return
+    layer = recipe.for_point(role_point)
+    spec = None if layer is None else _default_symmetric(recipe, layer.activations, point, role_point)
+    calibrator = None if layer is None else layer.activation_calibrator
+    setattr(quantizers, role, TensorQuantizer(spec, dynamic=layer is not None and layer.dynamic, calibrator=calibrator))
 
 
 def _is_tensor_node(arg: object) -> bool:

@@ -204,18 +204,24 @@ class Recipe:
         """The scheme of a functional quantization point such as "encoder.layer.0.attention.self:matmul".
 
         None when the point's op is not in `ops`, a `skip` pattern matches it, or its resolved
-        activation scheme is None.
+        activation scheme is None. One input of a point ("...:matmul.probs") takes the point's overrides,
+        then those naming the input.
 
         Example:
             >>> from quantpilot import Recipe
             >>> r = Recipe(ops=("matmul",), skip=("*.layer.5.*",))
             >>> r.for_point("bert.layer.5.attention.self:matmul") is None, r.for_point("layer.0.attn:matmul") is None
             (True, False)
+            >>> r = r.replace(overrides={"*:matmul.probs": {"activations": None}})
+            >>> r.for_point("layer.0.attn:matmul.probs") is None, r.for_point("layer.0.attn:matmul.key") is None
+            (True, False)
         """
-        op = point.rpartition(":")[2].split(".")[0]
+        head, _, tail = point.rpartition(":")
+        op = tail.split(".")[0]
         if op not in self.ops or any(fnmatch(point, p) for p in self.skip):
             return None
-        layer = self._resolve(*[p for p in self.overrides if fnmatch(point, p)])
+        whole = f"{head}:{op}"
+        layer = self._resolve(*[p for p in self.overrides if fnmatch(whole, p) or fnmatch(point, p)])
         return layer if layer.activations is not None else None
 
     def replace(self, **changes: Any) -> Recipe:

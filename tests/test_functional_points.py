@@ -101,6 +101,32 @@ def test_matmul_points_round_trip_through_save_and_load(tmp_path):
     assert torch.equal(loaded(**batch).last_hidden_state, qmodel(**batch).last_hidden_state)
 
 
+def test_an_override_naming_one_matmul_input_gives_it_its_own_scheme(tmp_path):
+    model = transformers.AutoModel.from_config(CONFIGS["bert"]()).eval()
+    unsigned = qp.QuantSpec("uint8", symmetric=False)
+    recipe = qp.Recipe.preset("int8-static").replace(
+        ops=("matmul",),
+        overrides={
+            "*:matmul": {"activation_calibrator": {"kind": "minmax"}},
+            "*:matmul.probs": {"activations": unsigned},
+            "encoder.layer.1.*:matmul.value": {"activations": None},
+        },
+    )
+    qmodel = qp.quantize(model, recipe)
+    with qp.calibrate(qmodel):
+        qmodel(**_batch())
+    qp.freeze(qmodel)
+    block0 = qmodel.get_submodule("encoder.layer.0.attention.self.quantpilot_matmul")
+    # The softmax output is non-negative: uint8 with zero point 0; the point's calibrator still applies.
+    assert block0.probs.spec == unsigned and int(block0.probs.zero_point) == 0
+    assert block0.probs.calibrator_config.kind == "minmax" and block0.key.spec.symmetric
+    assert qmodel.get_submodule("encoder.layer.1.attention.self.quantpilot_matmul.value").spec is None
+    qp.save(qmodel, tmp_path / "q")
+    loaded = qp.load(transformers.AutoModel.from_config(CONFIGS["bert"]()).eval(), tmp_path / "q")
+    batch = _batch(3)
+    assert torch.equal(loaded(**batch).last_hidden_state, qmodel(**batch).last_hidden_state)
+
+
 class Block(nn.Module):
     def __init__(self) -> None:
         super().__init__()
