@@ -60,6 +60,24 @@ def test_ffn_down_projections_found_by_shape_and_left_float():
     assert by_name.for_layer("encoder.layer.3.attention.output.dense", "Linear") is not None
 
 
+def test_smooth_sym_gptq_keeps_only_the_ffn_down_inputs_asymmetric_and_runs_on_a_bert():
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64)  # fmt: skip
+    bert = BertModel(config).eval()
+    name, recipe = placements_for("transformer", "openvino", AMX, model=bert)[0]
+    assert name == "int8-smooth-sym-gptq"
+    assert recipe.steps == (qp.steps.SmoothQuant(alpha=0.8), qp.steps.GPTQ())
+    assert not recipe.for_layer("encoder.layer.0.output.dense", "Linear").activations.symmetric
+    assert recipe.for_layer("encoder.layer.0.attention.output.dense", "Linear").activations.symmetric
+    assert recipe.for_point("encoder.layer.0.attention.self:matmul.probs").activations.dtype.value == "uint8"
+    batches = [{"input_ids": torch.randint(0, 64, (8, 16), generator=torch.Generator().manual_seed(i))}
+               for i in range(8)]  # fmt: skip
+    qmodel = qp.api.run_pipeline(bert, recipe, batches)
+    assert qp.recipe_of(qmodel).steps[-1] == qp.steps.GPTQ()
+
+
 def test_refusals_name_the_fix():
     with pytest.raises(ValueError, match="model_kind='rnn'"):
         placements_for("rnn", "openvino", AMX)
