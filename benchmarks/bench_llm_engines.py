@@ -1,7 +1,8 @@
 """bench-llm-engines: quantpilot's W4 exports against each engine's own quantizer, on the engine, in one run.
 
-On the WikiText-2 testbed GPT-2 (`quantpilot_testbed.language_model`, trained and cached on first
-use), each row is scored on the first --windows non-overlapping 256-token windows of test.txt:
+On the WikiText-2 Llama testbed (`quantpilot_testbed.llama_testbed`, 6x256, GQA, tied table; trained and
+cached on first use; --arch gpt2 for the GPT-2 one), each row is scored on the first --windows
+non-overlapping 256-token windows of test.txt, with a paired 95 % interval against its engine's float row:
 
 - llama.cpp (llama-cpp-python): FP16 GGUF; llama.cpp's own quantizer (`llama_model_quantize`) at Q8_0,
   Q4_0, Q4_K_M; the same Q4_0 and Q4_K_M by `llama-quantize --imatrix`, the importance matrix computed
@@ -15,16 +16,17 @@ use), each row is scored on the first --windows non-overlapping 256-token window
   once and timed in turns.
 - OpenVINO (CPU): bf16 IR; NNCF `compress_weights` INT4_ASYM g128 (plain, and awq + scale_estimation
   on the same calibration windows); quantpilot's six models exported as IR (u4, +t8: u4/u8 codes). Perplexity
-  with the CPU's deployment defaults; quantpilot rows also at f32 (the export check). The IR is a
-  stateless graph (no KV cache), so OpenVINO rows report prefill speed only.
-- transformers: the testbed is GPT-2, whose Conv1D layers compressed-tensors does not pack: MISSING.
+  with the CPU's deployment defaults; quantpilot rows also at f32 (the export check). Every IR is the
+  same stateful graph (KV cache as OpenVINO state; `llm_engines_rows`), so decode is timed too.
+- transformers: bf16 against quantpilot's compressed-tensors checkpoints through `from_pretrained`
+  (float token table: see `llm_engines_rows`); GPT-2 (Conv1D) has none: MISSING with --arch gpt2.
 
 Columns: perplexity, file size, bits per weight (file bits / parameters), prefill tokens/s (one
-256-token window, --threads) and decode tokens/s (--decode new tokens with the cache, llama.cpp, on
---decode-threads), medians of --repeats rounds timed in turns. Targets (issue 17) end the output as
+256-token window, --threads) and decode tokens/s (--decode new tokens one per step with the cache;
+llama.cpp on --decode-threads, OpenVINO on --threads), medians of --repeats rounds timed in turns. Targets (issue 17) end the output as
 PASS/MISS lines: each rival against quantpilot's best row at no more bits per weight.
 
-Usage: python benchmarks/bench_llm_engines.py [--windows 20] [--calib 32] [--threads 2] [--out FILE.json]
+Usage: python benchmarks/bench_llm_engines.py [--arch llama|gpt2] [--windows 200] [--calib 32] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -287,7 +289,7 @@ def _models(args) -> tuple[Any, Any, np.ndarray, list[dict]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", choices=("llama", "gpt2"), default="llama", help="testbed family")
-    parser.add_argument("--windows", type=int, default=100, help="test.txt windows of 256 tokens")
+    parser.add_argument("--windows", type=int, default=200, help="test.txt windows of 256 tokens")
     parser.add_argument("--calib", type=int, default=32, help="calibration windows of valid.txt (GPTQ, AWQ, NNCF)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--decode", type=int, default=32, help="new tokens timed for decode")
