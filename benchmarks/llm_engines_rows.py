@@ -66,8 +66,8 @@ def paired_interval(nll: np.ndarray, reference: np.ndarray) -> tuple[float, floa
 
     Example:
         >>> lo, hi = paired_interval(np.array([1.0, 2.0, 3.0]) + 2.55, np.array([1.0, 2.0, 3.0]))
-        >>> round(lo, 3), round(hi, 3)
-        (1.0, 1.0)
+        >>> round(lo, 2), round(hi, 2)  # 0.01 nats per token more in every window: exp(0.01) - 1
+        (1.01, 1.01)
     """
     d = (np.asarray(nll) - np.asarray(reference)) / (WINDOW - 1)
     half = 1.96 * float(np.std(d, ddof=1)) / math.sqrt(len(d)) if len(d) > 1 else float("inf")

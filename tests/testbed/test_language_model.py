@@ -83,8 +83,8 @@ class _FakeCheckpoint:
 def no_training(monkeypatch):
     calls = []
 
-    def fake_train(steps, max_seconds, log):
-        calls.append(steps)
+    def fake_train(steps, max_seconds, log, arch="gpt2"):
+        calls.append(steps if arch == "gpt2" else (arch, steps))
         return _FakeCheckpoint("model"), _FakeCheckpoint("tokenizer"), {"steps": steps}
 
     monkeypatch.setattr(lm, "_train", fake_train)
@@ -130,7 +130,7 @@ def test_overwrite_replaces_only_a_trained_testbed_after_the_new_one_is_written(
     assert json.loads((target / "train_log.json").read_text()) == {"steps": 3}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["testbed"]
 
-    def failing_train(steps, max_seconds, log):
+    def failing_train(steps, max_seconds, log, arch="gpt2"):
         raise KeyboardInterrupt
 
     (target / "stale.bin").write_text("old weights")
@@ -169,3 +169,29 @@ def test_train_lm_script_refuses_a_users_folder_even_with_force(tmp_path, no_tra
     assert script.main(["--dir", str(tmp_path / "fresh"), "--steps", "1"]) == 0
     assert script.main(["--dir", str(tmp_path / "fresh"), "--steps", "1", "--force"]) == 0
     assert no_training == [1, 1]
+
+
+def test_train_lm_script_trains_the_llama_testbed_into_its_own_cache(tmp_path, no_training, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "train_lm_arch", Path(__file__).resolve().parents[2] / "scripts" / "train_lm.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.train_testbed = lm.train_testbed
+    monkeypatch.setenv("QUANTPILOT_CACHE", str(tmp_path))
+    script.default_cache_dir = lm.default_cache_dir
+    assert script.main(["--arch", "llama", "--steps", "2"]) == 0
+    assert no_training == [("llama", 2)] and (tmp_path / "lm-testbed" / "llama-v1" / "train_log.json").is_file()
+    with pytest.raises(ValueError, match="arch must be 'gpt2' or 'llama'"):
+        lm.default_cache_dir("opt")
+
+
+def test_llama_testbed_rows_are_multiples_of_256_with_gqa_and_a_tied_table():
+    from quantpilot_testbed.llama_testbed import LLAMA_TESTBED_CONFIG, build_llama
+
+    model = build_llama(512, {**LLAMA_TESTBED_CONFIG, "n_layer": 1})
+    widths = {m.in_features for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    assert widths == {256, 768} and model.config.num_key_value_heads * 2 == model.config.num_attention_heads
+    assert model.lm_head.weight is model.model.embed_tokens.weight
