@@ -279,7 +279,7 @@ def _smoothing_factors(
 ) -> dict[str, torch.Tensor]:
     """SmoothQuant factors of every quantized Linear of `qmodel` with quantized activations and an own weight,
     from the float model's inputs: the layers and statistics `algorithms.smoothquant` uses."""
-    from ..algorithms.smoothquant import _input_statistics, _shared_parameters, smoothing_factors
+    from ..algorithms.smoothquant import _input_statistics, _shared_parameters, shared_input_factors
 
     tied = _shared_parameters(qmodel)
     targets = {
@@ -289,8 +289,8 @@ def _smoothing_factors(
     }
     if not targets:
         raise ValueError("smoothing needs a quantized Linear layer with quantized activations; this recipe has none")
-    amax, _ = _input_statistics(model, set(targets), batches)
-    return {name: smoothing_factors(amax[name], layer.weight, alpha) for name, layer in targets.items() if name in amax}
+    amax, _, sources = _input_statistics(model, set(targets), batches)
+    return shared_input_factors(amax, sources, {n: layer.weight for n, layer in targets.items() if n in amax}, alpha)
 
 
 def apply_smoothing(qmodel: nn.Module, factors: dict[str, torch.Tensor]) -> None:

@@ -68,10 +68,10 @@ class SmoothQuant(Step):
         return model
 
     def after_install(self, model: Any, recipe: Any, context: StepContext) -> Any:
-        from ..algorithms.smoothquant import MIN_CALIBRATION_ROWS, _shared_parameters, smoothing_factors
+        from ..algorithms.smoothquant import MIN_CALIBRATION_ROWS, _shared_parameters, shared_input_factors
         from ..nn import QuantLinear
 
-        amax, rows = context.state.pop("smoothquant")
+        amax, rows, sources = context.state.pop("smoothquant")
         tied = _shared_parameters(model)
         targets = {
             name: m
@@ -92,7 +92,8 @@ class SmoothQuant(Step):
                 f"too little calibration data: layers {sorted(starved)[:3]} saw {min(starved.values())} input rows, "
                 f"SmoothQuant needs at least {MIN_CALIBRATION_ROWS} (about 128 sequences is the usual amount)"
             )
-        for layer_name, layer in targets.items():
-            layer.smooth(smoothing_factors(amax[layer_name], layer.weight, self.alpha))
+        weights = {name: layer.weight for name, layer in targets.items()}
+        for layer_name, factors in shared_input_factors(amax, sources, weights, self.alpha).items():
+            targets[layer_name].smooth(factors)
         context.report["smoothquant"] = {layer_name: self.alpha for layer_name in targets}
         return model

@@ -143,3 +143,14 @@ def test_tied_head_is_quantized_but_not_smoothed():
 def test_unknown_activation_mode():
     with pytest.raises(ValueError, match="'static' .* or 'dynamic'"):
         qp.algorithms.smoothquant(outlier_mlp(), outlier_batches(), activations="per-channel")
+
+
+def test_layers_reading_one_tensor_share_their_factors():
+    from ._tiny_lms import tiny_llama, token_batches
+
+    qmodel = qp.algorithms.smoothquant(tiny_llama(), token_batches(4), alpha=0.5)
+    attention, mlp = qmodel.model.layers[0].self_attn, qmodel.model.layers[0].mlp
+    q, k, v = (attention.q_proj.input_smoothing, attention.k_proj.input_smoothing, attention.v_proj.input_smoothing)
+    assert torch.equal(q, k) and torch.equal(q, v) and q.data_ptr() != k.data_ptr()
+    assert torch.equal(mlp.gate_proj.input_smoothing, mlp.up_proj.input_smoothing)
+    assert not torch.equal(attention.o_proj.input_smoothing, q[: attention.o_proj.in_features])
