@@ -291,7 +291,10 @@ def main() -> None:
     parser.add_argument("--arch", choices=("llama", "gpt2"), default="llama", help="testbed family")
     parser.add_argument("--windows", type=int, default=200, help="test.txt windows of 256 tokens")
     parser.add_argument("--calib", type=int, default=32, help="calibration windows of valid.txt (GPTQ, AWQ, NNCF)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="engine threads (prefill; OpenVINO decode)")
+    # PyTorch's parallel ops wait for their slowest thread: on 2 cores shared with other work (and niced) a
+    # second thread stalls every op (the Llama testbed trained at 0.8 s/step on 1 thread, 4.5 on 2).
+    parser.add_argument("--torch-threads", type=int, default=1, help="threads for quantization and PyTorch scoring")
     parser.add_argument("--decode", type=int, default=32, help="new tokens timed for decode")
     parser.add_argument("--decode-threads", type=int, default=1, help="llama.cpp threads for one-token steps")
     parser.add_argument("--repeats", type=int, default=3)
@@ -299,7 +302,7 @@ def main() -> None:
     parser.add_argument("--testbed", type=Path, default=None, help="trained testbed folder (default: the cache)")
     parser.add_argument("--smoke", action="store_true", help="a tiny random model on random tokens (checks the script)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.torch_threads)
     warnings.filterwarnings("ignore")
     print(cpu_header())
     model, tokenizer, tokens, calib = _models(args)

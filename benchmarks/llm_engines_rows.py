@@ -201,7 +201,7 @@ def transformers_rows(model, tokenizer, qmodels, windows, work: Path, args) -> l
     for name, q in qmodels.items():
         folders[f"quantpilot {name} (compressed-tensors)"] = write_hf_checkpoint(q, tokenizer, work / f"hf-{name}")
     rows = []
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.torch_threads)  # scoring and timing alike for every transformers row
     for name, folder in folders.items():
         loaded = AutoModelForCausalLM.from_pretrained(str(folder)).eval()
 
