@@ -35,7 +35,10 @@ from ..recipe import Recipe
 from ..selection_calibrators import CANDIDATE_CALIBRATORS, calibrator_label, choose_calibrators
 from ..selection_stages import with_functional_ops
 from ..spec import PerTensor
-from ..steps import FoldBatchNorm, SmoothQuant, Step
+from ..algorithms.gptq_fixed_grid import gptq_installed_layers, input_hessians
+from ..nn import QuantLinear
+from ..selection import smoothquant_alpha
+from ..steps import GPTQ, FoldBatchNorm, SmoothQuant, Step
 
 __all__ = ["Candidate", "Family", "Builder", "relative_error", "families"]
 
@@ -125,6 +128,7 @@ def families(model: nn.Module, target: str) -> tuple[list[Family], list[tuple[st
     with_ops, notes = with_functional_ops(model, static)
     if with_ops.ops:
         out.append(Family("static+ops", with_ops, True, f"static int8 plus the functional points {list(with_ops.ops)}"))
+        out.extend(_transformer_placements(model, target, with_ops))
     else:
         skipped.append(("static+ops", "; ".join(f"{k}: {v}" for k, v in notes.items())))
     if _is_language_model(model):
@@ -136,8 +140,12 @@ def families(model: nn.Module, target: str) -> tuple[list[Family], list[tuple[st
 
 
 def _own_activations(recipe: Recipe) -> Any:
-    """The activation spec a recipe needs statistics of, or None when int8-static's shared pass serves it."""
-    return None if recipe.activations == Recipe.preset("int8-static").activations else recipe.activations
+    """The activation specs a recipe needs statistics of (its own, and those its overrides give single layers or
+    points), or None when int8-static's shared pass serves it."""
+    specs = {p: {"activations": o["activations"]} for p, o in recipe.overrides.items() if "activations" in o}
+    if recipe.activations == Recipe.preset("int8-static").activations and not specs:
+        return None
+    return recipe.activations, specs
 
 
 # quantpilot.placement's convolution placements offered as families of their own, by family name.
@@ -155,6 +163,28 @@ def _cnn_placements(model: nn.Module, target: str) -> list[tuple[str, Recipe]]:
         return []
     found = dict(placements_for("cnn", target, model=model))
     return [(family, found[name]) for family, name in CNN_PLACEMENT_FAMILIES.items() if name in found]
+
+
+# quantpilot.placement's transformer placements offered as families of their own, by family name.
+TRANSFORMER_PLACEMENT_FAMILIES = {"static+ops sym-gptq": "int8-smooth-sym-gptq"}
+
+
+def _transformer_placements(model: nn.Module, target: str, with_ops: Recipe) -> list[Family]:
+    """The symmetric-input SmoothQuant+GPTQ placement, for a transformer whose attention matmuls are points.
+
+    On AMX, symmetric int8 inputs (no zero-point compensation in the GEMMs) ran MiniLM ~1.1x faster than
+    asymmetric ones in OpenVINO; SmoothQuant 0.8 and GPTQ on the int8 grids win back the accuracy they cost
+    (benchmarks/README.md). Its steps are the family's own: SmoothQuant variants are not added to it.
+    """
+    if target not in PLACEMENT_ENGINES or target == "torch-int8":
+        return []
+    found = dict(placements_for("transformer", target, model=model))
+    out = []
+    for family, name in TRANSFORMER_PLACEMENT_FAMILIES.items():
+        if name in found:
+            recipe = found[name].replace(ops=with_ops.ops, steps=(*with_ops.steps, *found[name].steps))
+            out.append(Family(family, recipe, True, recipe.notes["placement"]))
+    return out
 
 
 def relative_error(
@@ -210,6 +240,7 @@ class Builder:
         self.model, self.calib, self.ops = model, calib, tuple(ops)
         self._stats: dict[tuple[float | None, str | None], CalibrationStatistics] = {}
         self._ranges: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._hessian_cache: dict[str, Any] = {}
         with eval_mode(model), torch.no_grad():
             self.reference = [first_tensor(call_model(model, b)).float() for b in calib[:PROXY_BATCHES]]
         self.masks = [_row_mask(b) for b in calib[:PROXY_BATCHES]]
@@ -223,13 +254,14 @@ class Builder:
         """The statistics of int8-static with every functional point the model has (and a SmoothQuant alpha).
 
         Calibrated once and cached: the variants without points, or with other calibrators, reuse the pass.
-        A family with another activation spec (symmetric ranges) needs a pass of its own.
+        A family with other activation specs (`_own_activations`: its own, and per layer or point) needs its own pass.
         """
         key = (alpha, None if activations is None else repr(activations))
         if key not in self._stats:
             base = Recipe.preset("int8-static").replace(ops=self.ops, steps=base_steps(self.model))
             if activations is not None:
-                base = base.replace(activations=activations)
+                spec, overrides = activations
+                base = base.replace(activations=spec, overrides=overrides)
             self._stats[key] = CalibrationStatistics(self.model, base, self.calib, keep_inputs=True, smoothing=alpha)
         return self._stats[key]
 
@@ -238,16 +270,29 @@ class Builder:
         recipe = candidate.recipe
         if recipe.activations is None or recipe.dynamic:
             return run_pipeline(self.model, recipe)  # no activation ranges to calibrate
-        stats = self.statistics(candidate.alpha, _own_activations(recipe))
-        # The statistics already smoothed their model: building with the step too would smooth twice.
-        plain = recipe.replace(steps=tuple(s for s in recipe.steps if not isinstance(s, SmoothQuant)))
+        alpha = candidate.alpha if candidate.alpha is not None else smoothquant_alpha(recipe)
+        stats = self.statistics(alpha, _own_activations(recipe))
+        # The statistics already smoothed their model (building with the step too would smooth twice); GPTQ runs
+        # below on the cached Hessians, after the smoothing, as the step would.
+        plain = recipe.replace(steps=tuple(s for s in recipe.steps if not isinstance(s, SmoothQuant | GPTQ)))
         # What `stats.build(plain)` does, with each point's range computed once for all the variants that share
         # it: a histogram's MSE/entropy search is most of a build's time, and variants differ in few points.
         qmodel = quantize(self.model, plain)
         apply_smoothing(qmodel, stats.smoothing)
         for name, q in quantizers_by_point(qmodel).items():
-            q.calibrator = self._calibrator(stats, candidate.alpha, name, q.calibrator_config, q.spec)
+            q.calibrator = self._calibrator(stats, alpha, name, q.calibrator_config, q.spec)
+        gptq = next((s for s in recipe.steps if isinstance(s, GPTQ)), None)
+        if gptq is not None:
+            gptq_installed_layers(qmodel, self._hessians(qmodel), damp=gptq.damp, block_size=gptq.block_size)
         return freeze(qmodel)
+
+    def _hessians(self, qmodel: nn.Module) -> dict[str, Any]:
+        """The float model's input Hessians of `qmodel`'s quantized Linears, gathered once per layer."""
+        names = [n for n, m in qmodel.named_modules() if isinstance(m, QuantLinear) and m.weight_spec is not None]
+        missing = [n for n in names if n not in self._hessian_cache]
+        if missing:
+            self._hessian_cache.update(input_hessians(self.model, missing, self.calib))
+        return {n: self._hessian_cache[n] for n in names}
 
     def _calibrator(self, stats: CalibrationStatistics, alpha: float | None, point: str, config: Any, spec: Any):
         """The point's calibrator for `config`; a per-tensor range is searched once, then replayed by min-max
@@ -280,7 +325,7 @@ class Builder:
             out.append(Candidate(f"{family.name} {label}", "quantized", family.name,
                                  head.replace(activation_calibrator=config, name=f"{head.name}-{label}"),
                                  why=f"every activation range from {label}"))  # fmt: skip
-        stats = self.statistics(None, _own_activations(head))
+        stats = self.statistics(smoothquant_alpha(head), _own_activations(head))
         choices = choose_calibrators(stats, head)
         overrides = {literal_pattern(n): {"activation_calibrator": c} for n, (c, _) in choices.items()
                      if c != head.activation_calibrator}  # fmt: skip
@@ -293,8 +338,8 @@ class Builder:
     def smoothquant_variants(self, family: Family, recipe: Recipe) -> list[Candidate]:
         """`recipe` after SmoothQuant at each alpha, with its own calibrator and with min-max ranges (no per-layer
         overrides: they were chosen unsmoothed)."""
-        if not _has_smoothable(self.model, recipe):
-            return []
+        if not _has_smoothable(self.model, recipe) or smoothquant_alpha(recipe) is not None:
+            return []  # a family smoothed by its own recipe (a placement) keeps its alpha
         base = recipe.replace(overrides={})
         calibrators = [base.activation_calibrator]
         if base.activation_calibrator != SMOOTHED_CALIBRATOR:

@@ -62,3 +62,27 @@ def test_onnxruntime_deploys_the_chosen_qdq_model_and_scores_it_again_in_the_run
     assert deployed["reloaded_metric"] == pytest.approx(deployed["metric"], abs=1e-3)
     out = result.save(tmp_path / "out")
     assert (out / "deploy" / "model.onnx").is_file() and (out / "deploy" / "engine.json").is_file()
+
+
+def test_a_transformer_gets_the_smoothquant_gptq_placement_whose_builds_match_its_recipe(tiny_bert):
+    from quantpilot.auto.candidates import Builder, Candidate, families, relative_error
+
+    bert, batches = tiny_bert
+    batches = batches * 8  # SmoothQuant wants 64 rows per layer: the pooler sees one per sequence
+    found = {f.name: f for f in families(bert, "openvino")[0]}
+    assert "static+ops sym-gptq" not in {f.name for f in families(bert, "torch")[0]}  # not a QDQ engine
+    family = found["static+ops sym-gptq"]
+    assert family.recipe.ops == ("matmul",) and [s.name for s in family.recipe.steps] == ["smoothquant", "gptq"]
+    builder = Builder(bert, batches, ops=family.recipe.ops)
+    built = builder.build(Candidate(family.name, "quantized", family.name, family.recipe))
+    rebuilt = qp.api.run_pipeline(bert, family.recipe, batches)  # what the recipe the autopilot returns rebuilds
+    without_gptq = builder.build(Candidate("x", "quantized", family.name, family.recipe.replace(
+        steps=family.recipe.steps[:1])))  # fmt: skip
+    with torch.no_grad():
+        out, again, plain, ref = (m(**batches[0]).last_hidden_state for m in (built, rebuilt, without_gptq, bert))
+    # The rebuild calibrates its own ranges (the builder replays cached ones): equal up to a small part of the
+    # quantization error itself.
+    assert relative_error([out], [again]) < 0.01 * relative_error([ref], [out])
+    layer = "encoder.layer.0.output.dense"
+    assert not torch.equal(built.get_submodule(layer).weight_int, without_gptq.get_submodule(layer).weight_int)
+    assert builder.proxy(built) < 0.05 and not torch.equal(out, plain)
