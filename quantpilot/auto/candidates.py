@@ -24,20 +24,20 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..algorithms.gptq_fixed_grid import gptq_installed_layers, input_hessians
 from ..analysis.statistics import CalibrationStatistics, apply_smoothing, literal_pattern, quantizers_by_point
 from ..api import freeze, quantize, run_pipeline
 from ..batches import call_model, eval_mode, first_tensor
 from ..calibrator_config import CalibratorConfig
 from ..calibrators import MinMax
+from ..nn import QuantLinear
 from ..placement import ENGINES as PLACEMENT_ENGINES
 from ..placement import placements_for
 from ..recipe import Recipe
+from ..selection import smoothquant_alpha
 from ..selection_calibrators import CANDIDATE_CALIBRATORS, calibrator_label, choose_calibrators
 from ..selection_stages import with_functional_ops
 from ..spec import PerTensor
-from ..algorithms.gptq_fixed_grid import gptq_installed_layers, input_hessians
-from ..nn import QuantLinear
-from ..selection import smoothquant_alpha
 from ..steps import GPTQ, FoldBatchNorm, SmoothQuant, Step
 
 __all__ = ["Candidate", "Family", "Builder", "relative_error", "families"]
