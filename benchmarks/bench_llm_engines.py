@@ -22,11 +22,12 @@ non-overlapping 256-token windows of test.txt, with a paired 95 % interval again
   (float token table: see `llm_engines_rows`); GPT-2 (Conv1D) has none: MISSING with --arch gpt2.
 
 Columns: perplexity, file size, bits per weight (file bits / parameters), prefill tokens/s (one
-256-token window, --threads) and decode tokens/s (--decode new tokens one per step with the cache;
-llama.cpp on --decode-threads, OpenVINO on --threads), medians of --repeats rounds timed in turns. Targets (issue 17) end the output as
-PASS/MISS lines: each rival against quantpilot's best row at no more bits per weight.
+256-token window; llama.cpp on --threads, OpenVINO on --ov-threads, transformers on --torch-threads) and
+decode tokens/s (--decode new tokens one per step with the cache; llama.cpp on --decode-threads),
+medians of --repeats rounds timed in turns. Targets (issue 17) end the output as PASS/MISS lines:
+each rival against quantpilot's best row at no more bits per weight.
 
-Usage: python benchmarks/bench_llm_engines.py [--arch llama|gpt2] [--windows 200] [--calib 32] [--out FILE.json]
+Usage: python benchmarks/bench_llm_engines.py [--arch llama|gpt2] [--windows 100] [--calib 32] [--out F.json]
 """
 
 from __future__ import annotations
@@ -289,9 +290,12 @@ def _models(args) -> tuple[Any, Any, np.ndarray, list[dict]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", choices=("llama", "gpt2"), default="llama", help="testbed family")
-    parser.add_argument("--windows", type=int, default=200, help="test.txt windows of 256 tokens")
+    parser.add_argument("--windows", type=int, default=100, help="test.txt windows of 256 tokens")
     parser.add_argument("--calib", type=int, default=32, help="calibration windows of valid.txt (GPTQ, AWQ, NNCF)")
-    parser.add_argument("--threads", type=int, default=2, help="engine threads (prefill; OpenVINO decode)")
+    # llama.cpp's threads meet at a barrier after every op: on 2 shared cores, niced, 2 threads scored 12 files
+    # x 200 windows in over 15 minutes. OpenVINO gets 2: its CPU plugin dies compiling bf16 on 1 (SIGFPE).
+    parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads (windows, imatrix, quantize)")
+    parser.add_argument("--ov-threads", type=int, default=2, help="OpenVINO threads (windows and decode)")
     # PyTorch's parallel ops wait for their slowest thread: on 2 cores shared with other work (and niced) a
     # second thread stalls every op (the Llama testbed trained at 0.8 s/step on 1 thread, 4.5 on 2).
     parser.add_argument("--torch-threads", type=int, default=1, help="threads for quantization and PyTorch scoring")

@@ -139,15 +139,16 @@ def openvino_rows(model, qmodels, windows, calib, work: Path, args) -> list[dict
         folder = work / f"ov-{len(rows)}"
         folder.mkdir()
         ov.save_model(ir, str(folder / "m.xml"), compress_to_fp16=(name == "bf16"))
-        # Decode runs on --threads too: OpenVINO 2026.4's CPU plugin dies (SIGFPE) compiling these graphs with
+        # Decode runs on --ov-threads too: OpenVINO 2026.4's CPU plugin dies (SIGFPE) compiling these graphs with
         # INFERENCE_NUM_THREADS=1 in bf16 (f32 compiles); every OpenVINO row gets the same setting.
-        compiled[name] = core.compile_model(ir, "CPU", {"INFERENCE_NUM_THREADS": str(args.threads), **precision})
+        compiled[name] = core.compile_model(ir, "CPU", {"INFERENCE_NUM_THREADS": str(args.ov_threads), **precision})
         nll = window_nll(_ov_logits(compiled[name]), windows)
         row = {"engine": "openvino", "row": name, "ppl": ppl_of(nll), "nll": nll}
         row["mb"] = (folder / "m.bin").stat().st_size / 2**20
         row["bpw"] = row["mb"] * 2**20 * 8 / params
         if name.startswith("quantpilot"):
-            strict = core.compile_model(ir, "CPU", {"INFERENCE_NUM_THREADS": str(args.threads), **OPENVINO_EXACT_CONFIG})
+            exact = {"INFERENCE_NUM_THREADS": str(args.ov_threads), **OPENVINO_EXACT_CONFIG}
+            strict = core.compile_model(ir, "CPU", exact)
             row["ppl_f32"] = ppl_of(window_nll(_ov_logits(strict), windows))
         rows.append(row)
     prefill: dict[str, list[float]] = {name: [] for name in compiled}

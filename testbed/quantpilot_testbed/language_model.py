@@ -34,10 +34,12 @@ from quantpilot.metrics import kl_to_reference, perplexity
 from quantpilot.testing import tiny_causal_lm
 from quantpilot_testbed.llama_testbed import LLAMA_TESTBED_CONFIG, build_llama
 
+# fmt: off
 __all__ = [
     "TESTBED_CONFIG", "wikitext_path", "default_cache_dir", "load_testbed", "train_testbed", "wikitext_tokens",
     "perplexity", "kl_to_reference", "calibration_batches", "tiny_causal_lm",
 ]
+# fmt: on
 
 # The testbed's shape: GPT-2 with d=384, 6 blocks, 6 heads, an 8k byte-level BPE vocabulary, 256-token
 # context. About 13.9 M parameters (3.1 M of them the tied embedding); every Linear's input width (384,

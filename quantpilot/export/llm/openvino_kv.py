@@ -102,9 +102,9 @@ def convert_with_cache(model: nn.Module) -> Any:
     shapes = [((-1, -1), ov.Type.i64)] + [((-1, kv_heads, -1, head_dim), ov.Type.f32)] * (2 * layers)
     with torch.no_grad():
         ir = ov.convert_model(_CachedLogits(model), example_input=(example, *past), input=shapes)
-    for port, name in zip(ir.inputs, ["input_ids", *_names(layers, "past_key_values")]):
+    for port, name in zip(ir.inputs, ["input_ids", *_names(layers, "past_key_values")], strict=True):
         port.get_tensor().set_names({name})
-    for port, name in zip(ir.outputs, ["logits", *_names(layers, "present")]):
+    for port, name in zip(ir.outputs, ["logits", *_names(layers, "present")], strict=True):
         port.get_tensor().set_names({name})
     return ir
 
