@@ -16,16 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from . import targets
-from .run import Run, Trial
+from .run import SPEED_TIE, Run, Trial
 from .scores import drop_interval
 from .search import floor
 
 __all__ = ["final_timing", "choose", "fastest_first", "graph_key", "deploy_and_check", "verdict", "ratio_text"]
 
 HOLDOUT_CHECKS = 2
-# Latencies within 3 % of the fastest are a tie on a shared machine (interleaved medians still move that much):
-# among tied candidates the better search metric goes first, so noise alone never trades accuracy for nothing.
-SPEED_TIE = 1.03
 
 
 def ratio_text(reference_s: float, candidate_s: float) -> str:

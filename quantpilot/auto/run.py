@@ -29,6 +29,10 @@ __all__ = ["Trial", "Run", "default_timer"]
 FINAL_RESERVE = 3
 # Seconds of timed calls the default timer aims at (each round calls every function once).
 TIMED_SECONDS = 1.0
+# Latencies within 3 % of the fastest are a tie on a shared machine (interleaved medians still move that much):
+# among tied candidates the better search metric (or, for unscored family heads, proxy) goes first, so noise
+# alone never trades accuracy for nothing.
+SPEED_TIE = 1.03
 # The name suffix of a quantized trial timed on OpenVINO with its float remainder in bf16.
 BF16_REST = " (bf16 rest)"
 

@@ -40,3 +40,13 @@ def test_same_graph_variants_share_their_fastest_time():
     # 0.95 timed 8 % faster on a loaded machine: the same operations, so 0.8's better metric goes first
     trials = [_trial("sq0.95", 0.604, 0.9974, sq95), _trial("sq0.8", 0.653, 0.9978, smoothed)]
     assert [t.name for t in fastest_first(run, trials)] == ["sq0.8", "sq0.95"]
+
+
+def test_family_heads_within_the_speed_tie_are_searched_most_accurate_first():
+    from types import SimpleNamespace as T
+
+    from quantpilot.auto.search import _heads_in_search_order
+
+    heads = [("a", T(latency_s=1.00, proxy=0.05)), ("b", T(latency_s=1.02, proxy=0.01)),
+             ("c", T(latency_s=1.50, proxy=0.001)), ("d", T(latency_s=None, proxy=0.0))]  # fmt: skip
+    assert [name for name, _ in _heads_in_search_order(heads)] == ["b", "a", "c", "d"]
