@@ -6,8 +6,8 @@ The model is traced once by `openvino.convert_model` with every quantized layer 
 plugin runs as compressed weights: a low-bit constant (u4 / u8 codes, i4 / i8 for signed codes)
 -> Convert -> Subtract(zero point, a constant of the same low-bit type; omitted for signed codes
 with zero points 0) -> Multiply(scale) -> Reshape (groups) -> the MatMul / Gather. The arithmetic
-runs in f32, so the IR computes exactly quantpilot's weights (NNCF uses f16 scales; ours are fp16
-values, kept in f32 so `(q - z) * s` is not rounded). Compiled with `INFERENCE_PRECISION_HINT=f32`
+runs in f32, so the IR computes exactly quantpilot's weights (scales stored in f16 like NNCF's when
+they are fp16 values, quantpilot's default, and widened to f32 so `(q - z) * s` is not rounded). Compiled with `INFERENCE_PRECISION_HINT=f32`
 and `DYNAMIC_QUANTIZATION_GROUP_SIZE=0` the logits equal quantpilot's within 1e-6; OpenVINO's CPU
 defaults (bf16 where the CPU has it, int8 dynamic quantization of activations) differ by ~0.5 %.
 By default the traced graph carries the KV cache as OpenVINO state (`openvino_kv`: the form optimum-intel
@@ -115,7 +115,13 @@ def _decompression(t: Any, ops: Any, ov: Any) -> tuple[Any, str]:
     if middle is None or not (zero == middle).all():
         zp = zero.astype(np.int8 if signed else np.uint8)
         weight = ops.subtract(weight, ops.convert(ops.constant(zp, dtype=ov_type), ov.Type.f32))
-    weight = ops.multiply(weight, ops.constant(t.scale.numpy().astype(np.float32).reshape(rows, groups, 1)))
+    scale = t.scale.numpy().astype(np.float32).reshape(rows, groups, 1)
+    half = scale.astype(np.float16)
+    # fp16 scales (quantpilot's default) are stored as f16, as NNCF stores them, and widened to f32 in the graph:
+    # the same values at half the bytes (f32 scales cost 0.1 bit per weight more than NNCF's file at g128).
+    exact = np.array_equal(half.astype(np.float32), scale)
+    factor = ops.convert(ops.constant(half), ov.Type.f32) if exact else ops.constant(scale)
+    weight = ops.multiply(weight, factor)
     return ops.reshape(weight, ops.constant(np.array([rows, cols], dtype=np.int64)), False), kind
 
 

@@ -40,3 +40,12 @@ def test_existing_files_and_wrong_suffix_are_refused(rtn_models, tmp_path):
         write_openvino_ir(rtn_models["gpt2"], tmp_path / "m.xml")
     with pytest.raises(ValueError, match="must end in .xml"):
         write_openvino_ir(rtn_models["gpt2"], tmp_path / "m.onnx")
+
+
+def test_fp16_scales_are_stored_as_f16_and_widened(rtn_models, tmp_path):
+    result = write_openvino_ir(rtn_models["gpt2"], tmp_path / "m.xml", kv_cache=False)
+    ir = ov.Core().read_model(str(result.path))
+    multiplies = [n for n in ir.get_ordered_ops() if n.get_type_name() == "Multiply"]
+    scales = [m.input_value(1).get_node() for m in multiplies]
+    widened = [c for c in scales if c.get_type_name() == "Convert" and c.input_value(0).get_element_type() == ov.Type.f16]
+    assert len(widened) == result.compressed  # one f16 scale constant per compressed weight
