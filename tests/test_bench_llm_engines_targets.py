@@ -40,7 +40,7 @@ def test_each_rival_meets_quantpilots_best_row_at_no_more_bits(bench):
     # The best rival (Q4_K_M + imatrix, 6.6 bpw) meets the +t8 row (5.9 bpw, lower ppl, decode 2 % apart) ...
     assert lines[0].startswith("PASS llama.cpp: quantpilot GPTQ+t8") and "Q4_K_M + imatrix" in lines[0]
     # ... and Q4_0 + imatrix (5.7 bpw) the 5.3-bpw row, which has the higher perplexity.
-    assert lines[1].startswith("  (also) llama.cpp: quantpilot GPTQ (Q4_1) ppl 151.100 @ 5.30 bpw vs llama.cpp Q4_0 +")
+    assert lines[1].startswith("  (also) llama.cpp: quantpilot GPTQ (Q4_1) ppl 151.100 @ 5.300 bpw vs llama.cpp Q4_0 +")
     assert "MISS openvino: no quantpilot rows" in lines[2]
     assert any(line.startswith("PASS llama.cpp export of GPTQ+t8") for line in lines)
 
