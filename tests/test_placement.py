@@ -60,7 +60,7 @@ def test_ffn_down_projections_found_by_shape_and_left_float():
     assert by_name.for_layer("encoder.layer.3.attention.output.dense", "Linear") is not None
 
 
-def test_smooth_sym_gptq_keeps_only_the_ffn_down_inputs_asymmetric_and_runs_on_a_bert():
+def test_smooth_sym_gptq_keeps_only_the_ffn_down_inputs_asymmetric_and_runs_on_a_bert(tmp_path):
     from transformers import BertConfig, BertModel
 
     config = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
@@ -76,6 +76,9 @@ def test_smooth_sym_gptq_keeps_only_the_ffn_down_inputs_asymmetric_and_runs_on_a
                for i in range(8)]  # fmt: skip
     qmodel = qp.api.run_pipeline(bert, recipe, batches)
     assert qp.recipe_of(qmodel).steps[-1] == qp.steps.GPTQ()
+    loaded = qp.load(BertModel(config).eval(), qp.save(qmodel, tmp_path / "q"))
+    with torch.no_grad():
+        assert torch.equal(loaded(**batches[0]).last_hidden_state, qmodel(**batches[0]).last_hidden_state)
 
 
 def test_refusals_name_the_fix():
