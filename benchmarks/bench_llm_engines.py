@@ -307,7 +307,7 @@ def main() -> None:
     parser.add_argument("--torch-threads", type=int, default=1, help="threads for quantization and PyTorch scoring")
     parser.add_argument("--decode", type=int, default=32, help="new tokens timed for decode")
     parser.add_argument("--decode-threads", type=int, default=1, help="llama.cpp threads for one-token steps")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=10, help="timing rounds (rows timed in turns)")
     parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
     parser.add_argument("--testbed", type=Path, default=None, help="trained testbed folder (default: the cache)")
     parser.add_argument("--smoke", action="store_true", help="a tiny random model on random tokens (checks the script)")
