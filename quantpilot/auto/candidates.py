@@ -326,11 +326,15 @@ class Builder:
                                  head.replace(activation_calibrator=config, name=f"{head.name}-{label}"),
                                  why=f"every activation range from {label}"))  # fmt: skip
         stats = self.statistics(smoothquant_alpha(head), _own_activations(head))
-        choices = choose_calibrators(stats, head)
+        # The statistics are smoothed already, and per-layer choices are made on round-to-nearest weights: the
+        # data steps stay out of these trial builds (they would wait for calibration data at freeze).
+        choices = choose_calibrators(stats, head.replace(steps=tuple(s for s in head.steps if not s.needs_data)))
         overrides = {literal_pattern(n): {"activation_calibrator": c} for n, (c, _) in choices.items()
                      if c != head.activation_calibrator}  # fmt: skip
         if overrides:
-            recipe = head.replace(overrides=overrides, name=f"{head.name}-per-layer")
+            # Added to the head's own overrides (a placement's per-layer schemes), key by key.
+            merged = {**head.overrides, **{p: {**head.overrides.get(p, {}), **o} for p, o in overrides.items()}}
+            recipe = head.replace(overrides=merged, name=f"{head.name}-per-layer")
             why = f"per-layer calibrators of least output MSE ({len(overrides)} layers/points changed)"
             out.append(Candidate(f"{family.name} per-layer calibrators", "quantized", family.name, recipe, why=why))
         return out

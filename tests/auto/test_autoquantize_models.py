@@ -86,3 +86,9 @@ def test_a_transformer_gets_the_smoothquant_gptq_placement_whose_builds_match_it
     layer = "encoder.layer.0.output.dense"
     assert not torch.equal(built.get_submodule(layer).weight_int, without_gptq.get_submodule(layer).weight_int)
     assert builder.proxy(built) < 0.05 and not torch.equal(out, plain)
+    variants = builder.calibrator_variants(family)  # per-layer choices build from the smoothed statistics
+    assert variants and all(v.recipe.steps == family.recipe.steps for v in variants)
+    for v in variants:  # the placement's own schemes survive every variant
+        assert all(v.recipe.overrides[p]["activations"] == o["activations"]
+                   for p, o in family.recipe.overrides.items() if "activations" in o)  # fmt: skip
+    assert qp.is_frozen(builder.build(variants[-1]))
