@@ -7,9 +7,10 @@ plugin runs as compressed weights: a low-bit constant (u4 / u8 codes, i4 / i8 fo
 -> Convert -> Subtract(zero point, a constant of the same low-bit type; omitted for signed codes
 with zero points 0) -> Multiply(scale) -> Reshape (groups) -> the MatMul / Gather. The arithmetic
 runs in f32, so the IR computes exactly quantpilot's weights (scales stored in f16 like NNCF's when
-they are fp16 values, quantpilot's default, and widened to f32 so `(q - z) * s` is not rounded). Compiled with `INFERENCE_PRECISION_HINT=f32`
-and `DYNAMIC_QUANTIZATION_GROUP_SIZE=0` the logits equal quantpilot's within 1e-6; OpenVINO's CPU
-defaults (bf16 where the CPU has it, int8 dynamic quantization of activations) differ by ~0.5 %.
+they are fp16 values, quantpilot's default, and widened to f32 so `(q - z) * s` is not rounded). Compiled
+with `INFERENCE_PRECISION_HINT=f32` and `DYNAMIC_QUANTIZATION_GROUP_SIZE=0` the logits equal quantpilot's
+within 1e-6; OpenVINO's CPU defaults (bf16 where the CPU has it, int8 dynamic quantization of
+activations) differ by ~0.5 %.
 By default the traced graph carries the KV cache as OpenVINO state (`openvino_kv`: the form optimum-intel
 and openvino-genai run, decoding one token per call); `kv_cache=False` writes the full-sequence graph.
 

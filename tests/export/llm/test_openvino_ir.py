@@ -47,5 +47,7 @@ def test_fp16_scales_are_stored_as_f16_and_widened(rtn_models, tmp_path):
     ir = ov.Core().read_model(str(result.path))
     multiplies = [n for n in ir.get_ordered_ops() if n.get_type_name() == "Multiply"]
     scales = [m.input_value(1).get_node() for m in multiplies]
-    widened = [c for c in scales if c.get_type_name() == "Convert" and c.input_value(0).get_element_type() == ov.Type.f16]
+    widened = [
+        c for c in scales if c.get_type_name() == "Convert" and c.input_value(0).get_element_type() == ov.Type.f16
+    ]
     assert len(widened) == result.compressed  # one f16 scale constant per compressed weight
