@@ -62,16 +62,18 @@ def ppl_of(nll: np.ndarray) -> float:
 
 
 def paired_interval(nll: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
-    """95 % interval of the perplexity change (%) against `reference` on the same windows (paired, normal).
+    """95 % interval of the perplexity change (%) against `reference` on the same windows (the autopilot's paired
+    bootstrap of the per-window difference in nats per token, `quantpilot.auto.scores.bootstrap_interval`).
 
     Example:
         >>> lo, hi = paired_interval(np.array([1.0, 2.0, 3.0]) + 2.55, np.array([1.0, 2.0, 3.0]))
         >>> round(lo, 2), round(hi, 2)  # 0.01 nats per token more in every window: exp(0.01) - 1
         (1.01, 1.01)
     """
-    d = (np.asarray(nll) - np.asarray(reference)) / (WINDOW - 1)
-    half = 1.96 * float(np.std(d, ddof=1)) / math.sqrt(len(d)) if len(d) > 1 else float("inf")
-    return 100 * math.expm1(float(d.mean()) - half), 100 * math.expm1(float(d.mean()) + half)
+    from quantpilot.auto.scores import bootstrap_interval
+
+    lo, hi = bootstrap_interval((np.asarray(nll, dtype=np.float64) - np.asarray(reference)) / (WINDOW - 1))
+    return 100 * math.expm1(lo), 100 * math.expm1(hi)
 
 
 # --------------------------------------------------------------------------- OpenVINO
