@@ -152,6 +152,13 @@ def _own_activations(recipe: Recipe) -> Any:
 CNN_PLACEMENT_FAMILIES = {"static-u8": "int8-u8", "static-sym": "int8-sym"}
 
 
+def _without_replayed_steps(recipe: Recipe) -> Recipe:
+    """`recipe` without the steps the Builder replays itself: SmoothQuant (its statistics are smoothed already;
+    the step would smooth twice) and GPTQ (run on cached Hessians after the smoothing, as the step would). Left
+    in, either would also wait for calibration data at `freeze`."""
+    return recipe.replace(steps=tuple(s for s in recipe.steps if not isinstance(s, SmoothQuant | GPTQ)))
+
+
 def _cnn_placements(model: nn.Module, target: str) -> list[tuple[str, Recipe]]:
     """quantpilot.placement's uint8- and symmetric-activation convolution placements, for a CNN on a QDQ engine.
 
@@ -272,9 +279,7 @@ class Builder:
             return run_pipeline(self.model, recipe)  # no activation ranges to calibrate
         alpha = candidate.alpha if candidate.alpha is not None else smoothquant_alpha(recipe)
         stats = self.statistics(alpha, _own_activations(recipe))
-        # The statistics already smoothed their model (building with the step too would smooth twice); GPTQ runs
-        # below on the cached Hessians, after the smoothing, as the step would.
-        plain = recipe.replace(steps=tuple(s for s in recipe.steps if not isinstance(s, SmoothQuant | GPTQ)))
+        plain = _without_replayed_steps(recipe)
         # What `stats.build(plain)` does, with each point's range computed once for all the variants that share
         # it: a histogram's MSE/entropy search is most of a build's time, and variants differ in few points.
         qmodel = quantize(self.model, plain)
@@ -326,9 +331,8 @@ class Builder:
                                  head.replace(activation_calibrator=config, name=f"{head.name}-{label}"),
                                  why=f"every activation range from {label}"))  # fmt: skip
         stats = self.statistics(smoothquant_alpha(head), _own_activations(head))
-        # The statistics are smoothed already, and per-layer choices are made on round-to-nearest weights: the
-        # data steps stay out of these trial builds (they would wait for calibration data at freeze).
-        choices = choose_calibrators(stats, head.replace(steps=tuple(s for s in head.steps if not s.needs_data)))
+        # Per-layer choices are made on the smoothed statistics with round-to-nearest weights.
+        choices = choose_calibrators(stats, _without_replayed_steps(head))
         overrides = {literal_pattern(n): {"activation_calibrator": c} for n, (c, _) in choices.items()
                      if c != head.activation_calibrator}  # fmt: skip
         if overrides:

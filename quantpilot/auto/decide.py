@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import targets
-from .run import SPEED_TIE, Run, Trial
+from .run import SPEED_TIE, Run, Trial, speed_ties_first  # noqa: F401 (decide.SPEED_TIE, as before)
 from .scores import drop_interval
 from .search import floor
 
@@ -120,11 +120,7 @@ def fastest_first(run: Run, trials: list[Trial]) -> list[Trial]:
     for t in trials:
         shared[keys[id(t)]] = min(shared.get(keys[id(t)], t.latency_s), t.latency_s)
     latency = {id(t): shared[keys[id(t)]] for t in trials}
-    by_speed = sorted(trials, key=lambda t: (latency[id(t)], run.loss(t.metric)))
-    if not by_speed:
-        return by_speed
-    tied = [t for t in by_speed if latency[id(t)] <= latency[id(by_speed[0])] * SPEED_TIE]
-    return sorted(tied, key=lambda t: run.loss(t.metric)) + by_speed[len(tied) :]
+    return speed_ties_first(trials, lambda t: latency[id(t)], lambda t: run.loss(t.metric))
 
 
 def deploy_and_check(run: Run, chosen: Trial, folder: Path) -> dict[str, Any]:

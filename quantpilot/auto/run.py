@@ -33,6 +33,22 @@ TIMED_SECONDS = 1.0
 # among tied candidates the better search metric (or, for unscored family heads, proxy) goes first, so noise
 # alone never trades accuracy for nothing.
 SPEED_TIE = 1.03
+
+
+def speed_ties_first(items: list, latency: Callable[[Any], float], error: Callable[[Any], float]) -> list:
+    """`items` fastest first, those within `SPEED_TIE` of the fastest reordered by `error` (lower first).
+
+    Example:
+        >>> speed_ties_first([(1.0, 0.5), (1.02, 0.1), (2.0, 0.0)], lambda t: t[0], lambda t: t[1])
+        [(1.02, 0.1), (1.0, 0.5), (2.0, 0.0)]
+    """
+    by_speed = sorted(items, key=lambda t: (latency(t), error(t)))
+    if not by_speed or not math.isfinite(latency(by_speed[0])):
+        return by_speed
+    tied = [t for t in by_speed if latency(t) <= latency(by_speed[0]) * SPEED_TIE]
+    return sorted(tied, key=error) + by_speed[len(tied) :]
+
+
 # The name suffix of a quantized trial timed on OpenVINO with its float remainder in bf16.
 BF16_REST = " (bf16 rest)"
 

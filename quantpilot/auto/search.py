@@ -24,7 +24,7 @@ from ..evaluate import size_on_disk
 from ..steps import SmoothQuant
 from . import targets
 from .candidates import Builder, Candidate, Family
-from .run import SPEED_TIE, Run, Trial
+from .run import Run, Trial, speed_ties_first
 
 __all__ = ["baselines", "probe", "search_family", "try_qat", "float_layers_name"]
 
@@ -92,12 +92,7 @@ def probe(run: Run, builder: Builder, families: list[Family]) -> list[Family]:
 def _heads_in_search_order(pairs: list[tuple[Family, Trial]]) -> list[tuple[Family, Trial]]:
     """Fastest head first; heads within `SPEED_TIE` of the fastest are a tie (timing noise on a shared CPU), which
     the lower output-error proxy wins: a family as fast and more accurate is searched first."""
-    by_speed = sorted(pairs, key=lambda fh: fh[1].latency_s or math.inf)
-    if not by_speed or by_speed[0][1].latency_s is None:
-        return by_speed
-    bound = by_speed[0][1].latency_s * SPEED_TIE
-    tied = [fh for fh in by_speed if fh[1].latency_s is not None and fh[1].latency_s <= bound]
-    return sorted(tied, key=lambda fh: fh[1].proxy) + by_speed[len(tied) :]
+    return speed_ties_first(pairs, lambda fh: fh[1].latency_s or math.inf, lambda fh: fh[1].proxy)
 
 
 def _score_best(run: Run, trials: list[Trial], how_many: int) -> Trial | None:
