@@ -99,10 +99,9 @@ def install_matmul_points(model: nn.Module, recipe: Recipe) -> list[str]:
             dynamic=layer.dynamic,
             calibrator=layer.activation_calibrator,
         )
-        for role, q in list(quantizers.named_children()):
-            _own_role_scheme(quantizers, recipe, point, role)
-            q = getattr(quantizers, role)
-            q.qualname = f"{name}.{ATTRIBUTE}.{role}" if name else f"{ATTRIBUTE}.{role}"
+        for role in [role for role, _ in quantizers.named_children()]:
+            _own_role_scheme(quantizers, recipe, point, role)  # may replace the role's quantizer
+            getattr(quantizers, role).qualname = f"{name}.{ATTRIBUTE}.{role}" if name else f"{ATTRIBUTE}.{role}"
         setattr(module, ATTRIBUTE, quantizers)
         installed.append(point)
     return installed

@@ -33,13 +33,25 @@ from ..spec import PerChannel, PerTensor, QuantSpec
 from ..surgery import observe
 from .gptq_hessian import HessianAccumulator, hessian_factor
 
-__all__ = ["gptq_on_grid", "input_hessians", "gptq_installed_layers", "MAX_HESSIAN_BYTES"]
+__all__ = ["gptq_on_grid", "fits_fixed_grid", "input_hessians", "gptq_installed_layers", "MAX_HESSIAN_BYTES"]
 
 
 def _per_row(values: torch.Tensor, rows: int) -> torch.Tensor:
     # A per-tensor qparam (one value) or a per-channel one ((out,) or (out, 1)) as one value per row.
     flat = values.detach().float().reshape(-1)
     return flat.expand(rows).clone() if flat.numel() == 1 else flat.clone()
+
+
+def fits_fixed_grid(spec: QuantSpec) -> bool:
+    """True for weights `gptq_on_grid` takes: integer codes, per tensor or per output channel.
+
+    Example:
+        >>> from quantpilot import QuantSpec, PerGroup
+        >>> fits_fixed_grid(QuantSpec("int8")), fits_fixed_grid(QuantSpec("uint4", granularity=PerGroup(32)))
+        (True, False)
+    """
+    granularity = spec.granularity
+    return not spec.dtype.is_float and (isinstance(granularity, PerTensor) or granularity == PerChannel(0))
 
 
 def gptq_on_grid(
@@ -74,8 +86,7 @@ def gptq_on_grid(
         >>> bool(((out / s[:, None]).round() - out / s[:, None]).abs().max() < 1e-4)
         True
     """
-    granularity = spec.granularity
-    if spec.dtype.is_float or not (isinstance(granularity, PerTensor) or granularity == PerChannel(0)):
+    if not fits_fixed_grid(spec):
         raise ValueError(f"GPTQ on a fixed grid takes per-tensor or per-output-channel integer weights, got {spec}")
     rows, columns = weight.shape
     if hessian.shape != (columns, columns):

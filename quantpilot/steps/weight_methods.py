@@ -133,10 +133,9 @@ def check_fixed_grid(step: Step, recipe: Any) -> None:
         >>> from quantpilot.steps import SmoothQuant
         >>> check_fixed_grid(GPTQ(), qp.Recipe.preset("int8-static").replace(steps=(SmoothQuant(), GPTQ())))
     """
-    from ..spec import PerChannel, PerTensor
+    from ..algorithms.gptq_fixed_grid import fits_fixed_grid
 
-    weights = recipe.weights
-    if weights is None or weights.dtype.is_float or not isinstance(weights.granularity, PerChannel | PerTensor):
+    if recipe.weights is None or not fits_fixed_grid(recipe.weights):
         raise ValueError(
             "GPTQ with quantized activations needs integer per-channel or per-tensor weights (e.g. "
             "Recipe.preset('int8-static')); grouped 4-bit weights are weight-only: activations=None"
