@@ -150,12 +150,12 @@ def write_openvino_ir(model: Any, path: str | Path, kv_cache: bool = True) -> Op
         raise ValueError(f"the OpenVINO IR path must end in .xml (the .bin is written beside it), got {path.name}")
     check_new(path), check_new(path.with_suffix(".bin"))
     quantized = {_key(t.value.numpy()): t for t in lm_tensors(model).values() if t.codes is not None}
-    example = torch.zeros(1, 8, dtype=torch.long)
     twin = float_twin(model)
     with torch.no_grad():
         if kv_cache:
             ir = convert_with_cache(twin)
         else:
+            example = torch.zeros(1, 8, dtype=torch.long)
             ir = ov.convert_model(_Logits(twin), example_input=example, input=[((-1, -1), ov.Type.i64)])
     done, kinds = set(), set()
     for node in ir.get_ordered_ops():
