@@ -1,4 +1,4 @@
-"""quantpilot codes as GGUF blocks (Q8_0, Q4_0, Q4_1): mapped exactly where the block format allows.
+"""quantpilot codes as GGUF blocks (Q8_0, Q4_0, Q4_1, Q6_K): mapped exactly where the block format allows.
 
 llama.cpp's legacy block types hold 32 weights per block with one fp16 scale `d` (and, for Q4_1, an
 fp16 offset `m`):
@@ -8,6 +8,17 @@ fp16 offset `m`):
 | Q4_0 | `(q - 8) * d` | uint4 symmetric (zero point 8): exact, d = our fp16 scale |
 | Q4_1 | `q * d + m` | uint4, any zero point: codes exact, `m = -z * s` rounded to fp16 |
 | Q8_0 | `q * d`, int8 q | 4-bit codes: exact (`q = c - z`, `d = s`); int8 symmetric: codes exact, scale to fp16 |
+| Q6_K | `d * sc_j * (q - 32)` | 6-bit, zero point 32, g16k, rows of 256k, scales `d * sc_j` (fp16 d): exact |
+
+Q6_K (256-weight superblocks of 16 groups, `gguf_kquants`) is what llama.cpp's own 4-bit files keep
+their token table and output head at; quantpilot's `quantize_embeddings(bits=6, group_size=16)`
+builds its scales on that grid, so the table maps bit for bit. 6-bit codes off that grid (a width
+not a multiple of 256, scales that are not `d * integer` per superblock) go to Q8_0 by default:
+Q8_0 has one scale per 32 weights, so codes in groups of 16 are requantized there (measured on
+Gaussian 256 x 512 weights at 6-bit g16: relative RMS error 5.3e-3 against quantpilot's weight,
+whose own error against the float weight is 1.9e-2), while 6-bit codes in groups of 32k map to
+Q8_0 exactly (`q = c - 32`). The gguf package has no Q6_K quantizer, so asking Q6_K for any
+other weight is a ValueError rather than a silent requantization.
 
 Q4_1's offset `-z * s` needs up to 15 significant bits and fp16 has 11, so it is rounded: the
 added error is at most half an fp16 ulp of `m` (|m| <= 15 s), under 0.4 % of a quantization step
@@ -32,11 +43,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .gguf_kquants import q6_k_blocks, q6_k_misfit
 from .weights import LMTensor
 
 __all__ = ["GGUF_TYPES", "Encoded", "encode", "ggml_type"]
 
-GGUF_TYPES = ("q8_0", "q4_0", "q4_1")
+GGUF_TYPES = ("q8_0", "q4_0", "q4_1", "q6_k")
 _BLOCK = 32
 
 
@@ -113,7 +125,7 @@ def _mapped_blocks(t: LMTensor, kind: str) -> tuple[np.ndarray, str] | None:
 
 
 def encode(t: LMTensor, kind: str) -> Encoded:
-    """The GGUF bytes (rows, bytes per row) of a 2-D weight as `kind` (q8_0, q4_0, q4_1, f16, f32).
+    """The GGUF bytes (rows, bytes per row) of a 2-D weight as `kind` (q8_0, q4_0, q4_1, q6_k, f16, f32).
 
     Codes are mapped as the module docstring's table says; otherwise the weight is requantized with
     `gguf.quants.quantize`. Either way the bytes are dequantized back with `gguf.quants.dequantize`
@@ -130,7 +142,16 @@ def encode(t: LMTensor, kind: str) -> Encoded:
     qtype = ggml_type(kind)
     value = t.value.float().numpy()
     rows = value.shape[0]
-    mapped = None if kind in ("f16", "f32") else _mapped_blocks(t, kind)
+    if kind == "q6_k":
+        blocks = q6_k_blocks(t)
+        if blocks is None:
+            raise ValueError(
+                "q6_k takes 6-bit codes from quantize_embeddings(bits=6, group_size=16) on widths of 256k "
+                f"(the gguf package cannot requantize to Q6_K); got {q6_k_misfit(t)}"
+            )
+        mapped = blocks, "exact"
+    else:
+        mapped = None if kind in ("f16", "f32") else _mapped_blocks(t, kind)
     if mapped is not None:
         data, mapping = mapped[0].reshape(rows, -1), mapped[1]
     elif kind in ("f16", "f32"):

@@ -2,8 +2,10 @@
 
 Quantized layers become Q8_0 / Q4_0 / Q4_1 blocks built from quantpilot's own codes where the type
 can hold them (`gguf_blocks`' table: symmetric uint4 groups of 32k -> Q4_0 exact; any uint4 groups
-of 32k -> Q4_1 with the offset rounded to fp16; 4-bit codes -> Q8_0 exact). A weight the chosen
-type cannot hold (e.g. asymmetric g128 codes asked as Q4_0) is requantized by the gguf package's
+of 32k -> Q4_1 with the offset rounded to fp16; 4-bit codes -> Q8_0 exact; 6-bit g16 token tables
+from `quantize_embeddings(bits=6, group_size=16)` -> Q6_K exact, as llama.cpp's own 4-bit files keep
+their table). A weight the chosen type cannot hold (e.g. asymmetric g128 codes asked as Q4_0, 6-bit
+g16 codes off Q6_K's 256-column grid, which go to Q8_0) is requantized by the gguf package's
 quantizer with a warning that states the error it adds: the export still runs, and says so. Float
 matrices (the output head, the token table when it stays float) are written f16, as llama.cpp's
 converter writes them; norms and biases f32. Names come from `gguf.get_tensor_name_map`; Llama's
@@ -30,12 +32,15 @@ import torch
 
 from ...atomic import atomic_path
 from .gguf_blocks import GGUF_TYPES, encode
+from .gguf_kquants import q6_k_scales
 from .gguf_metadata import add_metadata
 from .weights import LMTensor, architecture, lm_tensors
 
 __all__ = ["write_gguf", "GGUFExport", "default_gguf_type"]
 
-_FILE_TYPES = {"q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0", "q4_1": "MOSTLY_Q4_1", "f16": "MOSTLY_F16"}
+_FILE_TYPES = {
+    "q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0", "q4_1": "MOSTLY_Q4_1", "q6_k": "MOSTLY_Q6_K", "f16": "MOSTLY_F16",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,10 @@ class GGUFExport:
 
 
 def default_gguf_type(tensors: dict[str, LMTensor]) -> str:
-    """The type the model's codes map to exactly: q4_0 (all 4-bit symmetric), q4_1 (4-bit), else q8_0.
+    """The type the codes map to exactly: q4_0 (all 4-bit symmetric), q4_1 (4-bit), q6_k, else q8_0.
+
+    q6_k when every quantized tensor is 6-bit on Q6_K's grid (`gguf_kquants`); 6-bit codes off it
+    get q8_0 (exact in groups of 32k, requantized in groups of 16). The writer asks per tensor.
 
     Example:
         >>> default_gguf_type({})
@@ -65,6 +73,8 @@ def default_gguf_type(tensors: dict[str, LMTensor]) -> str:
     quantized = [t for t in tensors.values() if t.codes is not None]
     if quantized and all(t.bits == 4 and not t.signed for t in quantized):
         return "q4_0" if all(t.symmetric for t in quantized) else "q4_1"
+    if quantized and all(t.bits == 6 and q6_k_scales(t) is not None for t in quantized):
+        return "q6_k"
     return "q8_0"
 
 
@@ -105,9 +115,10 @@ def write_gguf(model: Any, tokenizer: Any, path: str | Path, gguf_type: str | No
         model: a frozen quantpilot model of a transformers GPT-2 or Llama (weight-only 4/8-bit).
         tokenizer: its Hugging Face tokenizer (byte-level BPE is written; None -> token ids only).
         path: the .gguf file to create (never overwritten; written atomically).
-        gguf_type: q8_0, q4_0 or q4_1 for every quantized weight; default, per weight, the type its own
-            codes map to exactly (`default_gguf_type`): 4-bit layers with an 8-bit token table become
-            Q4_x blocks and a Q8_0 table, as llama.cpp's own files mix types, not all Q8_0.
+        gguf_type: q8_0, q4_0, q4_1 or q6_k for every quantized weight (q6_k only holds 6-bit codes
+            on its grid: anything else is a ValueError); default, per weight, the type its own codes
+            map to exactly (`default_gguf_type`): 4-bit layers with an 8-bit (6-bit g16) token table
+            become Q4_x blocks and a Q8_0 (Q6_K) table, as llama.cpp's own files mix types.
             A float model (no quantized layer) is written f16 whatever the type.
 
     Example:
@@ -115,7 +126,7 @@ def write_gguf(model: Any, tokenizer: Any, path: str | Path, gguf_type: str | No
         >>> from quantpilot.testing import tiny_causal_lm
         >>> write_gguf(tiny_causal_lm("gpt2"), None, os.path.join(tempfile.mkdtemp(), "m.gguf"), "q5_k")
         Traceback (most recent call last):
-        ValueError: gguf_type must be one of q8_0, q4_0, q4_1, got 'q5_k'
+        ValueError: gguf_type must be one of q8_0, q4_0, q4_1, q6_k, got 'q5_k'
     """
     import gguf
 
@@ -134,7 +145,10 @@ def write_gguf(model: Any, tokenizer: Any, path: str | Path, gguf_type: str | No
             wanted = "f32" if t.codes is None else wanted
             if t.codes is not None:
                 raise ValueError(f"{name} has {t.value.shape[-1]} columns; GGUF blocks need a multiple of 32")
-        encoded.append((name, t, encode(t, wanted)))
+        try:
+            encoded.append((name, t, encode(t, wanted)))
+        except ValueError as err:  # q6_k asked for a weight off its grid: say which weight
+            raise ValueError(f"{name}: {err}") from None
     quantized = [(n, e) for n, t, e in encoded if t.codes is not None]
     requantized = tuple(n for n, e in quantized if not e.exact)
     worst = max((e.relative_rms_error for _, e in quantized), default=0.0)
@@ -143,7 +157,7 @@ def write_gguf(model: Any, tokenizer: Any, path: str | Path, gguf_type: str | No
         advice = (
             f"{'/'.join(own)} keeps this model's codes (leave gguf_type unset)"
             if gguf_type
-            else "Q8_0 holds 8-bit codes exactly only when they are symmetric"
+            else "Q8_0 holds 8-bit codes exactly only when they are symmetric (6-bit codes: in groups of 32k)"
         )
         types = "/".join(sorted({e.ggml_type.lower() for _, e in quantized if not e.exact}))
         warnings.warn(
