@@ -194,7 +194,7 @@ def add_tool_parsers(sub: Any, positive_int: Any) -> None:
     e.add_argument("directory", metavar="DIR", help="a folder quantpilot quantize/auto wrote")
     e.add_argument("--format", required=True, choices=FORMATS)
     e.add_argument("--target", default="generic", choices=["generic", "tensorrt"], help="QDQ rules of the engine")
-    e.add_argument("--gguf-type", default=None, choices=["q8_0", "q4_0", "q4_1"],
+    e.add_argument("--gguf-type", default=None, choices=["q8_0", "q4_0", "q4_1", "q6_k"],
                    help="GGUF tensor type for every weight (default: each weight's own: Q4_0/Q4_1 for 4-bit codes, "
                    "Q8_0 for 8-bit ones)")  # fmt: skip
     e.add_argument("--out", required=True, help="new (or empty) directory for the exported files")
