@@ -41,13 +41,15 @@ class QuantDtype(str, Enum):
     UINT8 = "uint8"
     INT4 = "int4"
     UINT4 = "uint4"
+    # 6-bit codes (stored one per byte): the token tables llama.cpp keeps at Q6_K (`quantize_embeddings`).
+    UINT6 = "uint6"
     FP8_E4M3 = "fp8_e4m3"
     FP8_E5M2 = "fp8_e5m2"
 
     @property
     def bits(self) -> int:
         """Storage bits of one value."""
-        return 4 if self in (QuantDtype.INT4, QuantDtype.UINT4) else 8
+        return _BITS.get(self, 8)
 
     @property
     def is_float(self) -> bool:
@@ -57,7 +59,7 @@ class QuantDtype(str, Enum):
     @property
     def is_signed(self) -> bool:
         """True for formats that hold negative values."""
-        return self not in (QuantDtype.UINT8, QuantDtype.UINT4)
+        return self not in (QuantDtype.UINT8, QuantDtype.UINT6, QuantDtype.UINT4)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -65,11 +67,14 @@ class QuantDtype(str, Enum):
         return _TORCH_STORAGE[self]
 
 
+_BITS = {QuantDtype.INT4: 4, QuantDtype.UINT4: 4, QuantDtype.UINT6: 6}
+
 _TORCH_STORAGE = {
     QuantDtype.INT8: torch.int8,
     QuantDtype.UINT8: torch.uint8,
     QuantDtype.INT4: torch.int8,
     QuantDtype.UINT4: torch.uint8,
+    QuantDtype.UINT6: torch.uint8,
     QuantDtype.FP8_E4M3: torch.float8_e4m3fn,
     QuantDtype.FP8_E5M2: torch.float8_e5m2,
 }
@@ -141,7 +146,8 @@ class QuantSpec:
     """A complete quantization scheme.
 
     Args:
-        dtype: int8, uint8, int4, uint4, fp8_e4m3 or fp8_e5m2 (a `QuantDtype` or its string).
+        dtype: int8, uint8, int4, uint4, uint6 (weight-only tables), fp8_e4m3 or fp8_e5m2 (a `QuantDtype`
+            or its string).
         symmetric: zero point fixed (0 for signed, the middle code for unsigned); otherwise an
             affine mapping whose zero point makes 0.0 exactly representable.
         narrow_range: drop the lowest code ("restricted range"): int8 uses [-127, 127] and

@@ -32,6 +32,7 @@ from ..api import RECIPE_ATTR
 from ..nn.packed import WeightOnlyEmbedding, WeightOnlyLinear, weight_only_spec
 from ..recipe import Recipe
 from .rtn import _is_conv1d, quantize_weight
+from .superblock_scales import quantize_on_superblock_grid
 
 __all__ = ["quantize_embeddings", "pack_embeddings"]
 
@@ -50,8 +51,9 @@ def _tied_heads(model: nn.Module, weight: torch.Tensor) -> list[tuple[str, nn.Mo
     ]
 
 
-def _scheme_name(bits: int, group_size: int | None) -> str:
-    return f"w{bits}-" + ("per-row" if group_size is None else f"g{group_size}")
+def _scheme_name(bits: int, group_size: int | None, superblock: int | None = None) -> str:
+    grid = "" if superblock is None else f"-sb{superblock}"
+    return f"w{bits}-" + ("per-row" if group_size is None else f"g{group_size}") + grid
 
 
 def _targets(model: nn.Module, layers: Sequence[str], skip: Sequence[str]) -> list[tuple[str, nn.Module]]:
@@ -87,11 +89,13 @@ def pack_embeddings(
     layers: Sequence[str] = ("*",),
     skip: Sequence[str] = (),
     scale_dtype: torch.dtype | str = torch.float16,
+    superblock: int | None = None,
 ) -> nn.Module:
     """Replace the matching `nn.Embedding` tables of `model` (in place) by packed `WeightOnlyEmbedding`s.
 
     The `QuantizeEmbeddings` recipe step runs this; a head tied to a table becomes a `WeightOnlyLinear`
-    reading the same codes.
+    reading the same codes. With `superblock`, codes are symmetric and the group scales lie on the
+    per-superblock grid of `superblock_scales` (llama.cpp's Q6_K: bits=6, group_size=16, superblock=256).
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Embedding(10, 8))
@@ -99,12 +103,15 @@ def pack_embeddings(
         'WeightOnlyEmbedding'
     """
     scale_dtype = getattr(torch, scale_dtype) if isinstance(scale_dtype, str) else scale_dtype
-    spec = weight_only_spec(bits, group_size)
+    spec = weight_only_spec(bits, group_size, symmetric=superblock is not None)
     targets = _targets(model, layers, skip)
     _check_targets(targets, layers, skip, group_size)
     for name, _ in targets:
         table = model.get_submodule(name)
-        codes, scale, zero_point = quantize_weight(table.weight, spec, scale_dtype)
+        if superblock is None:
+            codes, scale, zero_point = quantize_weight(table.weight, spec, scale_dtype)
+        else:
+            codes, scale, zero_point = quantize_on_superblock_grid(table.weight, spec, superblock)
         packed = WeightOnlyEmbedding.from_codes(codes, scale, zero_point, spec, table.padding_idx, scale_dtype)
         packed.output_dtype = table.weight.dtype
         for head_name, head in _tied_heads(model, table.weight):
@@ -124,9 +131,10 @@ def quantize_embeddings(
     layers: Sequence[str] = ("*",),
     skip: Sequence[str] = (),
     scale_dtype: torch.dtype = torch.float16,
+    superblock: int | None = None,
     inplace: bool = False,
 ) -> nn.Module:
-    """Store the model's `nn.Embedding` tables as packed int4 / int8 codes (and tied heads with them).
+    """Store the model's `nn.Embedding` tables as packed int4 / int6 / int8 codes (and tied heads with them).
 
     A thin wrapper over the `QuantizeEmbeddings` recipe step: on a float model it runs `quantize` +
     `freeze` with a recipe holding only that step; on a model a weight method already quantized it
@@ -134,11 +142,15 @@ def quantize_embeddings(
 
     Args:
         model: a float model, or one a weight method (`rtn`, `awq`, `gptq`) already quantized.
-        bits: 4 (two codes per byte) or 8.
+        bits: 4 (two codes per byte), 6 or 8 (one code per byte).
         group_size: features per scale along the embedding dimension (128 default), or None for
             one scale per token row.
         layers, skip: fnmatch patterns of embedding names to include / leave in float.
         scale_dtype: torch.float16 (default) or torch.bfloat16 for scales and zero points.
+        superblock: None (default), or columns sharing one fp16 step of which every group scale is a
+            multiple (1..127), with symmetric codes: llama.cpp's k-quant layout. `bits=6, group_size=16,
+            superblock=256` is Q6_K, which `export_llm(format="gguf")` then writes without requantizing
+            (llama.cpp's own 4-bit files keep the token table at Q6_K). Needs float16 scales.
         inplace: change `model` itself instead of a copy.
 
     Returns:
@@ -165,14 +177,14 @@ def quantize_embeddings(
     weight_only_spec(bits, group_size)
     _check_targets(_targets(model, layers, skip), layers, skip, group_size)
     dtype_name = str(scale_dtype).removeprefix("torch.")
-    step = QuantizeEmbeddings(bits, group_size, tuple(layers), tuple(skip), dtype_name)
+    step = QuantizeEmbeddings(bits, group_size, tuple(layers), tuple(skip), dtype_name, superblock)
     recipe = getattr(model, RECIPE_ATTR, None)
     if recipe is None:
-        name = f"embeddings-{_scheme_name(bits, group_size)}"
+        name = f"embeddings-{_scheme_name(bits, group_size, superblock)}"
         recipe = Recipe(weights=None, activations=None, steps=(step,), name=name)
         return freeze(quantize(model, recipe, inplace=inplace))
     target = model if inplace else copy.deepcopy(model)
     target = step.prepare(target, recipe)
-    name = f"{recipe.name}+emb-{_scheme_name(bits, group_size)}"
+    name = f"{recipe.name}+emb-{_scheme_name(bits, group_size, superblock)}"
     setattr(target, RECIPE_ATTR, dataclasses.replace(recipe, steps=(*recipe.steps, step), name=name))
     return target

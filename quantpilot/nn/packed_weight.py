@@ -25,6 +25,8 @@ __all__ = ["weight_only_spec", "check_saved_sizes", "PackedWeight", "SCALE_DTYPE
 
 SCALE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 OUTPUT_DTYPES = {"float32": torch.float32, **SCALE_DTYPES}
+# Code widths the packed layers store: 4 bits two per byte; 6 (llama.cpp's Q6_K tables) and 8, one per byte.
+STORED_BITS = {4: "uint4", 6: "uint6", 8: "uint8"}
 
 
 def weight_only_spec(bits: int, group_size: int | None, symmetric: bool = False) -> QuantSpec:
@@ -34,12 +36,12 @@ def weight_only_spec(bits: int, group_size: int | None, symmetric: bool = False)
         >>> weight_only_spec(4, 128).granularity, weight_only_spec(8, None).dtype.value
         (PerGroup(size=128), 'uint8')
     """
-    if bits not in (4, 8):
-        raise ValueError(f"bits must be 4 or 8 (packed int4 / int8 storage), got {bits}")
+    if bits not in STORED_BITS:
+        raise ValueError(f"bits must be 4, 6 or 8 (packed int4, or one code per byte), got {bits}")
     if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2):
         raise ValueError(f"group_size must be None (per output channel) or an integer >= 2, got {group_size!r}")
     granularity = PerChannel(0) if group_size is None else PerGroup(group_size)
-    return QuantSpec("uint4" if bits == 4 else "uint8", symmetric=symmetric, granularity=granularity)
+    return QuantSpec(STORED_BITS[bits], symmetric=symmetric, granularity=granularity)
 
 
 def check_saved_sizes(layer_type: str, config: dict[str, Any]) -> None:
@@ -72,8 +74,8 @@ class PackedWeight(QuantModule):
     """
 
     def _init_storage(self, rows: int, cols: int, spec: QuantSpec, scale_dtype: torch.dtype, what: str) -> None:
-        if spec.dtype.value not in ("uint4", "uint8"):
-            raise ValueError(f"{type(self).__name__} stores uint4 or uint8 codes, got {spec.dtype.value}")
+        if spec.dtype.value not in STORED_BITS.values():
+            raise ValueError(f"{type(self).__name__} stores uint4, uint6 or uint8 codes, got {spec.dtype.value}")
         if scale_dtype not in SCALE_DTYPES.values():
             raise ValueError(f"scale_dtype must be torch.float16 or torch.bfloat16, got {scale_dtype}")
         g = spec.granularity
@@ -88,7 +90,7 @@ class PackedWeight(QuantModule):
             groups = 1
         else:
             raise ValueError(f"weights are quantized per group or per output channel (PerChannel(0)), got {g}")
-        self.bits = 4 if spec.dtype.value == "uint4" else 8
+        self.bits = spec.dtype.bits  # 4: two codes per byte; 6 and 8: one per byte
         if self.bits == 4 and cols % 2:
             raise ValueError(f"packed int4 needs an even {what}, got {cols}")
         self.weight_spec = spec
@@ -117,7 +119,7 @@ class PackedWeight(QuantModule):
             raise ValueError(
                 f"codes must be 2-D shaped {(self.weight_packed.shape[0], self.weight_cols)}, got {tuple(codes.shape)}"
             )
-        qmax = 15 if self.bits == 4 else 255
+        qmax = 2**self.bits - 1
         if codes.numel() and (float(codes.min()) < 0 or float(codes.max()) > qmax):
             raise ValueError(f"codes must lie in 0..{qmax} for {self.bits}-bit unsigned storage")
         rows, groups = self.weight_scale.shape

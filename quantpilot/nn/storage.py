@@ -82,10 +82,10 @@ def packs_weight_only(module: nn.Module) -> bool:
     per_row = isinstance(g, PerGroup) or (isinstance(g, PerChannel) and g.axis in (0, -2))
     weight = module.weight
     return (
-        spec.dtype.value in ("uint4", "uint8")
+        spec.dtype.value in ("uint4", "uint6", "uint8")
         and per_row
         and weight.dim() == 2
-        and (spec.dtype.bits == 8 or weight.shape[1] % 2 == 0)
+        and (spec.dtype.bits != 4 or weight.shape[1] % 2 == 0)
         and module.weight_calibrator.kind == "minmax"
         and module._parameters.get("weight_scale") is None
         and getattr(module, "input_smoothing", None) is None

@@ -88,13 +88,15 @@ class LLMInt8(Step):
 @register_step
 @dataclass(frozen=True)
 class QuantizeEmbeddings(Step):
-    """Store `nn.Embedding` tables as packed int4 / int8 codes; a head tied to a table reads the same codes.
+    """Store `nn.Embedding` tables as packed int4 / int6 / int8 codes; a head tied to a table reads the same codes.
 
     Args:
-        bits: 4 or 8.
+        bits: 4, 6 or 8.
         group_size: features per scale along the embedding dimension, or None for one per row.
         layers, skip: fnmatch patterns of the tables to include / leave float.
         scale_dtype: "float16" or "bfloat16" for the tables' scales (None: the recipe's `scale_dtype`).
+        superblock: None, or columns whose group scales are multiples of one fp16 step, with symmetric
+            codes (`algorithms.superblock_scales`; bits=6, group_size=16, superblock=256 is llama.cpp's Q6_K).
 
     Example:
         >>> QuantizeEmbeddings(bits=8, group_size=None).to_dict()["bits"]
@@ -108,14 +110,16 @@ class QuantizeEmbeddings(Step):
     layers: tuple[str, ...] = ("*",)
     skip: tuple[str, ...] = ()
     scale_dtype: str | None = None
+    superblock: int | None = None
 
     def __post_init__(self) -> None:
         from ..spec import PerChannel, PerGroup, QuantSpec
 
         if self.scale_dtype not in (None, "float16", "bfloat16"):
             raise ValueError(f"scale_dtype is None (the recipe's), 'float16' or 'bfloat16', got {self.scale_dtype!r}")
-        if self.bits not in (4, 8):
-            raise ValueError(f"bits must be 4 or 8 (packed int4 / int8 storage), got {self.bits!r}")
+        if self.bits not in (4, 6, 8):
+            raise ValueError(f"bits must be 4, 6 or 8 (packed int4, or one code per byte), got {self.bits!r}")
+        self._check_superblock()
         g = self.group_size
         if g is not None and (isinstance(g, bool) or not isinstance(g, int) or g < 2):
             raise ValueError(f"group_size must be None (per row) or an integer >= 2, got {g!r}")
@@ -126,9 +130,22 @@ class QuantizeEmbeddings(Step):
                 raise TypeError(f"{key} is a list of fnmatch patterns, e.g. ('*',), not the string {value!r}")
             object.__setattr__(self, key, tuple(value))
 
+    def _check_superblock(self) -> None:
+        sb, g = self.superblock, self.group_size
+        if sb is None:
+            return
+        if isinstance(sb, bool) or not isinstance(sb, int) or g is None or sb <= g or sb % g:
+            raise ValueError(
+                f"superblock must be None or a multiple of group_size (Q6_K: bits=6, group_size=16, superblock=256), "
+                f"got superblock={sb!r} with group_size={g!r}"
+            )
+        if self.scale_dtype == "bfloat16":
+            raise ValueError("superblock scales are fp16 numbers (d * k); use scale_dtype='float16'")
+
     def prepare(self, model: Any, recipe: Any) -> Any:
         from ..algorithms.embeddings import pack_embeddings
 
-        return pack_embeddings(
-            model, self.bits, self.group_size, self.layers, self.skip, self.scale_dtype or recipe.scale_dtype
-        )
+        scale_dtype = self.scale_dtype or recipe.scale_dtype
+        if self.superblock is not None and str(scale_dtype).removeprefix("torch.") != "float16":
+            raise ValueError("superblock scales are fp16 numbers (d * k); use scale_dtype float16 for the tables")
+        return pack_embeddings(model, self.bits, self.group_size, self.layers, self.skip, scale_dtype, self.superblock)

@@ -30,10 +30,11 @@ def check_weight_only(step: Step, recipe: Any) -> None:
         >>> check_weight_only(GPTQ(), qp.Recipe.preset("w4a16-g128"))
     """
     weights = recipe.weights
-    if weights is None or weights.dtype.value not in ("uint4", "uint8") or recipe.activations is not None:
+    if weights is None or weights.dtype.value not in ("uint4", "uint6", "uint8") or recipe.activations is not None:
         raise ValueError(
             f"the {step.name} step quantizes weights only, to packed unsigned codes: give the recipe "
-            "weights=QuantSpec('uint4' or 'uint8', symmetric=False, granularity=PerGroup(128) or PerChannel(0)) "
+            "weights=QuantSpec('uint4', 'uint6' or 'uint8', symmetric=False, "
+            "granularity=PerGroup(128) or PerChannel(0)) "
             "and activations=None (e.g. Recipe.preset('w4a16-g128'))"
         )
 

@@ -160,7 +160,7 @@ def test_explicit_pairs_for_an_unrecognised_model():
 @pytest.mark.parametrize(
     "kwargs,error,match",
     [
-        ({"bits": 3}, ValueError, "bits must be 4 or 8"),
+        ({"bits": 3}, ValueError, "bits must be 4, 6 or 8"),
         ({"group_size": 48}, ValueError, "PerGroup\\(size=48\\) does not divide"),
         ({"group_size": 0}, ValueError, "group_size must be"),
         ({"pairs": [("0", ["missing"])]}, ValueError, "'missing' is not a Linear"),

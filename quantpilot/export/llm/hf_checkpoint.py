@@ -135,6 +135,11 @@ def write_hf_checkpoint(model: Any, tokenizer: Any, directory: str | Path) -> Pa
                 float_layers[layer] = classes[layer]
             tensors[name] = t.value.to(dtype).contiguous()
             continue
+        if t.bits not in (4, 8):
+            raise ValueError(
+                f"{layer} holds {t.bits}-bit codes; format='hf' (compressed-tensors) takes 4- or 8-bit weights: "
+                "6-bit tables (llama.cpp's Q6_K grid) are for format='gguf' or 'openvino'"
+            )
         schemes[layer] = _scheme(t)
         tensors.update({f"{layer}.{k}": v for k, v in _packed(t, dtype).items()})
     if not schemes:

@@ -98,9 +98,9 @@ def architecture(model: nn.Module) -> str:
 def _quantized(module: QuantModule) -> LMTensor:
     spec = module.weight_spec
     kind = spec.dtype.value
-    if kind not in ("uint4", "uint8", "int4", "int8"):
+    if kind not in ("uint4", "uint6", "uint8", "int4", "int8"):
         raise ValueError(
-            f"a {kind} weight cannot be exported; the LM exports take 4- or 8-bit integer weights "
+            f"a {kind} weight cannot be exported; the LM exports take 4-, 6- or 8-bit integer weights "
             "(presets rtn-w4-g128, gptq-w4-g128, awq-w4-g128, w4a16-g128, w8a16)"
         )
     if getattr(module, "input_quantizer", None) is not None and module.input_quantizer.spec is not None:
