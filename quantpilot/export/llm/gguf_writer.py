@@ -53,7 +53,7 @@ class GGUFExport:
     """
 
     path: Path
-    ggml_type: str  # the type most quantized weights use (a mixed 4/8-bit model has per-tensor types)
+    ggml_type: str  # the type most quantized weights use (a mixed 4/6/8-bit model has per-tensor types)
     bits_per_weight: float  # of the quantized layers' weights, as stored (codes + block scales)
     requantized: tuple[str, ...]  # names of weights the gguf quantizer had to round again
     worst_relative_rms_error: float  # over quantized weights, GGUF weight against quantpilot's
@@ -112,7 +112,7 @@ def write_gguf(model: Any, tokenizer: Any, path: str | Path, gguf_type: str | No
     """Write a frozen GPT-2 / Llama quantpilot model (and its tokenizer) as one GGUF file for llama.cpp.
 
     Args:
-        model: a frozen quantpilot model of a transformers GPT-2 or Llama (weight-only 4/8-bit).
+        model: a frozen quantpilot model of a transformers GPT-2 or Llama (weight-only 4/6/8-bit).
         tokenizer: its Hugging Face tokenizer (byte-level BPE is written; None -> token ids only).
         path: the .gguf file to create (never overwritten; written atomically).
         gguf_type: q8_0, q4_0, q4_1 or q6_k for every quantized weight (q6_k only holds 6-bit codes
