@@ -24,7 +24,7 @@ def export_llm_dir(directory: str | Path, format: str, out: str | Path, gguf_typ
         directory: a folder written by `quantpilot quantize` for a Hugging Face causal LM.
         format: "hf", "gguf" or "openvino".
         out: where the export goes (see `qp.export_llm`).
-        gguf_type: q8_0, q4_0 or q4_1 for format "gguf".
+        gguf_type: q8_0, q4_0, q4_1 or q6_k for format "gguf".
 
     Example:
         >>> export_llm_dir(".", "onnx", "x")

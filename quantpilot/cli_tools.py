@@ -1,6 +1,6 @@
 """`quantpilot export|evaluate|inspect DIR`: work on a folder quantpilot saved, from the folder alone.
 
-    quantpilot export DIR --format onnx|openvino|hf|gguf [--target tensorrt] [--gguf-type q8_0|q4_0|q4_1] --out OUT
+    quantpilot export DIR --format onnx|openvino|hf|gguf [--target tensorrt] [--gguf-type q8_0|q4_0|q4_1|q6_k] --out OUT
     quantpilot evaluate DIR --eval-data PATH --metric cosine|top1|perplexity|MODULE:FUNC
     quantpilot inspect DIR
 
@@ -196,7 +196,7 @@ def add_tool_parsers(sub: Any, positive_int: Any) -> None:
     e.add_argument("--target", default="generic", choices=["generic", "tensorrt"], help="QDQ rules of the engine")
     e.add_argument("--gguf-type", default=None, choices=["q8_0", "q4_0", "q4_1", "q6_k"],
                    help="GGUF tensor type for every weight (default: each weight's own: Q4_0/Q4_1 for 4-bit codes, "
-                   "Q8_0 for 8-bit ones)")  # fmt: skip
+                   "Q6_K for 6-bit tables on its grid, Q8_0 for 8-bit codes)")  # fmt: skip
     e.add_argument("--out", required=True, help="new (or empty) directory for the exported files")
     e.set_defaults(func=_export)
     v = sub.add_parser("evaluate", help="score a saved folder on your data")

@@ -130,7 +130,7 @@ def export_llm(
         tokenizer: its Hugging Face tokenizer (saved with the checkpoint, written into the GGUF), or None.
         out: new folder (hf), .gguf file or folder, .xml file or folder (openvino).
         format: "hf", "gguf" or "openvino".
-        gguf_type: q8_0, q4_0 or q4_1 (GGUF only); default the type the codes map to exactly.
+        gguf_type: q8_0, q4_0, q4_1 or q6_k (GGUF only); default, per tensor, the type its codes map to exactly.
         check_text: text whose perplexity is compared (e.g. a WikiText-2 test slice); default a fixed
             random token sequence, which compares the engines' logits but says nothing of quality.
         check_tokens: tokens scored by the check (at most the model's context).

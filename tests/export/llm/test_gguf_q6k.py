@@ -153,3 +153,25 @@ def test_a_file_of_only_a_6_bit_table_is_labelled_q6_k(six_bit_table, tmp_path):
     reader = gguf.GGUFReader(str(result.path))
     assert result.ggml_type == "Q6_K" and result.bits_per_weight == 6.5625  # 210 bytes per 256 weights
     assert int(reader.fields["general.file_type"].parts[-1][0]) == gguf.LlamaFileType.MOSTLY_Q6_K
+
+
+def test_llama_cpp_layout_end_to_end_keeps_every_code(llama256, tmp_path):
+    # llama.cpp's own Q4_0 file: symmetric g32 layers (Q4_0) and the tied table on the Q6_K grid, both
+    # made by quantpilot and written without requantizing; the GGUF dequantizes to quantpilot's weights.
+    from transformers import LlamaForCausalLM
+
+    config = llama256.config.to_dict() | {"tie_word_embeddings": True}  # the table is the head, as the testbed's
+    float_model = LlamaForCausalLM(type(llama256.config).from_dict(config))
+    q = qp.algorithms.rtn(float_model, bits=4, group_size=32, symmetric=True)
+    q = qp.algorithms.quantize_embeddings(q, bits=6, group_size=16, superblock=256)
+    result = write_gguf(q, None, tmp_path / "m.gguf")
+    assert result.requantized == () and result.ggml_type == "Q4_0"
+    tensors = {t.name: t for t in gguf.GGUFReader(str(result.path)).tensors}
+    types = {t.tensor_type.name for n, t in tensors.items() if n.endswith(".weight") and "norm" not in n}
+    assert types == {"Q4_0", "Q6_K"} and tensors["token_embd.weight"].tensor_type.name == "Q6_K"
+    table = q.model.embed_tokens.quantized_weight(torch.float32).numpy()
+    back = gguf.quants.dequantize(tensors["token_embd.weight"].data, Q6_K).reshape(table.shape)
+    np.testing.assert_array_equal(_bits(back), _bits(table))
+    up = q.model.layers[0].mlp.up_proj.quantized_weight(torch.float32).numpy()
+    back_up = gguf.quants.dequantize(tensors["blk.0.ffn_up.weight"].data, gguf.GGMLQuantizationType.Q4_0)
+    np.testing.assert_array_equal(_bits(back_up.reshape(up.shape)), _bits(up))

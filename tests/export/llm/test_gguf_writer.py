@@ -110,7 +110,7 @@ def test_int8_per_channel_goes_to_q8_0_with_codes_kept(tmp_path):
 
 @pytest.mark.parametrize(
     "bad, message",
-    [("q5_k", "gguf_type must be one of q8_0, q4_0, q4_1"), ("fp8", "the LM exports take 4- or 8-bit integer")],
+    [("q5_k", "gguf_type must be one of q8_0, q4_0, q4_1"), ("fp8", "the LM exports take 4-, 6- or 8-bit integer")],
     ids=["gguf-type", "fp8-weights"],
 )
 def test_unsupported_types_are_one_line_errors(rtn_models, tmp_path, bad, message):
