@@ -66,20 +66,39 @@ def median_time(fn: Callable[[], Any], repeats: int) -> float:
     return statistics.median(times)
 
 
-def quantpilot_models(model, calib: list[dict]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _calibrated(model, recipe, calib: list[dict]):
+    import quantpilot as qp
+
+    q = qp.quantize(model, recipe)
+    with qp.calibrate(q):
+        for batch in calib:
+            q(**batch)
+    return qp.freeze(q)
+
+
+def _symmetric_g32(preset: str):
+    """A weight-method preset on llama.cpp's Q4_0 grid: symmetric uint4 codes in groups of 32."""
+    import dataclasses
+
+    import quantpilot as qp
+
+    recipe = qp.Recipe.preset(preset)
+    weights = dataclasses.replace(recipe.weights, symmetric=True, granularity=qp.PerGroup(32))
+    return dataclasses.replace(recipe, weights=weights, name=f"{preset.split('-')[0]}-w4-sym-g32")
+
+
+def quantpilot_models(model, calib: list[dict]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """RTN, GPTQ, AWQ (W4 g128 asymmetric), each with the token table W4 g32 and, "+t8", 8 bits per row;
-    and ("-ft") the three with the float table, for transformers (see `llm_engines_rows.transformers_rows`)."""
+    ("-ft") the three with the float table, for transformers (see `llm_engines_rows.transformers_rows`);
+    and ("+q6k", llama.cpp only) the three on llama.cpp's own 4-bit layout: layers symmetric W4 g32 (Q4_0
+    blocks, exact) and the table 6-bit on the Q6_K grid (`quantize_embeddings(superblock=256)`, exact)."""
     import copy
 
     import quantpilot as qp
 
     out = {"RTN": qp.algorithms.rtn(copy.deepcopy(model), bits=4, group_size=128)}
     for name, preset in (("GPTQ", "gptq-w4-g128"), ("AWQ", "awq-w4-g128")):
-        q = qp.quantize(copy.deepcopy(model), qp.Recipe.preset(preset))
-        with qp.calibrate(q):
-            for batch in calib:
-                q(**batch)
-        out[name] = qp.freeze(q)
+        out[name] = _calibrated(copy.deepcopy(model), qp.Recipe.preset(preset), calib)
     # The token table and the head tied to it packed too (W4 g32, as bench-llm's "+ table" row): the engines'
     # own 4-bit files quantize token_embd, so the bits per weight compare like for like (wpe stays float).
     skip = ("transformer.wpe",)  # GPT-2's position table (Llama has none: RoPE)
@@ -89,7 +108,16 @@ def quantpilot_models(model, calib: list[dict]) -> tuple[dict[str, Any], dict[st
     # files keep their output tensor (Q6_K, or Q8_0 where the width is not a multiple of 256): more bits.
     wide = {"bits": 8, "group_size": None, "skip": skip}
     models.update({f"{name}+t8": qp.algorithms.quantize_embeddings(q, **wide) for name, q in out.items()})
-    return models, {f"{name}-ft": q for name, q in out.items()}
+    q4_0 = {"RTN": qp.algorithms.rtn(copy.deepcopy(model), bits=4, group_size=32, symmetric=True)}
+    for name, preset in (("GPTQ", "gptq-w4-g128"), ("AWQ", "awq-w4-g128")):
+        q4_0[name] = _calibrated(copy.deepcopy(model), _symmetric_g32(preset), calib)
+    q6_k = {"bits": 6, "group_size": 16, "superblock": 256, "skip": skip}
+    try:
+        llama_layout = {f"{n}+q6k": qp.algorithms.quantize_embeddings(q, **q6_k) for n, q in q4_0.items()}
+    except ValueError as err:  # the GPT-2 testbed's width (384) does not split into Q6_K superblocks
+        print(f"no +q6k rows: {err}")
+        llama_layout = {}
+    return models, {f"{name}-ft": q for name, q in out.items()}, llama_layout
 
 
 def llama_cpp_measure(files: dict[str, Path], windows: list[np.ndarray], params: int, vocab: int, args) -> list[dict]:
@@ -189,7 +217,8 @@ def llama_cpp_rows(model, tokenizer, qmodels, windows, calib, work: Path, args) 
     with_imatrix, missing = imatrix_files(fp16, tokenizer, calib, work, args)
     files.update(with_imatrix)
     for name, q in qmodels.items():
-        label = "Q4_1/Q8_0" if name.endswith("+t8") else "Q4_1"  # each weight the type its codes fit
+        # each weight the type its codes fit
+        label = {"+t8": "Q4_1/Q8_0", "q6k": "Q4_0/Q6_K"}.get(name[-3:], "Q4_1")
         files[f"quantpilot {name} ({label})"] = write_gguf(q, tokenizer, work / f"qp-{name}.gguf").path
     params = sum(p.numel() for p in model.parameters())
     return llama_cpp_measure(files, windows, params, model.config.vocab_size, args) + missing
@@ -321,13 +350,14 @@ def main() -> None:
     windows = [tokens[i * WINDOW : (i + 1) * WINDOW] for i in range(min(args.windows, len(tokens) // WINDOW))]
     print(f"testbed: {args.arch}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; "
           f"{len(windows)} test windows of {WINDOW}, {len(calib)} calibration windows")  # fmt: skip
-    qmodels, float_table = quantpilot_models(model, calib)
+    qmodels, float_table, llama_layout = quantpilot_models(model, calib)
 
     def torch_logits(m):
         return lambda ids: m(input_ids=torch.as_tensor(ids)[None]).logits[0].float().numpy()
 
     with torch.no_grad():
-        nll = {name: window_nll(torch_logits(q), windows) for name, q in {**qmodels, **float_table}.items()}
+        every = {**qmodels, **float_table, **llama_layout}
+        nll = {name: window_nll(torch_logits(q), windows) for name, q in every.items()}
         nll["FP32"] = window_nll(torch_logits(model), windows)
     ours = {name: ppl_of(v) for name, v in nll.items()}
     print("quantpilot (PyTorch, f32), ppl and paired 95 % change vs FP32: " + ", ".join(
@@ -335,7 +365,7 @@ def main() -> None:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            rows += llama_cpp_rows(model, tokenizer, qmodels, windows, calib, Path(tmp), args)
+            rows += llama_cpp_rows(model, tokenizer, {**qmodels, **llama_layout}, windows, calib, Path(tmp), args)
         except ImportError as err:
             rows.append({"engine": "llama.cpp", "row": "all", "missing": f"llama-cpp-python not installed ({err})"})
         rows += openvino_rows(model, qmodels, windows, calib, Path(tmp), args)
