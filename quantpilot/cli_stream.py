@@ -93,8 +93,10 @@ def calibration_ids(tokenizer: Any, text: str, samples: int, seq_len: int) -> to
 def _calibration(args: argparse.Namespace, recipe: Any) -> torch.Tensor | None:
     if not any(step.needs_data for step in recipe.steps):
         return None
+    from .streaming.blocks import block_step
+
     if not args.calib_data:
-        raise ValueError(f"the {recipe.steps[0].name} recipe runs on calibration text: pass --calib-data FILE")
+        raise ValueError(f"the {block_step(recipe).name} recipe runs on calibration text: pass --calib-data FILE")
     path = Path(args.calib_data)
     if not path.is_file():
         raise ValueError(f"--calib-data {path} is not a file")

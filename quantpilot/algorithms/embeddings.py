@@ -24,6 +24,7 @@ import copy
 import dataclasses
 from collections.abc import Sequence
 from fnmatch import fnmatch
+from typing import Any
 
 import torch
 from torch import nn
@@ -82,6 +83,19 @@ def _check_targets(targets: list[tuple[str, nn.Module]], layers, skip, group_siz
             )
 
 
+def _packed_table(
+    table: nn.Embedding, spec: Any, scale_dtype: torch.dtype, superblock: int | None
+) -> WeightOnlyEmbedding:
+    if table.weight.is_meta:  # a skeleton `quantpilot.load` fills from the file: the layout, not the codes
+        rows, cols = table.weight.shape
+        return WeightOnlyEmbedding(rows, cols, spec, table.padding_idx, scale_dtype)
+    if superblock is None:
+        codes, scale, zero_point = quantize_weight(table.weight, spec, scale_dtype)
+    else:
+        codes, scale, zero_point = quantize_on_superblock_grid(table.weight, spec, superblock)
+    return WeightOnlyEmbedding.from_codes(codes, scale, zero_point, spec, table.padding_idx, scale_dtype)
+
+
 def pack_embeddings(
     model: nn.Module,
     bits: int,
@@ -108,11 +122,7 @@ def pack_embeddings(
     _check_targets(targets, layers, skip, group_size)
     for name, _ in targets:
         table = model.get_submodule(name)
-        if superblock is None:
-            codes, scale, zero_point = quantize_weight(table.weight, spec, scale_dtype)
-        else:
-            codes, scale, zero_point = quantize_on_superblock_grid(table.weight, spec, superblock)
-        packed = WeightOnlyEmbedding.from_codes(codes, scale, zero_point, spec, table.padding_idx, scale_dtype)
+        packed = _packed_table(table, spec, scale_dtype, superblock)
         packed.output_dtype = table.weight.dtype
         for head_name, head in _tied_heads(model, table.weight):
             tied = WeightOnlyLinear.tied_head(packed, name, getattr(head, "bias", None))

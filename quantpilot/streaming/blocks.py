@@ -32,7 +32,7 @@ from ..algorithms.gptq_sequential import block_hessians, dequantized_once, gptq_
 from ..api import RECIPE_ATTR, freeze
 from ..install import install_layers, plan_layers
 from ..recipe import Recipe
-from ..steps import AWQ, GPTQ
+from ..steps import AWQ, GPTQ, QuantizeEmbeddings
 
 __all__ = ["shell", "as_kwargs", "quantize_block", "BlockResult", "check_streamable"]
 
@@ -103,7 +103,8 @@ def _outputs(block: nn.Module, calls: list[Call]) -> list[Call]:
 
 
 def check_streamable(recipe: Recipe) -> None:
-    """Refuse recipes a block-by-block run cannot reproduce: static activation ranges, steps other than GPTQ/AWQ.
+    """Refuse recipes a block-by-block run cannot reproduce: static activation ranges, steps other than GPTQ/AWQ
+    (one of them at most) and `QuantizeEmbeddings` (the token table, quantized with the parts outside the blocks).
 
     Example:
         >>> import quantpilot as qp
@@ -112,13 +113,25 @@ def check_streamable(recipe: Recipe) -> None:
         ValueError: streamed quantization runs weight-only or dynamic recipes ...
     """
     static = recipe.activations is not None and not recipe.dynamic
-    others = [s.name for s in recipe.steps if not isinstance(s, GPTQ | AWQ)]
-    if static or others or len(recipe.steps) > 1:
+    others = [s.name for s in recipe.steps if not isinstance(s, GPTQ | AWQ | QuantizeEmbeddings)]
+    if static or others or len([s for s in recipe.steps if isinstance(s, GPTQ | AWQ)]) > 1:
         raise ValueError(
             "streamed quantization runs weight-only or dynamic recipes with at most one GPTQ or AWQ step "
+            "(and quantize_embeddings) "
             f"(got activations={'static' if static else 'none/dynamic'}, steps={[s.name for s in recipe.steps]}); "
             "use rtn-w4-g128, gptq-w4-g128, awq-w4-g128, w8a16, w4a16-g128 or int8-dynamic"
         )
+
+
+def block_step(recipe: Recipe) -> GPTQ | AWQ | None:
+    """The recipe's step that runs block by block (GPTQ or AWQ), if any.
+
+    Example:
+        >>> import quantpilot as qp
+        >>> block_step(qp.Recipe.preset("gptq-w4-g128")).name, block_step(qp.Recipe.preset("w8a16"))
+        ('gptq', None)
+    """
+    return next((s for s in recipe.steps if isinstance(s, GPTQ | AWQ)), None)
 
 
 def quantize_block(
@@ -145,7 +158,7 @@ def quantize_block(
         >>> type(frozen.get_submodule("h.0.0")).__name__
         'QuantLinear'
     """
-    step = recipe.steps[0] if recipe.steps else None
+    step = block_step(recipe)
     model = shell(block, path)
     choices: dict[str, Any] = {}
     next_calls: list[Call] = []

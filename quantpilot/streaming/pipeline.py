@@ -35,9 +35,9 @@ from ..install import check_plan, install_layers, plan_layers
 from ..meta_device import _materialise_derived_buffers, _retie, _tie_groups
 from ..nn.registry import warn_unhandled
 from ..recipe import Recipe
-from ..steps import AWQ
+from ..steps import AWQ, QuantizeEmbeddings
 from ..surgery import inputs_of
-from .blocks import as_kwargs, check_streamable, hidden_key, quantize_block
+from .blocks import as_kwargs, block_step, check_streamable, hidden_key, quantize_block
 from .checkpoint import Checkpoint
 from .ranks import barrier, gather_objects, merge_hessians, rank
 from .writer import ShardWriter
@@ -97,7 +97,7 @@ def quantize_checkpoint(
     needs_data = any(step.needs_data for step in recipe.steps)
     batches = _batches(calib, batch_size) if needs_data else []
     if needs_data and not batches:
-        raise ValueError(f"the recipe's {recipe.steps[0].name} step runs on calibration data: pass calib token ids")
+        raise ValueError(f"the recipe's {block_step(recipe).name} step runs on calibration data: pass calib token ids")
     if is_distributed() and any(isinstance(s, AWQ) for s in recipe.steps):
         raise ValueError("AWQ's statistics are not merged across processes: run streamed AWQ in one process")
     check_plan(plan_layers(ckpt.model, recipe)[0])  # group sizes and the like, before anything is read
@@ -190,7 +190,11 @@ def _load_outside_and_catch(ckpt: Checkpoint, batches: list[Any]) -> list[dict[s
 
 
 def _quantize_outside(model: torch.nn.Module, recipe: Recipe) -> torch.nn.Module:
-    """The parts outside the blocks quantized as the in-memory pipeline does (RTN, the head float by default)."""
+    """The parts outside the blocks quantized as the in-memory pipeline does (RTN, the head float by default;
+    a `QuantizeEmbeddings` step packs the token table and a head tied to it first, as `quantize` runs it)."""
+    for step in recipe.steps:
+        if isinstance(step, QuantizeEmbeddings):
+            model = step.prepare(model, recipe)
     plan = plan_layers(model, recipe)[0]
     if plan:
         model = install_layers(model, recipe, plan)

@@ -75,6 +75,20 @@ def test_data_fitted_steps_streamed_equal_in_memory(method, saved_decoder, tmp_p
     assert not _same_state(loaded, _in_memory("llama", recipe, ids, 4))
 
 
+def test_a_quantized_token_table_streams_with_its_tied_head(saved_decoder, tmp_path):
+    # GPT-2 ties its head to the table: the streamed run packs both from one copy of the codes, as the
+    # in-memory quantize does, and the folder reloads on a meta skeleton with the tie kept.
+    table = qp.steps.QuantizeEmbeddings(bits=6, group_size=16, skip=("transformer.wpe",))
+    recipe = qp.Recipe.preset("rtn-w4-g128").replace(steps=(table,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_checkpoint(saved_decoder("gpt2"), recipe, out=tmp_path / "q")
+    loaded = qp.load(_meta_skeleton("gpt2"), tmp_path / "q")
+    assert loaded.lm_head.weight_packed is loaded.transformer.wte.weight_packed
+    assert loaded.transformer.wte.weight_spec.dtype.value == "uint6"
+    assert not _same_state(loaded, _in_memory("gpt2", recipe, calibration_ids(1), 1))
+
+
 def test_a_killed_gptq_run_resumes_after_the_last_finished_block(saved_decoder, tmp_path):
     ids, src = calibration_ids(8, 32), saved_decoder("llama")
 
