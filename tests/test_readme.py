@@ -120,3 +120,22 @@ def test_compare_with_onnxruntime_takes_a_batch_encoding(tmp_path: Path) -> None
     report = qp.export.compare_with_onnxruntime(qmodel, path, batch)
     assert report.points >= 1 and report.max_code_difference <= 1
     assert report.max_output_error <= 1e-4 * max(report.output_scale, 1.0)
+
+
+def test_the_readme_recipe_files_load_and_stream(tmp_path):
+    # The README's ```yaml blocks are recipe files users save and pass to --recipe: each must load, and
+    # the language-model one must take the streamed (block-by-block) path the README promises.
+    from quantpilot.recipe import Recipe
+    from quantpilot.streaming.blocks import check_streamable
+
+    text = README.read_text(encoding="utf-8")
+    found = re.findall(r"^( *)```yaml\n(.*?)^\1```", text, flags=re.S | re.M)
+    assert found, "README.md has no ```yaml recipe block"
+    for indent, body in found:
+        path = tmp_path / "recipe.yaml"
+        path.write_text("\n".join(line[len(indent) :] for line in body.splitlines()) + "\n", encoding="utf-8")
+        recipe = Recipe.from_yaml(path)
+        check_streamable(recipe)
+        if recipe.name == "gptq-q4_0-q6k":  # llama.cpp's Q4_0 layout: Q4_0 layers, the table on Q6_K's grid
+            assert [s.name for s in recipe.steps] == ["gptq", "quantize_embeddings"]
+            assert recipe.weights.symmetric and recipe.steps[1].superblock == 256
