@@ -146,8 +146,9 @@ def encode(t: LMTensor, kind: str) -> Encoded:
         blocks = q6_k_blocks(t)
         if blocks is None:
             raise ValueError(
-                "q6_k takes 6-bit codes from quantize_embeddings(bits=6, group_size=16) on widths of 256k "
-                f"(the gguf package cannot requantize to Q6_K); got {q6_k_misfit(t)}"
+                "q6_k takes 6-bit codes from quantize_embeddings(bits=6, group_size=16, superblock=256) on widths "
+                f"of 256k (the gguf package cannot requantize to Q6_K); got {q6_k_misfit(t)}; leave the type unset "
+                "to give each tensor the type its codes fit"
             )
         mapped = blocks, "exact"
     else:
