@@ -109,7 +109,24 @@ def _calibration(args: argparse.Namespace, recipe: Any) -> torch.Tensor | None:
         raise ValueError(
             f"{args.model} has no usable tokenizer for --calib-data: {' '.join(str(err).split())}"
         ) from None
-    return calibration_ids(tokenizer, text, args.calib_samples, args.seq_len)
+    ids = calibration_ids(tokenizer, text, args.calib_samples, args.seq_len)
+    vocab = _vocab_size(args.model)
+    if vocab is not None and int(ids.max()) >= vocab:
+        raise ValueError(
+            f"{args.model}'s tokenizer gives token id {int(ids.max())} but the model's vocab_size is {vocab}: "
+            "the folder's tokenizer is not the model's; copy the model's own tokenizer files into it"
+        )
+    return ids
+
+
+def _vocab_size(model: str) -> int | None:
+    """The folder config's vocab_size (top level, or a multimodal config's text_config), if it names one."""
+    try:
+        config = json.loads((Path(model) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    vocab = config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size")
+    return vocab if isinstance(vocab, int) and not isinstance(vocab, bool) and vocab > 0 else None
 
 
 def _progress(info: dict[str, Any]) -> None:

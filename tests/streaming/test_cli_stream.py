@@ -62,6 +62,23 @@ def test_command_line_errors_are_one_line(extra, message, saved_decoder, tmp_pat
     assert code == 2 and message in err and err.count("\n") == 1
 
 
+def test_a_tokenizer_larger_than_the_model_is_one_line(saved_decoder, text_file, tmp_path, capsys, monkeypatch):
+    # A folder holding another model's tokenizer would index past the token table deep inside torch.
+    import transformers
+
+    class Wide(_Tokenizer):
+        def __call__(self, text, **_):
+            return {"input_ids": [300 + i for i, _ in enumerate(text.split())]}
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: Wide())
+    args = ["quantize", "--model", str(saved_decoder("llama")), "--recipe", "gptq-w4-g128", "--calib-data",
+            str(text_file), "--calib-samples", "2", "--seq-len", "64", "--out", str(tmp_path / "q")]  # fmt: skip
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "vocab_size is 256" in err and err.count("\n") == 1 and not (tmp_path / "q").exists()
+
+
 def test_recipes_that_cannot_stream_keep_the_in_memory_path(saved_decoder):
     import quantpilot as qp
     from quantpilot.cli_stream import streams
