@@ -137,6 +137,10 @@ def _load_hf_folder(folder: Path) -> tuple[nn.Module, Any]:
 
     model = AutoModel.from_pretrained(folder, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    if getattr(tokenizer, "pad_token", "") is None and getattr(tokenizer, "eos_token", None) is not None:
+        # Decoder tokenizers often have no pad token; batches of sentences pad with end-of-text, which the
+        # attention mask hides (transformers' own advice), instead of failing at the first padded batch.
+        tokenizer.pad_token = tokenizer.eos_token
     return model.eval(), tokenizer
 
 

@@ -52,6 +52,24 @@ def test_local_hugging_face_folder_loads_like_the_named_model(minilm):
         torch.testing.assert_close(model(**batch).last_hidden_state, minilm[0](**batch).last_hidden_state)
 
 
+def test_a_decoder_folder_without_a_pad_token_pads_with_end_of_text(tmp_path):
+    # Llama-style tokenizers ship without a pad token; sentences of several lengths must still batch.
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers import models as tok_models
+    from transformers import LlamaConfig, LlamaModel, PreTrainedTokenizerFast
+
+    words = ["<unk>", "</s>", "a", "few", "words", "more"]
+    raw = Tokenizer(tok_models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="</s>", unk_token="<unk>").save_pretrained(tmp_path)
+    config = LlamaConfig(vocab_size=6, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2)  # fmt: skip
+    LlamaModel(config).save_pretrained(tmp_path)
+    _, tokenizer = models.load(str(tmp_path))
+    batch = tokenizer(["a few words", "more"], padding=True, return_tensors="pt")
+    assert tokenizer.pad_token == "</s>" and batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
 @pytest.fixture(scope="module")
 def lite0():
     return models.load("efficientnet-lite0")
