@@ -51,3 +51,19 @@ def test_fp16_scales_are_stored_as_f16_and_widened(rtn_models, tmp_path):
         c for c in scales if c.get_type_name() == "Convert" and c.input_value(0).get_element_type() == ov.Type.f16
     ]
     assert len(widened) == result.compressed  # one f16 scale constant per compressed weight
+
+
+def test_a_6_bit_table_is_stored_as_u8_codes_and_runs(rtn_models, tmp_path):
+    # OpenVINO has no 6-bit type: the Q6_K-grid table keeps its codes in u8 constants (llama.cpp reads the
+    # same codes as Q6_K), and the graph computes the same logits.
+    import quantpilot as qp
+
+    model = qp.algorithms.quantize_embeddings(rtn_models["gpt2"], bits=6, group_size=16, skip=("transformer.wpe",))
+    result = write_openvino_ir(model, tmp_path / "m.xml", kv_cache=False)
+    assert result.low_bit_types == ("u4", "u8")
+    ir = ov.Core().read_model(str(result.path))
+    compiled = ov.Core().compile_model(ir, "CPU", OPENVINO_EXACT_CONFIG)
+    ids = torch.randint(0, 512, (1, 12), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        ours = model(input_ids=ids).logits.numpy()
+    np.testing.assert_allclose(compiled(ids.numpy())[0], ours, rtol=1e-4, atol=1e-5)
