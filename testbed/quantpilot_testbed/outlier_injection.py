@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from quantpilot.algorithms.awq import find_scale_groups
+from quantpilot.algorithms.awq import ScaleGroup, find_scale_groups
 
 __all__ = ["inject_outlier_channels"]
 
@@ -68,6 +68,21 @@ def inject_outlier_channels(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(factor, bool) or not isinstance(factor, int | float) or not float(factor) > 0.0:
         raise ValueError(f"factor must be a positive number (20-100 mimics large models), got {factor!r}")
+    norm_groups = _norm_groups(model, example_batch)
+    width = model.get_submodule(norm_groups[0].prev).weight.shape[0]
+    channels = _pick_channels(channels, n_channels, width, seed)
+    target = model if inplace else copy.deepcopy(model)
+    _scale_channels(target, norm_groups, channels, width, factor)
+    target.quantpilot_outliers = {
+        "channels": channels,
+        "factor": float(factor),
+        "norms": [g.prev for g in norm_groups],
+    }
+    return target
+
+
+def _norm_groups(model: nn.Module, example_batch: Any) -> list[ScaleGroup]:
+    """The norm -> Linear groups whose Linear layers can absorb the inverse factor (`find_scale_groups`' groups)."""
     groups = [g for g in find_scale_groups(model, example_batch, skip=()) if g.prev_rows is None]
     modules = dict(model.named_modules())
     shared = _shared_parameter_ids(model)
@@ -82,7 +97,11 @@ def inject_outlier_channels(
             "found no LayerNorm/RMSNorm whose output feeds a Linear layer directly; outlier channels are injected "
             "at norm outputs, so this model has no place for them"
         )
-    width = modules[norm_groups[0].prev].weight.shape[0]
+    return norm_groups
+
+
+def _pick_channels(channels: Sequence[int] | None, n_channels: int, width: int, seed: int) -> list[int]:
+    """The channels given, checked against `width`, or `n_channels` of them drawn with `seed`."""
     if channels is None:
         if isinstance(n_channels, bool) or not isinstance(n_channels, int) or not 1 <= n_channels <= width:
             raise ValueError(f"n_channels must be an int in [1, {width}], got {n_channels!r}")
@@ -91,10 +110,16 @@ def inject_outlier_channels(
     channels = [int(c) for c in channels]
     if not channels or any(not 0 <= c < width for c in channels):
         raise ValueError(f"channels must be a non-empty list of indices in [0, {width}), got {channels}")
-    target = model if inplace else copy.deepcopy(model)
+    return channels
+
+
+def _scale_channels(
+    target: nn.Module, groups: list[ScaleGroup], channels: list[int], width: int, factor: float | int
+) -> None:
+    """Multiply the channels of each norm of `width` by `factor`; divide the Linear inputs reading them by it."""
     idx = torch.tensor(channels)
     with torch.no_grad():
-        for group in norm_groups:
+        for group in groups:
             norm = target.get_submodule(group.prev)
             if norm.weight.shape[0] != width:
                 continue  # a norm of another width (e.g. inside attention) keeps its channels
@@ -107,12 +132,6 @@ def inject_outlier_channels(
                     layer.weight[:, idx] /= factor
                 else:  # transformers' Conv1D stores (in, out)
                     layer.weight[idx, :] /= factor
-    target.quantpilot_outliers = {
-        "channels": channels,
-        "factor": float(factor),
-        "norms": [g.prev for g in norm_groups],
-    }
-    return target
 
 
 def _is_linear_name(modules: dict[str, nn.Module], name: str) -> bool:
