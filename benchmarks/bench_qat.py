@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -54,6 +55,12 @@ CALIBRATION_IMAGES = 512
 
 
 def recipe(weight_bits: int, activation_bits: int) -> qp.Recipe:
+    """Symmetric per-channel weights, asymmetric per-tensor activations at the given bit widths.
+
+    Example:
+        >>> recipe(4, 8).name
+        'w4a8'
+    """
     return qp.Recipe(
         weights=qp.QuantSpec(f"int{weight_bits}", symmetric=True, narrow_range=True, granularity=qp.PerChannel(0)),
         activations=qp.QuantSpec(f"int{activation_bits}", symmetric=False, granularity=qp.PerTensor()),
@@ -62,6 +69,12 @@ def recipe(weight_bits: int, activation_bits: int) -> qp.Recipe:
 
 
 def shuffled_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int = 0) -> list:
+    """(x, y) batches in a seeded random order: the QAT batch order of one seed.
+
+    Example:
+        >>> [len(b[1]) for b in shuffled_batches(torch.zeros(5, 1), torch.zeros(5), 2)]
+        [2, 2, 1]
+    """
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     return [(x[order[i : i + batch_size]], y[order[i : i + batch_size]]) for i in range(0, len(y), batch_size)]
 
@@ -81,7 +94,8 @@ def ort_accuracy(frozen: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> f
     return float((np.argmax(logits, axis=1) == y.numpy()).mean())
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[int]]:
+    """The command line, checked: (args, seeds)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=1, help="timed runs of training and of each QAT per seed")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (model init and batch orders)")
@@ -100,58 +114,69 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
-    out = Path(args.out)
-    torch.set_num_threads(args.threads)
+    return args, seeds
 
-    cpu = cpu_report()
-    print(cpu_header(cpu))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
-    splits = digits_splits(seed=0)
-    original = qp.qat.Schedule(**TRAINING_SCHEDULE)
-    schedule = qp.qat.adapt_schedule(original)
-    print(f"original schedule: {original}\nQAT schedule:      {schedule}")
+def scheme_row(folded: torch.nn.Module, bits: tuple[int, int], run: SimpleNamespace) -> tuple[dict, list]:
+    """PTQ and QAT of one scheme on the folded float model: (accuracies of the row, QAT seconds per repeat)."""
+    splits, args = run.splits, run.args
+    qmodel = qp.quantize(folded, recipe(*bits))
+    with qp.calibrate(qmodel):
+        for chunk in run.calibration.split(64):
+            qmodel(chunk)
+    ptq = accuracy(qp.freeze(copy.deepcopy(qmodel)), splits.test_x, splits.test_y)
+    qat_model, qat_times = None, []
+    for _ in range(args.repeats):
+        qat_model = qp.qat.prepare(qmodel, learn_ranges=True, weight_init=args.weight_init)
+        start = time.perf_counter()
+        qp.qat.finetune(qat_model, run.batches, F.cross_entropy, run.schedule, progress=False)
+        qat_times.append(time.perf_counter() - start)
+    qp.freeze(qat_model.eval())
+    qat = accuracy(qat_model, splits.test_x, splits.test_y)
+    ort = ort_accuracy(qat_model, splits.test_x, splits.test_y) if bits == (8, 8) else None
+    return {"ptq_accuracy": ptq, "qat_accuracy": qat, "qat_onnxruntime_accuracy": ort}, qat_times
 
-    calibration = splits.train_x[:CALIBRATION_IMAGES]
-    train_times, qat_times, rows = [], {name: [] for name in SCHEMES}, []
-    for seed in seeds:
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            model = train_digits_cnn(splits, epochs=original.epochs, seed=seed, width=args.width)
-            train_times.append(time.perf_counter() - start)
-        fp32 = accuracy(model, splits.test_x, splits.test_y)
-        folded = fold_batchnorm(model)
-        batches = shuffled_batches(splits.train_x, splits.train_y, schedule.batch_size, seed=seed)
-        for name, bits in SCHEMES.items():
-            qmodel = qp.quantize(folded, recipe(*bits))
-            with qp.calibrate(qmodel):
-                for chunk in calibration.split(64):
-                    qmodel(chunk)
-            ptq = accuracy(qp.freeze(copy.deepcopy(qmodel)), splits.test_x, splits.test_y)
-            qat_model = None
-            for _ in range(args.repeats):
-                qat_model = qp.qat.prepare(qmodel, learn_ranges=True, weight_init=args.weight_init)
-                start = time.perf_counter()
-                qp.qat.finetune(qat_model, batches, F.cross_entropy, schedule, progress=False)
-                qat_times[name].append(time.perf_counter() - start)
-            qp.freeze(qat_model.eval())
-            qat = accuracy(qat_model, splits.test_x, splits.test_y)
-            ort = ort_accuracy(qat_model, splits.test_x, splits.test_y) if bits == (8, 8) else None
-            rows.append(
-                {
-                    "seed": seed,
-                    "scheme": name,
-                    "fp32_accuracy": fp32,
-                    "ptq_accuracy": ptq,
-                    "qat_accuracy": qat,
-                    "qat_onnxruntime_accuracy": ort,
-                    "ptq_loss_points": 100 * (fp32 - ptq),
-                    "qat_loss_points": 100 * (fp32 - qat),
-                }
-            )
-    train_time = statistics.median(train_times)
+
+def seed_rows(seed: int, run: SimpleNamespace, train_times: list, qat_times: dict[str, list]) -> list[dict]:
+    """Train the float model with `seed` (timed), then one row per scheme; times are appended to the lists."""
+    splits = run.splits
+    for _ in range(run.args.repeats):
+        start = time.perf_counter()
+        model = train_digits_cnn(splits, epochs=run.original.epochs, seed=seed, width=run.args.width)
+        train_times.append(time.perf_counter() - start)
+    fp32 = accuracy(model, splits.test_x, splits.test_y)
+    folded = fold_batchnorm(model)
+    run.batches = shuffled_batches(splits.train_x, splits.train_y, run.schedule.batch_size, seed=seed)
+    rows = []
+    for name, bits in SCHEMES.items():
+        scores, times = scheme_row(folded, bits, run)
+        qat_times[name] += times
+        ptq, qat = scores["ptq_accuracy"], scores["qat_accuracy"]
+        rows.append(
+            {
+                "seed": seed,
+                "scheme": name,
+                "fp32_accuracy": fp32,
+                "ptq_accuracy": ptq,
+                "qat_accuracy": qat,
+                "qat_onnxruntime_accuracy": scores["qat_onnxruntime_accuracy"],
+                "ptq_loss_points": 100 * (fp32 - ptq),
+                "qat_loss_points": 100 * (fp32 - qat),
+            }
+        )
+    return rows
+
+
+def mean_rows(rows: list[dict], qat_times: dict[str, list], train_time: float) -> list[dict]:
+    """Per scheme, the mean over seeds of every accuracy and drop, with the median QAT time and its share.
+
+    Example:
+        >>> row = {"seed": 0, "scheme": "W8A8", "fp32_accuracy": 1.0, "qat_onnxruntime_accuracy": None}
+        >>> mean_rows([row], {"W8A8": [1.0]}, 4.0)[0]["qat_time_fraction"]
+        0.25
+    """
     means = []
-    for name in SCHEMES:
+    for name in qat_times:
         mine = [r for r in rows if r["scheme"] == name]
         numeric = [k for k in mine[0] if k not in ("seed", "scheme", "qat_onnxruntime_accuracy")]
         mean = {k: statistics.fmean(r[k] for r in mine) for k in numeric}
@@ -167,15 +192,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "qat_time_fraction": qat_time / train_time,
             }
         )
+    return means
 
-    print(
-        f"\ndigits CNN width {args.width}; test images: {len(splits.test_y)}; "
-        f"seeds {seeds}; QAT weight scales start from: {args.weight_init}; "
-        f"original training: {train_time:.2f} s (median of {len(train_times)})"
-    )
+
+def print_table(rows: list[dict]) -> None:
+    """The per-seed and mean rows: accuracies in %, drops in points, QAT time as a share of training's."""
     columns = ("FP32", "PTQ", "QAT", "QAT ORT", "PTQ drop", "QAT drop", "QAT time")
     print(f"{'seed':<5} {'scheme':<6} " + " ".join(f"{c:>9}" for c in columns))
-    for r in rows + means:
+    for r in rows:
         time_share = f"{100 * r['qat_time_fraction']:8.1f}%" if "qat_time_fraction" in r else f"{'':>9}"
         ort = "-" if r["qat_onnxruntime_accuracy"] is None else f"{100 * r['qat_onnxruntime_accuracy']:.2f}%"
         print(
@@ -184,6 +208,39 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{time_share}"
         )
     print("(drops: accuracy points vs FP32; QAT time: share of the original training's; '-': no int4 QDQ in ONNX)")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run every seed and scheme, print the table and write the JSON report (`--out`)."""
+    args, seeds = parse_args(argv)
+    out = Path(args.out)
+    torch.set_num_threads(args.threads)
+
+    cpu = cpu_report()
+    print(cpu_header(cpu))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+    splits = digits_splits(seed=0)
+    original = qp.qat.Schedule(**TRAINING_SCHEDULE)
+    schedule = qp.qat.adapt_schedule(original)
+    print(f"original schedule: {original}\nQAT schedule:      {schedule}")
+
+    # What every seed shares; `seed_rows` adds the seed's batch order as `batches`.
+    run = SimpleNamespace(
+        args=args, splits=splits, original=original, schedule=schedule, calibration=splits.train_x[:CALIBRATION_IMAGES]
+    )
+    train_times, qat_times, rows = [], {name: [] for name in SCHEMES}, []
+    for seed in seeds:
+        rows += seed_rows(seed, run, train_times, qat_times)
+    train_time = statistics.median(train_times)
+    means = mean_rows(rows, qat_times, train_time)
+
+    print(
+        f"\ndigits CNN width {args.width}; test images: {len(splits.test_y)}; "
+        f"seeds {seeds}; QAT weight scales start from: {args.weight_init}; "
+        f"original training: {train_time:.2f} s (median of {len(train_times)})"
+    )
+    print_table(rows + means)
     result = {
         "cpu": cpu,
         "torch": torch.__version__,
