@@ -65,6 +65,7 @@ MINMAX = DECODER_W8A8.replace(activation_calibrator={"kind": "minmax"})
 
 
 def per_tensor_w8a8(model: torch.nn.Module, calib: list[dict], recipe: qp.Recipe) -> torch.nn.Module:
+    """`model` quantized with `recipe`, calibrated on `calib` and frozen (the static W8A8 rows)."""
     qmodel = qp.quantize(model, recipe)
     with qp.calibrate(qmodel):
         for batch in calib:
@@ -97,6 +98,7 @@ def variants(model: torch.nn.Module, calib: list[dict], weight_calib: list[dict]
 def measure(
     label: str, model: torch.nn.Module, calib: list[dict], weight_calib: list[dict], tokens: torch.Tensor, args
 ) -> list[dict]:
+    """Build, score (perplexity, KL to `model`) and print every variant of one model, FP32 first."""
     rows, fp32 = [], None
     max_windows = args.max_windows
     for name, build in variants(model, calib, weight_calib).items():
@@ -123,13 +125,16 @@ def measure(
         }
         rows.append(row)
         frac = "" if frac is None else f"  float columns {100 * frac:.2f} %"
-        print(f"  {label:<9} {name:<28} ppl {ppl:9.3f}  {row['delta_pct']:+7.2f} %  KL {1e3 * kl:7.3f}e-3{frac}",
-              flush=True)
+        print(
+            f"  {label:<9} {name:<28} ppl {ppl:9.3f}  {row['delta_pct']:+7.2f} %  KL {1e3 * kl:7.3f}e-3{frac}",
+            flush=True,
+        )
         del qmodel
     return rows
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line; --max-windows 0 becomes None (every window)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-windows", type=int, default=100, help="first N test windows (0: all)")
     parser.add_argument("--factor", type=float, default=100.0, help="outlier channel multiplier (20-100)")
@@ -141,14 +146,11 @@ def main() -> None:
     parser.add_argument("--out", default="bench-out/bench_llm_outliers.json")
     args = parser.parse_args()
     args.max_windows = args.max_windows or None
-    torch.set_num_threads(args.threads)
-    cpu = cpu_report()
-    print(cpu_header(cpu))
-    print(f"{args.threads} threads (shared machine: perplexities are exact, build times are not)")
+    return args
 
-    model, tokenizer = load_testbed()
-    tokens = wikitext_tokens("test", tokenizer)
-    calib = calibration_batches(tokenizer, n=args.calib, seq_len=256, seed=0)
+
+def injected_model(model: torch.nn.Module, calib: list[dict], args) -> tuple[torch.nn.Module, float]:
+    """The model with outlier channels injected, and the max |logit difference| it shows (printed: ~0)."""
     injected = inject_outlier_channels(model, calib[0], n_channels=args.channels, factor=args.factor, seed=0)
     info = injected.quantpilot_outliers
     print(
@@ -160,17 +162,16 @@ def main() -> None:
         probe = calib[1]["input_ids"]
         drift = (injected(input_ids=probe).logits - model(input_ids=probe).logits).abs().max().item()
     print(f"float model unchanged by the injection: max |logit difference| {drift:.2e}")
+    return injected, drift
 
-    weight_calib = calibration_batches(tokenizer, n=args.weight_calib, seq_len=256, seed=0)
-    rows = measure("original", model, calib, weight_calib, tokens, args)
-    rows += measure("injected", injected, calib, weight_calib, tokens, args)
 
-    by = {(r["model"], r["variant"]): r for r in rows}
+def checks(by: dict[tuple[str, str], dict]) -> dict[str, bool]:
+    """The targets: outlier methods within 1 % on the injected model, per-tensor W8A8 not, W4 methods vs RTN."""
 
     def gap(name: str) -> float:
         return abs(by[("injected", name)]["delta_pct"])
 
-    checks = {
+    found = {
         "LLM.int8() within 1 % of FP32 (injected)": gap("LLM.int8() t=6.0") <= 1.0,
         "SmoothQuant static within 1 % of FP32 (injected)": gap("SmoothQuant a=0.5 static") <= 1.0,
         "SmoothQuant dynamic within 1 % of FP32 (injected)": gap("SmoothQuant a=0.5 dynamic") <= 1.0,
@@ -187,20 +188,50 @@ def main() -> None:
             # Perplexity gap: only meaningful where RTN has one (it can be <= 0 when W4 noise is harmless).
             rtn_gap = by[(label, "RTN W4 g128")]["delta_pct"]
             if rtn_gap > 0:
-                checks[f"{method} closes >= half of RTN's perplexity gap ({label})"] = closes_half(
+                found[f"{method} closes >= half of RTN's perplexity gap ({label})"] = closes_half(
                     label, method, "delta_pct"
                 )
-            checks[f"{method} closes >= half of RTN's KL to FP32 ({label})"] = closes_half(label, method, "kl_to_fp32")
+            found[f"{method} closes >= half of RTN's KL to FP32 ({label})"] = closes_half(label, method, "kl_to_fp32")
+    return found
+
+
+def print_table(by: dict[tuple[str, str], dict], names) -> None:
+    """One line per variant: perplexity, its change and KL to FP32, on the original and the injected model."""
     print()
-    print(f"{'variant':<28} {'original ppl':>13} {'Δ %':>8} {'KL·1e3':>8} "
-          f"{'injected ppl':>13} {'Δ %':>8} {'KL·1e3':>8}")
-    for name in variants(model, calib, weight_calib):
+    print(
+        f"{'variant':<28} {'original ppl':>13} {'Δ %':>8} {'KL·1e3':>8} {'injected ppl':>13} {'Δ %':>8} {'KL·1e3':>8}"
+    )
+    for name in names:
         o, i = by[("original", name)], by[("injected", name)]
-        cells = (f"{o['perplexity']:13.3f} {o['delta_pct']:+8.2f} {1e3 * o['kl_to_fp32']:8.3f} "
-                 f"{i['perplexity']:13.3f} {i['delta_pct']:+8.2f} {1e3 * i['kl_to_fp32']:8.3f}")
+        cells = (
+            f"{o['perplexity']:13.3f} {o['delta_pct']:+8.2f} {1e3 * o['kl_to_fp32']:8.3f} "
+            f"{i['perplexity']:13.3f} {i['delta_pct']:+8.2f} {1e3 * i['kl_to_fp32']:8.3f}"
+        )
         print(f"{name:<28} {cells}")
+
+
+def main() -> None:
+    """Measure every variant on the original and the injected testbed, print the table and targets, write JSON."""
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    cpu = cpu_report()
+    print(cpu_header(cpu))
+    print(f"{args.threads} threads (shared machine: perplexities are exact, build times are not)")
+
+    model, tokenizer = load_testbed()
+    tokens = wikitext_tokens("test", tokenizer)
+    calib = calibration_batches(tokenizer, n=args.calib, seq_len=256, seed=0)
+    injected, drift = injected_model(model, calib, args)
+
+    weight_calib = calibration_batches(tokenizer, n=args.weight_calib, seq_len=256, seed=0)
+    rows = measure("original", model, calib, weight_calib, tokens, args)
+    rows += measure("injected", injected, calib, weight_calib, tokens, args)
+
+    by = {(r["model"], r["variant"]): r for r in rows}
+    found = checks(by)
+    print_table(by, variants(model, calib, weight_calib))
     print()
-    for what, ok in checks.items():
+    for what, ok in found.items():
         print(f"{'PASS' if ok else 'MISS'}  {what}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -211,13 +242,13 @@ def main() -> None:
                 "isa_flags": [f for f, on in cpu["flags"].items() if on],
                 "torch": torch.__version__,
                 "threads": args.threads,
-                "injection": info,
+                "injection": injected.quantpilot_outliers,
                 "max_windows": args.max_windows,
                 "calibration_windows": args.calib,
                 "weight_calibration_windows": args.weight_calib,
                 "float_drift": drift,
                 "rows": rows,
-                "checks": checks,
+                "checks": found,
             },
             indent=2,
         )
