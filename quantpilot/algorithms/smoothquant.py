@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -68,10 +69,16 @@ def _input_statistics(
     amax: dict[str, torch.Tensor] = {}
     rows: dict[str, int] = {}
     sources: dict[str, list] = {}
+    # This call's inputs so far, each with the first layer that read it. Weak references: a tensor freed
+    # mid-call (ln_1's output once attention is done) can hand its id and memory to the next one (ln_2's),
+    # so only the very object, alive, proves two layers read the same input.
+    seen: list[tuple[weakref.ref, str]] = []
 
     def record(name: str, args: tuple, _kwargs: dict) -> None:
-        # The same tensor object within one model call: its identity and storage, while it is alive.
-        sources.setdefault(name, []).append((calls, id(args[0]), args[0].data_ptr()))
+        first = next((owner for ref, owner in seen if ref() is args[0]), None)
+        if first is None:
+            seen.append((weakref.ref(args[0]), name))
+        sources.setdefault(name, []).append((calls, first or name))
         x = args[0].detach().float()
         x = x.reshape(-1, x.shape[-1])
         batch_amax = x.abs().amax(dim=0)
@@ -84,6 +91,7 @@ def _input_statistics(
         for batch in batches:
             call_model(model, batch)
             calls += 1
+            seen.clear()
     return amax, rows, {n: tuple(v) for n, v in sources.items()}
 
 

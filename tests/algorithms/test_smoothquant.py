@@ -154,3 +154,27 @@ def test_layers_reading_one_tensor_share_their_factors():
     assert torch.equal(q, k) and torch.equal(q, v) and q.data_ptr() != k.data_ptr()
     assert torch.equal(mlp.gate_proj.input_smoothing, mlp.up_proj.input_smoothing)
     assert not torch.equal(attention.o_proj.input_smoothing, q[: attention.o_proj.in_features])
+
+
+class _ReusedMemory(torch.nn.Module):
+    """Two layers reading different views of one buffer that start at the same address, the first freed
+    before the second is made: CPython hands the second view the first one's id, the address is the same,
+    yet the inputs differ (strided columns vs the first rows)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(8, 4), torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        wide = torch.cat([x, 100 * x], dim=1)  # (n, 16)
+        y = self.a(wide[:, :8])  # rows of x
+        return y + self.b(wide.view(-1)[: x.numel()].view(-1, 8))  # rows of x and 100 x interleaved
+
+
+def test_a_freed_input_whose_id_and_address_return_is_not_shared():
+    from quantpilot.algorithms.smoothquant import _input_statistics
+
+    net = _ReusedMemory()
+    amax, _, sources = _input_statistics(net, {"a", "b"}, [torch.randn(6, 8) for _ in range(3)])
+    assert not torch.equal(amax["a"], amax["b"])  # the inputs really differ
+    assert sources["a"] != sources["b"]
