@@ -64,6 +64,7 @@ def digits_task(kind: str, quick: bool) -> dict[str, Any]:
     if kind == "digits":
         model = train_digits_cnn(train, epochs=epochs, seed=0)
     else:
+        torch.manual_seed(0)  # the initial weights too: torch seeds each process at random
         model = _train_classifier(
             ResNet(in_channels=1, num_classes=10, widths=(16, 32), blocks_per_stage=1), train, epochs
         )
