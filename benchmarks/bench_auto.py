@@ -40,7 +40,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_engines import _dir_size, _output, _ov_ir_size, _ov_runner  # noqa: E402
+from bench_engines import dir_size, first_output, ov_ir_size, ov_runner  # noqa: E402
 
 import quantpilot as qp  # noqa: E402
 from quantpilot.auto import targets  # noqa: E402
@@ -64,7 +64,10 @@ def minilm_setup() -> dict[str, Any]:
     items = [dict(b) for b in token_batches(tok, datasets.sentences("eval"), 16, 128)]
     example = dict(tok(datasets.sentences("eval")[:32], padding="max_length", truncation=True, max_length=128,
                        return_tensors="pt"))  # fmt: skip
-    embed = lambda out, b: torch.nn.functional.normalize(mean_pool(_output(out).float(), b["attention_mask"]), dim=1)  # noqa: E731
+
+    def embed(out, b):
+        return torch.nn.functional.normalize(mean_pool(first_output(out).float(), b["attention_mask"]), dim=1)
+
     with torch.inference_mode():
         ref = {id(b): embed(model(**b), b) for b in items}
 
@@ -115,8 +118,8 @@ def nncf_rows(setup: dict, fp32_onnx: Path, search: list, budget: float, threads
     rows = {}
     start = time.perf_counter()
     quantized = nncf.quantize(ov.Core().read_model(str(fp32_onnx)), nncf.Dataset(calib_items), **options)
-    xml, size = _ov_ir_size(quantized)
-    rows["NNCF int8"] = {"run": _ov_runner(xml, threads), "size": size, "evaluations": 0,
+    xml, size = ov_ir_size(quantized)
+    rows["NNCF int8"] = {"run": ov_runner(xml, threads), "size": size, "evaluations": 0,
                          "wall_s": time.perf_counter() - start}  # fmt: skip
     calls = [0]
 
@@ -131,8 +134,8 @@ def nncf_rows(setup: dict, fp32_onnx: Path, search: list, budget: float, threads
             ov.Core().read_model(str(fp32_onnx)), nncf.Dataset(calib_items), nncf.Dataset(search), validation_fn,
             max_drop=budget, drop_type=nncf.DropType.RELATIVE, **options,
         )  # fmt: skip
-        xml, size = _ov_ir_size(controlled)
-        rows["NNCF accuracy control"] = {"run": _ov_runner(xml, threads), "size": size, "evaluations": calls[0],
+        xml, size = ov_ir_size(controlled)
+        rows["NNCF accuracy control"] = {"run": ov_runner(xml, threads), "size": size, "evaluations": calls[0],
                                          "wall_s": time.perf_counter() - start}  # fmt: skip
     except Exception as err:  # noqa: BLE001 (a peer's failure is a row, not a crash)
         rows["NNCF accuracy control"] = {"error": f"failed: {type(err).__name__}: {str(err)[:160]}"}
@@ -166,10 +169,10 @@ def bench_model(setup: dict, budget: float, args) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix=f"{setup['name']}-", dir=args.workdir))
     print(f"{setup['name']}: exports and the autopilot's output in {workdir}")
     fp32_onnx = qp.export_onnx(model, setup["example"], workdir / f"{setup['name']}-fp32.onnx")
-    fp32_size = _dir_size(fp32_onnx)
+    fp32_size = dir_size(fp32_onnx)
     rows: dict[str, dict] = {
-        "OpenVINO FP32": {"run": _ov_runner(fp32_onnx, threads), "size": fp32_size, "evaluations": 0, "wall_s": 0.0},
-        "OpenVINO bf16": {"run": _ov_runner(fp32_onnx, threads, "bfloat16"), "size": fp32_size, "evaluations": 0,
+        "OpenVINO FP32": {"run": ov_runner(fp32_onnx, threads), "size": fp32_size, "evaluations": 0, "wall_s": 0.0},
+        "OpenVINO bf16": {"run": ov_runner(fp32_onnx, threads, "bfloat16"), "size": fp32_size, "evaluations": 0,
                           "wall_s": 0.0},
     }  # fmt: skip
     # NNCF's validation sees the same search items as the autopilot, and the held-out ones never.

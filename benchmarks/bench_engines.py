@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from engine_efficientnet_rows import IMAGE_BATCH, efficientnet_rows, top1  # noqa: E402
 from engine_minilm_rows import BATCH, TOKENS, embedding_cosines, minilm_rows  # noqa: E402
-from engine_runners import Row, _dir_size, _nncf_quantize, _output, _ov_ir_size, _ov_runner  # noqa: E402
+from engine_runners import Row, dir_size, first_output, nncf_quantize, ov_ir_size, ov_runner  # noqa: E402
 from engine_targets import targets  # noqa: E402
 
 from quantpilot.machine import cpu_header, cpu_report  # noqa: E402
@@ -52,11 +52,11 @@ __all__ = [
     "BATCH",
     "IMAGE_BATCH",
     "TOKENS",
-    "_dir_size",
-    "_nncf_quantize",
-    "_output",
-    "_ov_ir_size",
-    "_ov_runner",
+    "dir_size",
+    "nncf_quantize",
+    "first_output",
+    "ov_ir_size",
+    "ov_runner",
     "main",
     "table",
 ]

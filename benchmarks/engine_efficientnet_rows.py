@@ -15,15 +15,15 @@ import torch
 from engine_runners import (
     BF16_FLOAT_OPS,
     Row,
-    _attempt,
-    _dir_size,
-    _nncf_quantize,
-    _ort_runner,
-    _output,
-    _ov_ir_size,
-    _ov_runner,
-    _placement_rows,
-    _torch_size,
+    attempt_row,
+    dir_size,
+    first_output,
+    nncf_quantize,
+    ort_runner,
+    ov_ir_size,
+    ov_runner,
+    placement_rows,
+    torch_saved_size,
 )
 
 import quantpilot as qp
@@ -45,11 +45,11 @@ def efficientnet_rows(threads: int, workdir: Path) -> tuple[list[Row], torch.Ten
     example = eval_x[:IMAGE_BATCH]
     fp32_onnx = qp.export_onnx(model, example, workdir / "effnet-fp32.onnx")
     rows = [
-        Row("FP32 eager", qp.engines.compile(model, "torch").run, _torch_size(model, workdir, "effnet")),
-        Row("bf16 eager", qp.engines.compile(model, "torch", dtype="bfloat16").run, _dir_size(fp32_onnx) // 2),
-        Row("ORT FP32", _ort_runner(fp32_onnx, threads), _dir_size(fp32_onnx)),
-        Row("OpenVINO FP32", _ov_runner(fp32_onnx, threads), _dir_size(fp32_onnx)),
-        Row("OpenVINO bf16", _ov_runner(fp32_onnx, threads, "bfloat16"), _dir_size(fp32_onnx)),
+        Row("FP32 eager", qp.engines.compile(model, "torch").run, torch_saved_size(model, workdir, "effnet")),
+        Row("bf16 eager", qp.engines.compile(model, "torch", dtype="bfloat16").run, dir_size(fp32_onnx) // 2),
+        Row("ORT FP32", ort_runner(fp32_onnx, threads), dir_size(fp32_onnx)),
+        Row("OpenVINO FP32", ov_runner(fp32_onnx, threads), dir_size(fp32_onnx)),
+        Row("OpenVINO bf16", ov_runner(fp32_onnx, threads, "bfloat16"), dir_size(fp32_onnx)),
     ]
 
     nncf_ir: list = []  # quantized once, run with both precision hints
@@ -57,14 +57,14 @@ def efficientnet_rows(threads: int, workdir: Path) -> tuple[list[Row], torch.Ten
     def nncf_row(dtype: str = "float32") -> Row:
         if not nncf_ir:
             items = [calib_x[i : i + IMAGE_BATCH].numpy() for i in range(0, len(calib_x), IMAGE_BATCH)]
-            nncf_ir.append(_ov_ir_size(_nncf_quantize(fp32_onnx, items)))
+            nncf_ir.append(ov_ir_size(nncf_quantize(fp32_onnx, items)))
         xml, size = nncf_ir[0]
         suffix = BF16_FLOAT_OPS if dtype == "bfloat16" else ""
-        return Row(f"NNCF int8 default preset{suffix}", _ov_runner(xml, threads, dtype), size)
+        return Row(f"NNCF int8 default preset{suffix}", ov_runner(xml, threads, dtype), size)
 
-    rows.append(_attempt("NNCF int8 default preset", nncf_row))
+    rows.append(attempt_row("NNCF int8 default preset", nncf_row))
     if BF16_FLOAT_OPS:
-        rows.append(_attempt(f"NNCF int8 default preset{BF16_FLOAT_OPS}", lambda: nncf_row("bfloat16")))
+        rows.append(attempt_row(f"NNCF int8 default preset{BF16_FLOAT_OPS}", lambda: nncf_row("bfloat16")))
     folded = qp.fold_batchnorm(model)
 
     def calibrated(recipe: qp.Recipe) -> Any:
@@ -74,7 +74,7 @@ def efficientnet_rows(threads: int, workdir: Path) -> tuple[list[Row], torch.Ten
                 qmodel(calib_x[i : i + IMAGE_BATCH])
         return qp.freeze(qmodel)
 
-    rows += _placement_rows("cnn", folded, example, calibrated, threads, workdir)
+    rows += placement_rows("cnn", folded, example, calibrated, threads, workdir)
     for label, recipe in (
         ("int8-static", qp.Recipe.preset("int8-static")),
         ("int8-static+add", qp.Recipe.preset("int8-static").replace(ops=("add",))),
@@ -85,8 +85,8 @@ def efficientnet_rows(threads: int, workdir: Path) -> tuple[list[Row], torch.Ten
                 qmodel(calib_x[i : i + IMAGE_BATCH])
         qp.freeze(qmodel)
         path = qp.export_onnx(qmodel, example, workdir / f"effnet-qp-{label}.onnx")
-        rows.append(Row(f"qp {label} on OpenVINO", _ov_runner(path, threads), _dir_size(path)))
-        rows.append(Row(f"qp {label} on ORT", _ort_runner(path, threads), _dir_size(path)))
+        rows.append(Row(f"qp {label} on OpenVINO", ov_runner(path, threads), dir_size(path)))
+        rows.append(Row(f"qp {label} on ORT", ort_runner(path, threads), dir_size(path)))
     return rows, example, {"eval_x": eval_x, "labels": torch.tensor(evaluation.labels)}
 
 
@@ -99,7 +99,7 @@ def top1(rows: list[Row], data: dict) -> dict[str, float]:
         with torch.inference_mode():
             logits = torch.cat(
                 [
-                    _output(row.run(data["eval_x"][i : i + IMAGE_BATCH])).float()
+                    first_output(row.run(data["eval_x"][i : i + IMAGE_BATCH])).float()
                     for i in range(0, len(data["eval_x"]), IMAGE_BATCH)
                 ]
             )

@@ -20,15 +20,15 @@ from bench_torch_int8 import torch_ao_survives
 from engine_runners import (
     BF16_FLOAT_OPS,
     Row,
-    _attempt,
-    _dir_size,
-    _nncf_quantize,
-    _ort_runner,
-    _output,
-    _ov_ir_size,
-    _ov_runner,
-    _placement_rows,
-    _torch_size,
+    attempt_row,
+    dir_size,
+    first_output,
+    nncf_quantize,
+    ort_runner,
+    ov_ir_size,
+    ov_runner,
+    placement_rows,
+    torch_saved_size,
 )
 
 import quantpilot as qp
@@ -66,8 +66,8 @@ def minilm_rows(model, tok, threads: int, workdir: Path) -> tuple[list[Row], dic
     fp32_onnx = qp.export_onnx(model, example, workdir / "minilm-fp32.onnx")
     setup = MiniLMSetup(model, example, calibration, fp32_onnx, threads, workdir)
     rows = [
-        Row("FP32 eager", qp.engines.compile(model, "torch").run, _torch_size(model, workdir, "fp32")),
-        Row("bf16 eager", qp.engines.compile(model, "torch", dtype="bfloat16").run, _dir_size(fp32_onnx) // 2),
+        Row("FP32 eager", qp.engines.compile(model, "torch").run, torch_saved_size(model, workdir, "fp32")),
+        Row("bf16 eager", qp.engines.compile(model, "torch", dtype="bfloat16").run, dir_size(fp32_onnx) // 2),
     ]
     rows += _peer_rows(setup)
     rows += _quantpilot_rows(setup)
@@ -80,22 +80,24 @@ def _peer_rows(s: MiniLMSetup) -> list[Row]:
 
     threads, fp32_onnx = s.threads, s.fp32_onnx
     rows = [
-        _attempt("torch.ao quantize_dynamic", lambda: _torch_ao(s)),
-        _attempt("torchao int8 dynamic", lambda: _torchao_dynamic(s)),
-        Row("ORT FP32", _ort_runner(fp32_onnx, threads), _dir_size(fp32_onnx)),
-        _attempt("ORT quantize_dynamic", lambda: _ort_dynamic(s)),
-        _attempt("ORT quantize_static (QDQ, per-channel)", lambda: _ort_static(s)),
-        Row("OpenVINO FP32", _ov_runner(fp32_onnx, threads), _dir_size(fp32_onnx)),
-        Row("OpenVINO bf16", _ov_runner(fp32_onnx, threads, "bfloat16"), _dir_size(fp32_onnx)),
-        _attempt("NNCF int8 default preset", lambda: _nncf_row(s, "NNCF int8 default preset")),
-        _attempt(
+        attempt_row("torch.ao quantize_dynamic", lambda: _torch_ao(s)),
+        attempt_row("torchao int8 dynamic", lambda: _torchao_dynamic(s)),
+        Row("ORT FP32", ort_runner(fp32_onnx, threads), dir_size(fp32_onnx)),
+        attempt_row("ORT quantize_dynamic", lambda: _ort_dynamic(s)),
+        attempt_row("ORT quantize_static (QDQ, per-channel)", lambda: _ort_static(s)),
+        Row("OpenVINO FP32", ov_runner(fp32_onnx, threads), dir_size(fp32_onnx)),
+        Row("OpenVINO bf16", ov_runner(fp32_onnx, threads, "bfloat16"), dir_size(fp32_onnx)),
+        attempt_row("NNCF int8 default preset", lambda: _nncf_row(s, "NNCF int8 default preset")),
+        attempt_row(
             "NNCF int8 TRANSFORMER",
             lambda: _nncf_row(s, "NNCF int8 TRANSFORMER", model_type=nncf.ModelType.TRANSFORMER),
         ),
     ]
     if BF16_FLOAT_OPS:  # NNCF's fair row on AMX: what stays float runs in bf16, as for our placements
         name = f"NNCF int8 TRANSFORMER{BF16_FLOAT_OPS}"
-        rows.append(_attempt(name, lambda: _nncf_row(s, name, dtype="bfloat16", model_type=nncf.ModelType.TRANSFORMER)))
+        rows.append(
+            attempt_row(name, lambda: _nncf_row(s, name, dtype="bfloat16", model_type=nncf.ModelType.TRANSFORMER))
+        )
     return rows
 
 
@@ -104,7 +106,7 @@ def _torch_ao(s: MiniLMSetup) -> Row:
     if problem is not None:
         return Row("torch.ao quantize_dynamic", error=problem)
     ao = torch.ao.quantization.quantize_dynamic(s.model, {torch.nn.Linear}, dtype=torch.qint8)
-    return Row("torch.ao quantize_dynamic", qp.engines.compile(ao, "torch").run, _torch_size(ao, s.workdir, "ao"))
+    return Row("torch.ao quantize_dynamic", qp.engines.compile(ao, "torch").run, torch_saved_size(ao, s.workdir, "ao"))
 
 
 def _torchao_dynamic(s: MiniLMSetup) -> Row:
@@ -116,7 +118,7 @@ def _torchao_dynamic(s: MiniLMSetup) -> Row:
     return Row(
         "torchao int8 dynamic",
         qp.engines.compile(quantized, "torch").run,
-        _torch_size(quantized, s.workdir, "torchao"),
+        torch_saved_size(quantized, s.workdir, "torchao"),
     )
 
 
@@ -125,7 +127,7 @@ def _ort_dynamic(s: MiniLMSetup) -> Row:
 
     out = s.workdir / "minilm-ort-dynamic.onnx"
     quantize_dynamic(str(s.fp32_onnx), str(out), weight_type=QuantType.QInt8)
-    return Row("ORT quantize_dynamic", _ort_runner(out, s.threads), _dir_size(out))
+    return Row("ORT quantize_dynamic", ort_runner(out, s.threads), dir_size(out))
 
 
 def _ort_static(s: MiniLMSetup) -> Row:
@@ -140,13 +142,13 @@ def _ort_static(s: MiniLMSetup) -> Row:
 
     out = s.workdir / "minilm-ort-static.onnx"
     quantize_static(str(s.fp32_onnx), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
-    return Row("ORT quantize_static (QDQ, per-channel)", _ort_runner(out, s.threads), _dir_size(out))
+    return Row("ORT quantize_static (QDQ, per-channel)", ort_runner(out, s.threads), dir_size(out))
 
 
 def _nncf_row(s: MiniLMSetup, name: str, dtype: str = "float32", **options) -> Row:
     items = [{k: v.numpy() for k, v in b.items()} for b in s.calibration]
-    xml, size = _ov_ir_size(_nncf_quantize(s.fp32_onnx, items, **options))
-    return Row(name, _ov_runner(xml, s.threads, dtype), size)
+    xml, size = ov_ir_size(nncf_quantize(s.fp32_onnx, items, **options))
+    return Row(name, ov_runner(xml, s.threads, dtype), size)
 
 
 def _qp_static(s: MiniLMSetup, ops: tuple[str, ...], recipe: qp.Recipe | None = None) -> Any:
@@ -165,22 +167,22 @@ def _quantpilot_rows(s: MiniLMSetup) -> list[Row]:
     layers_only, with_matmul = _qp_static(s, ()), _qp_static(s, ("matmul",))
     for label, qmodel in (("int8-static", layers_only), ("int8-static+matmul", with_matmul)):
         path = qp.export_onnx(qmodel, s.example, workdir / f"minilm-qp-{label}.onnx")
-        rows.append(Row(f"qp {label} on OpenVINO", _ov_runner(path, threads), _dir_size(path)))
-        rows.append(Row(f"qp {label} on ORT", _ort_runner(path, threads), _dir_size(path)))
-    rows += _placement_rows("transformer", s.model, s.example, lambda r: _qp_static(s, (), r), threads, workdir)
+        rows.append(Row(f"qp {label} on OpenVINO", ov_runner(path, threads), dir_size(path)))
+        rows.append(Row(f"qp {label} on ORT", ort_runner(path, threads), dir_size(path)))
+    rows += placement_rows("transformer", s.model, s.example, lambda r: _qp_static(s, (), r), threads, workdir)
     # SmoothQuant is a placement now (int8-smooth: alpha 0.8 with min-max ranges, its float rest in bf16 on AMX).
     dynamic = qp.freeze(qp.quantize(s.model, "int8-dynamic"))
     int8_dir = workdir / "qp-int8-dynamic"
     qp.save(dynamic, int8_dir)
     int8_runner = qp.engines.compile(dynamic, "torch-int8")
-    rows.append(Row("qp int8-dynamic on torch-int8", int8_runner.run, _dir_size(int8_dir)))
+    rows.append(Row("qp int8-dynamic on torch-int8", int8_runner.run, dir_size(int8_dir)))
     int8_static_dir = workdir / "qp-int8-static"
     qp.save(layers_only, int8_static_dir)
     rows.append(
         Row(
             "qp int8-static on torch-int8",
             qp.engines.compile(layers_only, "torch-int8").run,
-            _dir_size(int8_static_dir),
+            dir_size(int8_static_dir),
         )
     )
     return rows
@@ -192,7 +194,7 @@ def embedding_cosines(rows: list[Row], tok, reference_name: str = "FP32 eager") 
 
     def embed(run) -> torch.Tensor:
         with torch.inference_mode():
-            vectors = [mean_pool(_output(run(b)).float(), b["attention_mask"]) for b in batches]
+            vectors = [mean_pool(first_output(run(b)).float(), b["attention_mask"]) for b in batches]
         return torch.nn.functional.normalize(torch.cat(vectors), dim=1)
 
     runs = {r.name: r.run for r in rows if r.run is not None}

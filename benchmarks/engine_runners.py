@@ -1,6 +1,6 @@
 """bench-engines' building blocks: a row, the runners for each engine, sizes on disk, and placement rows.
 
-A row is a variant: how to run a batch, how big it is, or why a peer could not be built (`_attempt`
+A row is a variant: how to run a batch, how big it is, or why a peer could not be built (`attempt_row`
 turns any failure into such a row). `bench_auto.py` and `profile_openvino.py` reuse these runners
 (through `bench_engines`).
 
@@ -32,7 +32,7 @@ class Row:
         self.name, self.run, self.size, self.error = name, run, size, error
 
 
-def _output(out: Any) -> torch.Tensor:
+def first_output(out: Any) -> torch.Tensor:
     if isinstance(out, torch.Tensor):
         return out
     if hasattr(out, "last_hidden_state"):
@@ -44,11 +44,11 @@ def _output(out: Any) -> torch.Tensor:
     return torch.as_tensor(np.asarray(out))
 
 
-def _dir_size(path: Path) -> int:
+def dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
 
 
-def _torch_size(model: torch.nn.Module, workdir: Path, name: str) -> int | None:
+def torch_saved_size(model: torch.nn.Module, workdir: Path, name: str) -> int | None:
     path = workdir / f"{name}.pt"
     try:
         torch.save(model.state_dict(), path)
@@ -57,7 +57,7 @@ def _torch_size(model: torch.nn.Module, workdir: Path, name: str) -> int | None:
     return path.stat().st_size
 
 
-def _attempt(name: str, build: Callable[[], Row]) -> Row:
+def attempt_row(name: str, build: Callable[[], Row]) -> Row:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # peers' deprecation notices, not results
@@ -67,15 +67,15 @@ def _attempt(name: str, build: Callable[[], Row]) -> Row:
         return Row(name, error=f"failed: {last[:160]}")
 
 
-def _ov_ir_size(model) -> tuple[str, int]:
+def ov_ir_size(model) -> tuple[str, int]:
     import openvino as ov
 
     folder = Path(tempfile.mkdtemp(prefix="qp-bench-ov-"))
     ov.save_model(model, str(folder / "model.xml"))
-    return str(folder / "model.xml"), _dir_size(folder)
+    return str(folder / "model.xml"), dir_size(folder)
 
 
-def _nncf_quantize(onnx_path: Path, items: list[dict[str, np.ndarray]], **options) -> Any:
+def nncf_quantize(onnx_path: Path, items: list[dict[str, np.ndarray]], **options) -> Any:
     import nncf
     import openvino as ov
 
@@ -83,12 +83,12 @@ def _nncf_quantize(onnx_path: Path, items: list[dict[str, np.ndarray]], **option
     return nncf.quantize(model, nncf.Dataset(items), subset_size=len(items), **options)
 
 
-def _ort_runner(path: Path, threads: int) -> Callable[[Any], Any]:
+def ort_runner(path: Path, threads: int) -> Callable[[Any], Any]:
     runner = qp.engines.compile(path, engine="onnxruntime", threads=threads)
     return runner.run
 
 
-def _ov_runner(model_or_path: Any, threads: int, dtype: str = "float32") -> Callable[[Any], Any]:
+def ov_runner(model_or_path: Any, threads: int, dtype: str = "float32") -> Callable[[Any], Any]:
     import openvino as ov
 
     core = ov.Core()
@@ -121,7 +121,7 @@ def placement_row_name(name: str, dtype: str = "bfloat16") -> str:
     return f"qp placement {name} on OpenVINO{BF16_FLOAT_OPS if dtype == 'bfloat16' else ''}"
 
 
-def _placement_rows(kind: str, model, example, calibrated, threads: int, workdir: Path) -> list[Row]:
+def placement_rows(kind: str, model, example, calibrated, threads: int, workdir: Path) -> list[Row]:
     """Rows per `placements_for(kind, "openvino")` candidate: with `engine_options` (bf16 float ops on AMX) and,
     where that is bf16, with f32 float ops too (the autopilot times both: EfficientNet int8-u8 kept FP32's top-1
     with f32 float ops at the same speed, and lost 2 photos with bf16 ones)."""
@@ -133,7 +133,7 @@ def _placement_rows(kind: str, model, example, calibrated, threads: int, workdir
         def build(dtype: str, name=name, recipe=recipe, path=path) -> Row:
             if not path:
                 path.append(qp.export_onnx(calibrated(recipe), example, workdir / f"{kind}-placement-{name}.onnx"))
-            return Row(placement_row_name(name, dtype), _ov_runner(path[0], threads, dtype), _dir_size(path[0]))
+            return Row(placement_row_name(name, dtype), ov_runner(path[0], threads, dtype), dir_size(path[0]))
 
-        rows += [_attempt(placement_row_name(name, d), lambda d=d, b=build: b(d)) for d in dtypes]
+        rows += [attempt_row(placement_row_name(name, d), lambda d=d, b=build: b(d)) for d in dtypes]
     return rows

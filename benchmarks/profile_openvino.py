@@ -46,8 +46,12 @@ def compile_profiled(model: Any, hint: str, threads: int):
 
     core = ov.Core()
     model = core.read_model(str(model)) if isinstance(model, str | Path) else model
-    config = {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": threads,
-              "PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": True}
+    config = {
+        "INFERENCE_PRECISION_HINT": hint,
+        "INFERENCE_NUM_THREADS": threads,
+        "PERFORMANCE_HINT": "LATENCY",
+        "PERF_COUNT": True,
+    }
     return core.compile_model(model, "CPU", config)
 
 
@@ -118,23 +122,33 @@ def minilm_variants(workdir: Path, n_calib: int, recipes: dict) -> tuple[dict, d
         'minilm_variants'
     """
     import nncf
-    from bench_engines import BATCH, TOKENS, _nncf_quantize
+    from bench_engines import BATCH, TOKENS, nncf_quantize
 
     from quantpilot_testbed import datasets
     from quantpilot_testbed.sentence_embedding import token_batches
 
     model, tok = load("minilm")
-    calib = [dict(b) for b in token_batches(tok, datasets.sentences("calibration")[: n_calib], BATCH, TOKENS)]
-    example = dict(tok(datasets.sentences("eval")[:BATCH], padding="max_length", truncation=True,
-                       max_length=TOKENS, return_tensors="pt"))
+    calib = [dict(b) for b in token_batches(tok, datasets.sentences("calibration")[:n_calib], BATCH, TOKENS)]
+    example = dict(
+        tok(
+            datasets.sentences("eval")[:BATCH],
+            padding="max_length",
+            truncation=True,
+            max_length=TOKENS,
+            return_tensors="pt",
+        )
+    )
     fp32 = qp.export_onnx(model, example, workdir / "minilm-fp32.onnx")
     items = [{k: v.numpy() for k, v in b.items()} for b in calib]
     import openvino as ov
 
-    nncf_model = _nncf_quantize(fp32, items, model_type=nncf.ModelType.TRANSFORMER)
+    nncf_model = nncf_quantize(fp32, items, model_type=nncf.ModelType.TRANSFORMER)
     ov.save_model(nncf_model, str(workdir / "minilm-nncf.xml"))
-    variants = {"OpenVINO bf16": (fp32, "bf16"), "NNCF int8 TRANSFORMER (bf16 hint)": (nncf_model, "bf16"),
-                "NNCF int8 TRANSFORMER (f32 hint)": (nncf_model, "f32")}
+    variants = {
+        "OpenVINO bf16": (fp32, "bf16"),
+        "NNCF int8 TRANSFORMER (bf16 hint)": (nncf_model, "bf16"),
+        "NNCF int8 TRANSFORMER (f32 hint)": (nncf_model, "f32"),
+    }
     for label, recipe in recipes.items():
         qmodel = _calibrated(model, recipe, calib, lambda m, b: m(**b))
         path = qp.export_onnx(qmodel, example, workdir / f"minilm-{label}.onnx")
@@ -151,7 +165,7 @@ def efficientnet_variants(workdir: Path, n_calib: int, recipes: dict) -> tuple[d
         'efficientnet_variants'
     """
     import openvino as ov
-    from bench_engines import IMAGE_BATCH, _nncf_quantize
+    from bench_engines import IMAGE_BATCH, nncf_quantize
     from PIL import Image
 
     from quantpilot_testbed.imagenet_samples import load_samples, split_calibration
@@ -162,10 +176,13 @@ def efficientnet_variants(workdir: Path, n_calib: int, recipes: dict) -> tuple[d
     example = torch.cat([prep(Image.open(p)) for p in evaluation.paths[:IMAGE_BATCH]])
     fp32 = qp.export_onnx(model, example, workdir / "effnet-fp32.onnx")
     items = [calib_x[i : i + IMAGE_BATCH].numpy() for i in range(0, len(calib_x), IMAGE_BATCH)]
-    nncf_model = _nncf_quantize(fp32, items)
+    nncf_model = nncf_quantize(fp32, items)
     ov.save_model(nncf_model, str(workdir / "effnet-nncf.xml"))
-    variants = {"OpenVINO bf16": (fp32, "bf16"), "NNCF int8 default (bf16 hint)": (nncf_model, "bf16"),
-                "NNCF int8 default (f32 hint)": (nncf_model, "f32")}
+    variants = {
+        "OpenVINO bf16": (fp32, "bf16"),
+        "NNCF int8 default (bf16 hint)": (nncf_model, "bf16"),
+        "NNCF int8 default (f32 hint)": (nncf_model, "f32"),
+    }
     folded = qp.fold_batchnorm(model)
     batches = [calib_x[i : i + IMAGE_BATCH] for i in range(0, len(calib_x), IMAGE_BATCH)]
     for label, recipe in recipes.items():
