@@ -89,8 +89,12 @@ def build(out_dir: str, hidden: int, layers: int) -> dict:
     model.save_pretrained(out_dir, safe_serialization=True)
     params = sum(p.numel() for p in model.parameters())
     nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    return {"params": params, "model_bytes": nbytes, "intermediate_size": config.intermediate_size,
-            "heads": config.num_attention_heads}
+    return {
+        "params": params,
+        "model_bytes": nbytes,
+        "intermediate_size": config.intermediate_size,
+        "heads": config.num_attention_heads,
+    }
 
 
 def calib_batches(n: int, tokens: int, seed: int) -> list[dict]:
@@ -132,8 +136,14 @@ def run_op(op: str, model_dir: str, n_calib: int) -> dict:
             raise ValueError(f"unknown operation {op!r}")
     wall = time.perf_counter() - t0
     assert result is not None
-    return {"op": op, "rss_after_load": after_load, "peak_rss": peak_rss_bytes(), "wall_s": wall,
-            "load_s": load_s, "quantpilot": qp.__file__}
+    return {
+        "op": op,
+        "rss_after_load": after_load,
+        "peak_rss": peak_rss_bytes(),
+        "wall_s": wall,
+        "load_s": load_s,
+        "quantpilot": qp.__file__,
+    }
 
 
 def last_json_line(stdout: str) -> dict:
@@ -145,8 +155,7 @@ def last_json_line(stdout: str) -> dict:
 
 def child_run(args: list[str]) -> dict:
     """Run this script as a fresh child; its last JSON line, or {'error': last stderr line}."""
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", *args],
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", *args], capture_output=True, text=True)
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
         return {"error": lines[-1] if lines else f"exit code {proc.returncode}"}
@@ -162,8 +171,10 @@ def print_table(rows: list[dict], model_bytes: int) -> None:
             print(f"{r['op']:<14} FAILED: {r['error']}")
             continue
         peak, load = r["peak_rss"], r["rss_after_load"]
-        print(f"{r['op']:<14} {peak / GIB:>12.2f} {peak / model_bytes:>10.2f} "
-              f"{(peak - load) / model_bytes:>17.2f} {r['wall_s']:>8.1f}")
+        print(
+            f"{r['op']:<14} {peak / GIB:>12.2f} {peak / model_bytes:>10.2f} "
+            f"{(peak - load) / model_bytes:>17.2f} {r['wall_s']:>8.1f}"
+        )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -200,9 +211,11 @@ def main(argv: list[str] | None = None) -> None:
         if "error" in info:
             raise SystemExit(f"building the model failed: {info['error']}")
         mb = info["model_bytes"]
-        print(f"model: Llama hidden={args.hidden} intermediate={info['intermediate_size']} "
-              f"layers={args.layers} heads={info['heads']} vocab={VOCAB}, untied, bf16: "
-              f"{info['params']:,} parameters, {mb:,} bytes ({mb / GIB:.3f} GiB)")
+        print(
+            f"model: Llama hidden={args.hidden} intermediate={info['intermediate_size']} "
+            f"layers={args.layers} heads={info['heads']} vocab={VOCAB}, untied, bf16: "
+            f"{info['params']:,} parameters, {mb:,} bytes ({mb / GIB:.3f} GiB)"
+        )
         print(f"calibration: gptq {args.calib_batches} x 256 tokens, awq {args.calib_batches} x 128 tokens")
         rows = []
         for op in ops:
@@ -211,14 +224,25 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(r)
             if len(rows) == 1 and "quantpilot" in r:
                 print(f"quantpilot: {r['quantpilot']}")
-            print(f"  {op}: " + (f"FAILED: {r['error']}" if "error" in r else f"done in {r['wall_s']:.1f} s"),
-                  flush=True)
+            print(
+                f"  {op}: " + (f"FAILED: {r['error']}" if "error" in r else f"done in {r['wall_s']:.1f} s"), flush=True
+            )
     print()
     print_table(rows, mb)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"cpu": cpu_model(), "model": info, "hidden": args.hidden, "layers": args.layers,
-                       "calib_batches": args.calib_batches, "results": rows}, f, indent=2)
+            json.dump(
+                {
+                    "cpu": cpu_model(),
+                    "model": info,
+                    "hidden": args.hidden,
+                    "layers": args.layers,
+                    "calib_batches": args.calib_batches,
+                    "results": rows,
+                },
+                f,
+                indent=2,
+            )
 
 
 if __name__ == "__main__":

@@ -159,9 +159,7 @@ def _float_twin(name: str, layer: QuantModule, float_model: nn.Module | None) ->
         stack = _lookup(float_model.get_parameter, name)
         if isinstance(layer, QuantExpertWeight) and stack is not None and stack.dim() == 3:
             return QuantExpertWeight(stack, transposed=layer.transposed, weight_spec=None)
-        raise ValueError(
-            f"float_model has no module '{name}': pass the float model this quantized model was made from"
-        )
+        raise ValueError(f"float_model has no module '{name}': pass the float model this quantized model was made from")
     if layer.is_frozen:
         return None
     # The unfrozen layer still holds its float weight: the same layer with both quantizations off is float.

@@ -58,8 +58,10 @@ def test_groups_of_gpt2_and_llama():
 
 def test_norm_fed_groups_are_scored_on_the_attention_and_mlp_blocks():
     # As the reference's module2inspect: q/k/v on the whole attention's output, gate/up (c_fc) on the MLP's.
-    for build, attn, mlp in [(tiny_gpt2, "transformer.h.0.attn", "transformer.h.0.mlp"),
-                             (tiny_llama, "model.layers.0.self_attn", "model.layers.0.mlp")]:
+    for build, attn, mlp in [
+        (tiny_gpt2, "transformer.h.0.attn", "transformer.h.0.mlp"),
+        (tiny_llama, "model.layers.0.self_attn", "model.layers.0.mlp"),
+    ]:
         groups = find_scale_groups(build(), token_batches(1)[0])
         assert {attn, mlp} <= {g.inspect for g in groups if "norm" in g.prev or ".ln_" in g.prev}
         linear_fed = [g for g in groups if g.prev.endswith(("v_proj", "c_attn"))]
@@ -170,8 +172,17 @@ def test_explicit_pairs_for_an_unrecognised_model():
         ({"pairs": [ScaleGroup("0", ("1",), inspect="2")]}, ValueError, "inspect='2' must name a module"),
         ({"pairs": [ScaleGroup("0", ("1",), inspect="1")]}, ValueError, "contains every layer of the pair"),
     ],
-    ids=["bits", "group-not-dividing", "group-zero", "unknown-layer", "bad-prev", "width-mismatch", "bad-pair-shape",
-         "inspect-missing", "inspect-not-containing"],
+    ids=[
+        "bits",
+        "group-not-dividing",
+        "group-zero",
+        "unknown-layer",
+        "bad-prev",
+        "width-mismatch",
+        "bad-pair-shape",
+        "inspect-missing",
+        "inspect-not-containing",
+    ],
 )
 def test_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):

@@ -70,9 +70,7 @@ def test_export_is_qdq_with_int8_weight_initializers(exported_text_model):
     # Per-channel weights: DequantizeLinear on an int8 initializer with axis 0 and a vector of scales.
     int8_names = {i.name for i in int8_weights}
     weight_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in int8_names]
-    assert weight_dq and all(
-        next((a.i for a in n.attribute if a.name == "axis"), 1) == 0 for n in weight_dq
-    )
+    assert weight_dq and all(next((a.i for a in n.attribute if a.name == "axis"), 1) == 0 for n in weight_dq)
     # No float copy of a quantized weight is left in the file.
     float_matrices = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2]
     assert not float_matrices

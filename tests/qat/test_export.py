@@ -21,8 +21,11 @@ def test_qat_model_exports_and_runs_on_onnxruntime(tmp_path):
         qmodel(x)
     qat = qp.qat.prepare(qmodel, learn_ranges=True)
     result = qp.qat.finetune(
-        qat, list(zip(x.split(16), labels.split(16), strict=True)), F.cross_entropy,
-        qp.qat.Schedule(epochs=2, lr=0.01, batch_size=16), progress=False,
+        qat,
+        list(zip(x.split(16), labels.split(16), strict=True)),
+        F.cross_entropy,
+        qp.qat.Schedule(epochs=2, lr=0.01, batch_size=16),
+        progress=False,
     )
     assert len(result.train_losses) == 2
     learned = qat[3].input_quantizer.scale.detach().clone()

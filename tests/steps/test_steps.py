@@ -100,13 +100,21 @@ def test_bad_steps_are_one_line_errors(steps, match):
     [
         ("int8-static", qp.steps.GPTQ(act_order=True), "act_order and blocks are for weight-only"),
         ("int8-static", (qp.steps.GPTQ(), qp.steps.SmoothQuant()), "SmoothQuant before GPTQ"),
-        (qp.Recipe.preset("w4a16-g128").replace(activations=qp.Recipe().activations), qp.steps.GPTQ(),
-         "per-channel or per-tensor"),
+        (
+            qp.Recipe.preset("w4a16-g128").replace(activations=qp.Recipe().activations),
+            qp.steps.GPTQ(),
+            "per-channel or per-tensor",
+        ),
         ("int8-static", qp.steps.AWQ(), "quantizes weights only"),
         ("w8a16", qp.steps.SmoothQuant(), "activation scheme"),
     ],
-    ids=["gptq-w8a8-act-order", "smoothquant-after-gptq", "gptq-grouped-w4a8", "awq-on-w8a8",
-         "smoothquant-weight-only"],
+    ids=[
+        "gptq-w8a8-act-order",
+        "smoothquant-after-gptq",
+        "gptq-grouped-w4a8",
+        "awq-on-w8a8",
+        "smoothquant-weight-only",
+    ],
 )
 def test_steps_check_the_recipe_they_join(recipe, step, match):
     base = qp.Recipe.preset(recipe) if isinstance(recipe, str) else recipe
