@@ -134,13 +134,13 @@ def write_gguf(model: Any, tokenizer: Any, path: str | Path, gguf_type: str | No
     if gguf_type is not None and gguf_type not in GGUF_TYPES:
         raise ValueError(f"gguf_type must be one of {', '.join(GGUF_TYPES)}, got {gguf_type!r}")
     tensors = _gguf_tensors(model, arch)
-    kind = gguf_type or default_gguf_type(dict(tensors))
-    if all(t.codes is None for _, t in tensors):
-        kind = "f16"  # a float model (the FP16 GGUF llama.cpp's own quantizer starts from)
+    # GGUF types are per tensor: each keeps its own codes unless one type is asked (decided once: for a 6-bit
+    # table that means finding its Q6_K grid).
+    own = {name: default_gguf_type({name: t}) for name, t in tensors if t.codes is not None and not gguf_type}
+    kind = gguf_type or "f16"  # the file's label; a float model is the FP16 GGUF llama.cpp's quantizer starts from
     encoded = []
     for name, t in tensors:
-        own = gguf_type or default_gguf_type({name: t})  # GGUF types are per tensor: keep each one's codes
-        wanted = own if t.codes is not None else ("f16" if t.value.dim() == 2 else "f32")
+        wanted = (gguf_type or own[name]) if t.codes is not None else ("f16" if t.value.dim() == 2 else "f32")
         if wanted != "f32" and t.value.shape[-1] % 32:
             wanted = "f32" if t.codes is None else wanted
             if t.codes is not None:
@@ -153,9 +153,9 @@ def write_gguf(model: Any, tokenizer: Any, path: str | Path, gguf_type: str | No
     requantized = tuple(n for n, e in quantized if not e.exact)
     worst = max((e.relative_rms_error for _, e in quantized), default=0.0)
     if requantized:
-        own = sorted({default_gguf_type({n: t}) for n, t in tensors if t.codes is not None})
+        fits = {default_gguf_type({n: t}) for n, t in tensors if t.codes is not None} if gguf_type else set()
         advice = (
-            f"{'/'.join(own)} keeps this model's codes (leave gguf_type unset)"
+            f"{'/'.join(sorted(fits))} keeps this model's codes (leave gguf_type unset)"
             if gguf_type
             else "Q8_0 holds 8-bit codes exactly only when they are symmetric (6-bit codes: in groups of 32k)"
         )
