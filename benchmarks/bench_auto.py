@@ -41,6 +41,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_engines import dir_size, first_output, ov_ir_size, ov_runner  # noqa: E402
+from engine_minilm_rows import minilm_example  # noqa: E402
 
 import quantpilot as qp  # noqa: E402
 from quantpilot.auto import targets  # noqa: E402
@@ -62,8 +63,7 @@ def minilm_setup() -> dict[str, Any]:
     model, tok = qp.models.load("minilm")
     calib = [dict(b) for b in token_batches(tok, datasets.sentences("calibration"), 32, 128)]
     items = [dict(b) for b in token_batches(tok, datasets.sentences("eval"), 16, 128)]
-    example = dict(tok(datasets.sentences("eval")[:32], padding="max_length", truncation=True, max_length=128,
-                       return_tensors="pt"))  # fmt: skip
+    example = minilm_example(tok)  # 32 eval sentences padded to 128 tokens, as bench_engines times
 
     def embed(out, b):
         return torch.nn.functional.normalize(mean_pool(first_output(out).float(), b["attention_mask"]), dim=1)

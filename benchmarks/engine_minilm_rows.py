@@ -51,18 +51,20 @@ class MiniLMSetup:
     workdir: Path
 
 
+def minilm_example(tok) -> dict:
+    """The batch every MiniLM row is timed and exported on: the first BATCH eval sentences padded to TOKENS.
+
+    >>> callable(minilm_example)
+    True
+    """
+    sentences = datasets.sentences("eval")[:BATCH]
+    return dict(tok(sentences, padding="max_length", truncation=True, max_length=TOKENS, return_tensors="pt"))
+
+
 def minilm_rows(model, tok, threads: int, workdir: Path) -> tuple[list[Row], dict]:
     """Every MiniLM row, in table order, and the example batch they are timed on."""
     calibration = [dict(b) for b in token_batches(tok, datasets.sentences("calibration"), BATCH, TOKENS)]
-    example = dict(
-        tok(
-            datasets.sentences("eval")[:BATCH],
-            padding="max_length",
-            truncation=True,
-            max_length=TOKENS,
-            return_tensors="pt",
-        )
-    )
+    example = minilm_example(tok)
     fp32_onnx = qp.export_onnx(model, example, workdir / "minilm-fp32.onnx")
     setup = MiniLMSetup(model, example, calibration, fp32_onnx, threads, workdir)
     rows = [

@@ -123,21 +123,14 @@ def minilm_variants(workdir: Path, n_calib: int, recipes: dict) -> tuple[dict, d
     """
     import nncf
     from bench_engines import BATCH, TOKENS, nncf_quantize
+    from engine_minilm_rows import minilm_example
 
     from quantpilot_testbed import datasets
     from quantpilot_testbed.sentence_embedding import token_batches
 
     model, tok = load("minilm")
     calib = [dict(b) for b in token_batches(tok, datasets.sentences("calibration")[:n_calib], BATCH, TOKENS)]
-    example = dict(
-        tok(
-            datasets.sentences("eval")[:BATCH],
-            padding="max_length",
-            truncation=True,
-            max_length=TOKENS,
-            return_tensors="pt",
-        )
-    )
+    example = minilm_example(tok)
     fp32 = qp.export_onnx(model, example, workdir / "minilm-fp32.onnx")
     items = [{k: v.numpy() for k, v in b.items()} for b in calib]
     import openvino as ov
